@@ -1,0 +1,50 @@
+"""trio_pubsub: an in-process, typed publish/subscribe broker for trio.
+
+Modules import one way only: _errors -> _subject -> _trie -> _policy -> _stats
+-> _subscription -> _broker. Only _subscription and _broker import trio's
+scheduling machinery.
+"""
+
+from ._broker import Broker as Broker
+from ._errors import (
+    BrokerClosedError as BrokerClosedError,
+    BrokerError as BrokerError,
+    InvalidSubjectError as InvalidSubjectError,
+    SlowConsumerError as SlowConsumerError,
+)
+from ._policy import OverflowPolicy as OverflowPolicy
+from ._stats import (
+    BrokerStatistics as BrokerStatistics,
+    SubscriptionStatistics as SubscriptionStatistics,
+)
+from ._subject import (
+    subject_matches as subject_matches,
+    validate_pattern as validate_pattern,
+    validate_subject as validate_subject,
+)
+from ._subscription import Message as Message, Subscription as Subscription
+
+__all__ = [
+    "Broker",
+    "BrokerClosedError",
+    "BrokerError",
+    "BrokerStatistics",
+    "InvalidSubjectError",
+    "Message",
+    "OverflowPolicy",
+    "SlowConsumerError",
+    "Subscription",
+    "SubscriptionStatistics",
+    "subject_matches",
+    "validate_pattern",
+    "validate_subject",
+]
+
+__version__ = "0.1.0"
+
+# Show the public path in reprs, tracebacks and docs.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("trio_pubsub."):
+        _obj.__module__ = "trio_pubsub"
+del _name, _obj

@@ -1,0 +1,349 @@
+"""Broker: publish, publish_nowait, subscribe and aclose, wiring the rest together.
+
+Publishing is snapshot-then-deliver: the trie is matched once, synchronously,
+and the message is then offered to each inbox of that snapshot. Every inbox with
+room, or whose policy does not wait, gets it at once; only then does ``publish``
+wait, in snapshot order, for the ``BLOCK`` inboxes that were full. Inboxes that
+leave meanwhile are skipped (``_Inbox.offer`` and ``_Inbox.put`` check their
+state); inboxes that enter meanwhile are not in the snapshot.
+
+No checkpoint lies between validating a call and changing state, so a rejected
+call leaves the broker as it was.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Generic, TypeVar
+
+import trio
+
+from ._errors import BrokerClosedError
+from ._policy import OverflowPolicy
+from ._stats import BrokerStatistics
+from ._subject import parse_pattern, parse_subject
+from ._subscription import Message, Subscription, _Inbox, _Tally
+from ._trie import SubjectTrie
+
+if typing.TYPE_CHECKING:
+    from types import TracebackType
+
+T = TypeVar("T")
+
+DEFAULT_MAX_BUFFER_SIZE: typing.Final = 64
+DEFAULT_POLICY: typing.Final = OverflowPolicy.DROP_NEWEST
+DEFAULT_DISCONNECT_AFTER: typing.Final = 1
+
+
+def _check_count(name: str, value: object) -> int:
+    # bool is an int, but True as a buffer size is always a mistake.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(
+            f"{name} must be an int >= 1, not {type(value).__name__}: {value!r}"
+        )
+    if value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _check_policy(value: object) -> OverflowPolicy:
+    if not isinstance(value, OverflowPolicy):
+        raise TypeError(
+            f"policy must be an OverflowPolicy member, not {type(value).__name__}: "
+            f"{value!r}"
+        )
+    return value
+
+
+@typing.final
+class Broker(Generic[T]):
+    """An in-process publish/subscribe broker for messages of type ``T``.
+
+    ``Broker(OrderEvent)`` is a ``Broker[OrderEvent]`` that also checks at
+    publish time that each payload is an ``OrderEvent``; ``Broker[OrderEvent]()``
+    has the same static type and no runtime check.
+
+    Args:
+        message_type: If given, every payload must be an instance of it
+            (``TypeError`` otherwise).
+        max_buffer_size: Default buffer capacity of a subscription (int >= 1).
+        policy: Default :class:`OverflowPolicy` of a subscription.
+        disconnect_after: Default number of consecutive drops after which a
+            ``DISCONNECT`` subscription is cut off (int >= 1).
+
+    Raises:
+        TypeError: ``message_type`` is not a class, or an option has the wrong type.
+        ValueError: an option is out of range.
+
+    The broker is bound to no trio run: create it anywhere, use it from tasks of
+    one trio run at a time. It is also an async context manager that closes it.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_closed",
+        "_disconnect_after",
+        "_max_buffer_size",
+        "_message_type",
+        "_policy",
+        "_published",
+        "_tally",
+        "_trie",
+    )
+
+    def __init__(
+        self,
+        message_type: type[T] | None = None,
+        /,
+        *,
+        max_buffer_size: int = DEFAULT_MAX_BUFFER_SIZE,
+        policy: OverflowPolicy = DEFAULT_POLICY,
+        disconnect_after: int = DEFAULT_DISCONNECT_AFTER,
+    ) -> None:
+        if message_type is not None and not isinstance(message_type, type):
+            raise TypeError(
+                f"message_type must be a class usable with isinstance(), "
+                f"not {message_type!r}"
+            )
+        self._message_type = message_type
+        self._max_buffer_size = _check_count("max_buffer_size", max_buffer_size)
+        self._policy = _check_policy(policy)
+        self._disconnect_after = _check_count("disconnect_after", disconnect_after)
+        self._trie: SubjectTrie[_Inbox[T]] = SubjectTrie()
+        self._tally = _Tally()
+        self._published = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        kind = "" if self._message_type is None else self._message_type.__qualname__
+        state = "closed" if self._closed else "open"
+        return (
+            f"<trio_pubsub.Broker[{kind}] {state}, "
+            f"{len(self._trie)} subscriptions, {self._published} published>"
+        )
+
+    # -- subscribing ----------------------------------------------------------
+
+    def subscribe(
+        self,
+        pattern: str,
+        *,
+        max_buffer_size: int | None = None,
+        policy: OverflowPolicy | None = None,
+        disconnect_after: int | None = None,
+    ) -> typing.AsyncContextManager[Subscription[T]]:
+        """Listen on ``pattern`` for the body of an ``async with`` block.
+
+        ``async with broker.subscribe("orders.>") as sub:`` registers the
+        subscription on entry and removes it before control leaves the block,
+        whatever the exit (normal, exception, cancellation); its pending messages
+        are then discarded and counted as dropped. Messages published after entry
+        are routed to it.
+
+        Args:
+            pattern: A subject in which ``*`` matches one token and a final ``>``
+                one or more.
+            max_buffer_size: Buffer capacity (int >= 1); ``None``: the broker's.
+            policy: What a full buffer does; ``None``: the broker's.
+            disconnect_after: Consecutive drops that cut a ``DISCONNECT``
+                subscription off (int >= 1); ``None``: the broker's.
+
+        Returns:
+            An async context manager yielding the :class:`Subscription`. Entering
+            it is a trio checkpoint; it may be entered once.
+
+        Raises:
+            InvalidSubjectError: ``pattern`` breaks the subject grammar.
+            TypeError: ``pattern`` is not a ``str`` or an option has the wrong type.
+            ValueError: an option is out of range.
+            BrokerClosedError: the broker is closed (here, or on entry).
+
+        Everything is checked here, at the call, before anything changes.
+        """
+        tokens = parse_pattern(pattern)
+        inbox = _Inbox(
+            pattern,
+            tokens,
+            policy=self._policy if policy is None else _check_policy(policy),
+            max_buffer_size=(
+                self._max_buffer_size
+                if max_buffer_size is None
+                else _check_count("max_buffer_size", max_buffer_size)
+            ),
+            disconnect_after=(
+                self._disconnect_after
+                if disconnect_after is None
+                else _check_count("disconnect_after", disconnect_after)
+            ),
+            tally=self._tally,
+            detach=self._detach,
+        )
+        self._check_open()
+        return _SubscriptionScope(self, inbox)
+
+    def _attach(self, inbox: _Inbox[T]) -> None:
+        self._check_open()
+        self._trie.insert(inbox.tokens, inbox)
+
+    def _detach(self, inbox: _Inbox[T]) -> None:
+        self._trie.remove(inbox.tokens, inbox)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerClosedError("the broker is closed")
+
+    # -- publishing -----------------------------------------------------------
+
+    def _route(self, subject: str, payload: T) -> tuple[Message[T], list[_Inbox[T]]]:
+        tokens = parse_subject(subject)
+        message_type = self._message_type
+        if message_type is not None and not isinstance(payload, message_type):
+            raise TypeError(
+                f"payload must be an instance of {message_type.__qualname__}, "
+                f"not {type(payload).__name__}: {payload!r}"
+            )
+        self._check_open()
+        return Message(subject, payload), self._trie.match(tokens)
+
+    async def publish(self, subject: str, payload: T) -> int:
+        """Publish ``payload`` on ``subject`` to every matching subscription.
+
+        A trio checkpoint. The matching subscriptions are fixed when it is
+        called; each gets the message according to its policy. It waits only
+        for ``BLOCK`` subscriptions whose buffer is full, after every other one
+        has been served. A subscription that leaves while it waits is skipped.
+
+        Args:
+            subject: A literal subject (no wildcards).
+            payload: The message's payload.
+
+        Returns:
+            How many subscriptions accepted the message into their buffer.
+
+        Raises:
+            InvalidSubjectError: ``subject`` breaks the grammar or has a wildcard.
+            TypeError: ``subject`` is not a ``str``, or the payload is not of
+                the broker's ``message_type``.
+            BrokerClosedError: the broker is closed, or was closed while this
+                call waited for room.
+
+        If cancelled while waiting for room, the subscriptions already served
+        keep their copy, the one it waited on and those after it get none, and
+        every counter stays exact; the call does not count as published.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        message, targets = self._route(subject, payload)
+        accepted = 0
+        full: list[_Inbox[T]] = []
+        for inbox in targets:
+            if inbox.would_block():
+                full.append(inbox)
+            elif inbox.offer(message):
+                accepted += 1
+        if full:
+            for inbox in full:
+                accepted += await inbox.put(message)
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        self._published += 1
+        return accepted
+
+    def publish_nowait(self, subject: str, payload: T) -> int:
+        """Publish without waiting: like :meth:`publish`, all or nothing.
+
+        Returns:
+            How many subscriptions accepted the message into their buffer.
+
+        Raises:
+            trio.WouldBlock: a matching ``BLOCK`` subscription's buffer is full;
+                then no subscription gets the message and nothing is counted.
+            InvalidSubjectError: as for :meth:`publish`.
+            TypeError: as for :meth:`publish`.
+            BrokerClosedError: the broker is closed.
+        """
+        message, targets = self._route(subject, payload)
+        for inbox in targets:
+            if inbox.would_block():
+                raise trio.WouldBlock
+        accepted = 0
+        for inbox in targets:
+            accepted += inbox.offer(message)
+        self._published += 1
+        return accepted
+
+    # -- the rest -------------------------------------------------------------
+
+    def statistics(self) -> BrokerStatistics:
+        """Return a snapshot of the broker's counters."""
+        tally = self._tally
+        return BrokerStatistics(
+            published=self._published,
+            delivered=tally.delivered,
+            dropped=tally.dropped,
+            disconnected=tally.disconnected,
+            subscriptions=len(self._trie),
+        )
+
+    async def aclose(self) -> None:
+        """Close the broker. Idempotent, and a trio checkpoint.
+
+        Afterwards ``publish``, ``publish_nowait`` and ``subscribe`` raise
+        :class:`BrokerClosedError`, and so do publishers waiting for room in a
+        ``BLOCK`` buffer now. Every open subscription takes no new messages,
+        keeps what it holds for its consumer to drain, and then ends: ``async
+        for`` stops and ``receive()`` raises ``trio.EndOfChannel``.
+
+        The broker is closed even if this call is cancelled.
+        """
+        if not self._closed:
+            self._closed = True
+            inboxes = list(self._trie.values())
+            self._trie = SubjectTrie()
+            for inbox in inboxes:
+                inbox.end()
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Broker[T]:
+        await trio.lowlevel.checkpoint()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+@typing.final
+class _SubscriptionScope(Generic[T]):
+    """What ``subscribe()`` returns: registers on entry, removes on exit."""
+
+    __slots__ = ("_broker", "_entered", "_inbox")
+
+    def __init__(self, broker: Broker[T], inbox: _Inbox[T]) -> None:
+        self._broker = broker
+        self._inbox = inbox
+        self._entered = False
+
+    async def __aenter__(self) -> Subscription[T]:
+        # Checkpoint before registering: a cancellation here leaves nothing behind,
+        # and after registering nothing may raise until the body runs.
+        await trio.lowlevel.checkpoint()
+        if self._entered:
+            raise RuntimeError(
+                f"this subscribe({self._inbox.pattern!r}) was already entered; "
+                "call broker.subscribe() again for a new subscription"
+            )
+        self._broker._attach(self._inbox)
+        self._entered = True
+        return Subscription(self._inbox)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._inbox.close()

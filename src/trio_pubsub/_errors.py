@@ -1,0 +1,51 @@
+"""The exception hierarchy of trio_pubsub.
+
+Every error the library raises on purpose derives from :class:`BrokerError`, and
+also from the builtin or trio exception that generic handlers already catch::
+
+    BrokerError(Exception)
+    ├── InvalidSubjectError(BrokerError, ValueError)              bad subject or pattern
+    ├── BrokerClosedError(BrokerError, trio.ClosedResourceError)  the broker was closed
+    └── SlowConsumerError(BrokerError, trio.BrokenResourceError)  cut off by DISCONNECT
+"""
+
+from __future__ import annotations
+
+import trio
+
+
+class BrokerError(Exception):
+    """Base class of every error that trio_pubsub raises on purpose."""
+
+
+class InvalidSubjectError(BrokerError, ValueError):
+    """A subject or pattern breaks the subject grammar.
+
+    Attributes:
+        subject: The rejected input, exactly as it was given.
+        reason: The rule it breaks, e.g. ``"empty token"``.
+    """
+
+    subject: str
+    reason: str
+
+    def __init__(self, subject: str, reason: str, *, kind: str = "subject") -> None:
+        self.subject = subject
+        self.reason = reason
+        super().__init__(f"invalid {kind} {subject!r}: {reason}")
+
+
+class BrokerClosedError(BrokerError, trio.ClosedResourceError):
+    """The broker was closed with :meth:`Broker.aclose`.
+
+    Raised by ``publish``, ``publish_nowait`` and ``subscribe`` on a closed broker,
+    and in publishers that were waiting for room in a ``BLOCK`` buffer when it closed.
+    """
+
+
+class SlowConsumerError(BrokerError, trio.BrokenResourceError):
+    """The broker cut this subscription off because it fell too far behind.
+
+    Raised by ``receive()`` and ``async for`` on a ``DISCONNECT`` subscription
+    once it has drained the messages it held when it was cut off.
+    """

@@ -1,0 +1,50 @@
+"""Immutable snapshots returned by the ``statistics()`` methods."""
+
+from __future__ import annotations
+
+import typing
+
+import attrs
+
+
+@typing.final
+@attrs.frozen
+class BrokerStatistics:
+    """A snapshot of a broker's counters, from :meth:`Broker.statistics`."""
+
+    published: int
+    """Calls to ``publish``/``publish_nowait`` that returned normally."""
+    delivered: int
+    """Message copies that entered a subscription's buffer (or went straight to a
+    waiting receiver)."""
+    dropped: int
+    """Message copies routed to a subscription and never received: refused by a
+    full buffer, evicted by ``DROP_OLDEST``, or discarded when a subscription ended
+    with messages still pending."""
+    disconnected: int
+    """Subscriptions cut off by the ``DISCONNECT`` policy."""
+    subscriptions: int
+    """Subscriptions registered now, i.e. that would be offered a new message."""
+
+
+@typing.final
+@attrs.frozen
+class SubscriptionStatistics:
+    """A snapshot of one subscription's counters, from :meth:`Subscription.statistics`.
+
+    At every moment, the messages routed to the subscription equal
+    ``received + pending + dropped``, and ``delivered`` equals the routed
+    messages that were not refused.
+    """
+
+    delivered: int
+    """Messages that entered its buffer (or went straight to a waiting receiver)."""
+    received: int
+    """Messages handed to the consumer by ``receive``, ``receive_nowait`` or
+    ``async for``."""
+    pending: int
+    """Messages in its buffer now."""
+    dropped: int
+    """Messages routed to it that it will never receive."""
+    max_buffer_size: int
+    """Its buffer's capacity."""

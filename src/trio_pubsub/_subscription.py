@@ -1,0 +1,487 @@
+"""The receive side: Message, Subscription and the _Inbox behind each subscription.
+
+An ``_Inbox`` is one subscription's bounded buffer with its counters and its
+waiting tasks. It is a small memory channel of its own rather than a
+``trio.open_memory_channel`` pair, because the counters must change in the same
+step as the buffer (the law ``received + pending + dropped == routed`` holds at
+every moment, not only between checkpoints), ``DROP_OLDEST`` evicts from the
+sending side, and the end of the stream depends on who ended it.
+
+Invariants (no checkpoint between any check and the mutation that follows it;
+every method of ``_Inbox`` but ``put`` is synchronous):
+
+* ``len(buffer) <= max_buffer_size``.
+* Tasks wait in ``receivers`` only while ``buffer`` is empty, and publishers wait
+  in ``senders`` only while it is full: a message offered while a receiver waits
+  goes straight to that receiver, and room made by a receive goes straight to the
+  first waiting publisher, so messages keep their order.
+* ``delivered == received + pending + evicted + discarded`` and
+  ``dropped == refused + evicted + discarded``.
+* Only an ``OPEN`` inbox is in its broker's trie.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import time
+import typing
+from collections import deque
+from typing import Generic, TypeVar
+
+import attrs
+import trio
+
+from ._errors import BrokerClosedError, SlowConsumerError
+from ._policy import Action, OverflowPolicy, decide
+from ._stats import SubscriptionStatistics
+
+if typing.TYPE_CHECKING:
+    from collections.abc import Callable
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+logger = logging.getLogger("trio_pubsub")
+
+
+@typing.final
+@attrs.frozen
+class Message(Generic[T_co]):
+    """One published message, as a subscription receives it."""
+
+    subject: str
+    """The literal subject it was published on (never a pattern)."""
+    payload: T_co
+    """What the publisher sent. Every receiver gets the same object."""
+
+
+def _now() -> float:
+    try:
+        return trio.current_time()
+    except RuntimeError:  # outside trio.run
+        return time.monotonic()
+
+
+class _RateLimitedWarning:
+    """Logs at most one WARNING per ``interval`` seconds of trio's clock.
+
+    Warnings that fall inside the interval are counted, and the count is added to
+    the next one that is logged, so a flood of drops costs a few lines per second.
+    """
+
+    __slots__ = ("_interval", "_next", "_suppressed")
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = -math.inf
+        self._suppressed = 0
+
+    def __call__(self, fmt: str, *args: object) -> None:
+        if not logger.isEnabledFor(logging.WARNING):
+            return
+        now = _now()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            fmt += " (%d similar warnings suppressed in the last %.1fs)"
+            args = (*args, self._suppressed, self._interval)
+        logger.warning(fmt, *args)
+        self._next = now + self._interval
+        self._suppressed = 0
+
+
+LOG_INTERVAL: typing.Final = 1.0
+"""Seconds between two drop warnings (and two disconnect warnings) of a broker."""
+
+
+@attrs.define
+class _Tally:
+    """Counters and log limits shared by one broker and all of its inboxes."""
+
+    delivered: int = 0
+    dropped: int = 0
+    disconnected: int = 0
+    warn_drop: _RateLimitedWarning = attrs.Factory(
+        lambda: _RateLimitedWarning(LOG_INTERVAL)
+    )
+    warn_disconnect: _RateLimitedWarning = attrs.Factory(
+        lambda: _RateLimitedWarning(LOG_INTERVAL)
+    )
+
+
+class _State(enum.Enum):
+    OPEN = enum.auto()
+    """In the broker's trie, taking new messages."""
+    ENDED = enum.auto()
+    """The broker was closed: drain, then ``trio.EndOfChannel``."""
+    CUT_OFF = enum.auto()
+    """Disconnected as a slow consumer: drain, then ``SlowConsumerError``."""
+    CLOSED = enum.auto()
+    """Left (scope exit or ``close()``): buffer discarded, ``ClosedResourceError``."""
+
+
+class _Put(enum.Enum):
+    """How a publisher's wait for room in a ``BLOCK`` buffer ended."""
+
+    DELIVERED = enum.auto()
+    SKIPPED = enum.auto()
+    BROKER_CLOSED = enum.auto()
+
+
+class _Inbox(Generic[T]):
+    """One subscription's buffer, counters and waiting tasks."""
+
+    __slots__ = (
+        "buffer",
+        "consecutive_drops",
+        "delivered",
+        "detach",
+        "disconnect_after",
+        "dropped",
+        "handed",
+        "max_buffer_size",
+        "pattern",
+        "policy",
+        "put_results",
+        "received",
+        "receivers",
+        "senders",
+        "state",
+        "tally",
+        "tokens",
+    )
+
+    def __init__(
+        self,
+        pattern: str,
+        tokens: tuple[str, ...],
+        *,
+        policy: OverflowPolicy,
+        max_buffer_size: int,
+        disconnect_after: int,
+        tally: _Tally,
+        detach: Callable[[_Inbox[T]], None],
+    ) -> None:
+        self.pattern = pattern
+        self.tokens = tokens
+        self.policy = policy
+        self.max_buffer_size = max_buffer_size
+        self.disconnect_after = disconnect_after
+        self.tally = tally
+        self.detach = detach
+        self.state = _State.OPEN
+        self.buffer: deque[Message[T]] = deque()
+        # dicts used as FIFO sets of waiting tasks
+        self.receivers: dict[trio.lowlevel.Task, None] = {}
+        self.handed: dict[trio.lowlevel.Task, Message[T]] = {}
+        self.senders: dict[trio.lowlevel.Task, Message[T]] = {}
+        self.put_results: dict[trio.lowlevel.Task, _Put] = {}
+        self.delivered = 0
+        self.received = 0
+        self.dropped = 0
+        self.consecutive_drops = 0
+
+    def __repr__(self) -> str:
+        return f"<inbox {self.pattern!r} {self.policy.name} {self.state.name}>"
+
+    # -- sending side ---------------------------------------------------------
+
+    def would_block(self) -> bool:
+        """True when this is a ``BLOCK`` inbox whose buffer is full."""
+        return (
+            self.policy is OverflowPolicy.BLOCK
+            and self.state is _State.OPEN
+            and len(self.buffer) >= self.max_buffer_size
+        )
+
+    def offer(self, message: Message[T]) -> bool:
+        """Offer a message without waiting; return whether it was accepted.
+
+        Raises:
+            trio.WouldBlock: this is a ``BLOCK`` inbox and its buffer is full.
+        """
+        if self.state is not _State.OPEN:
+            return False  # left, or cut off, after the publisher's snapshot
+        action = decide(
+            self.policy,
+            pending=len(self.buffer),
+            max_buffer_size=self.max_buffer_size,
+            consecutive_drops=self.consecutive_drops,
+            disconnect_after=self.disconnect_after,
+        )
+        if action is Action.DELIVER:
+            self._accept(message)
+            return True
+        if action is Action.WAIT:
+            raise trio.WouldBlock
+        if action is Action.EVICT_OLDEST:
+            self.buffer.popleft()
+            self._count_drops(1)
+            self._warn_drop(message, "discarded its oldest pending message")
+            self._accept(message)
+            return True
+        self.consecutive_drops += 1
+        self._count_drops(1)
+        self._warn_drop(message, "dropped a new message")
+        if action is Action.DISCONNECT:
+            self._cut_off()
+        return False
+
+    async def put(self, message: Message[T]) -> bool:
+        """Offer a message, waiting for room if this is a full ``BLOCK`` inbox.
+
+        Returns whether it was accepted; ``False`` when the subscription left
+        while the publisher waited.
+
+        Raises:
+            BrokerClosedError: the broker was closed while the publisher waited.
+
+        If cancelled while waiting, the message does not enter this buffer and
+        every counter is as if it had never been offered.
+        """
+        if not self.would_block():
+            return self.offer(message)
+        task = trio.lowlevel.current_task()
+        self.senders[task] = message
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            del self.senders[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        result = self.put_results.pop(task)
+        if result is _Put.BROKER_CLOSED:
+            raise BrokerClosedError(
+                f"the broker was closed while this publish waited for room in "
+                f"{self.pattern!r}"
+            )
+        return result is _Put.DELIVERED
+
+    def _accept(self, message: Message[T]) -> None:
+        self.delivered += 1
+        self.tally.delivered += 1
+        self.consecutive_drops = 0
+        if self.receivers:
+            # Hand it straight to the longest-waiting receiver, as a trio memory
+            # channel does: a waiting receiver is room, and the buffer stays empty.
+            task = next(iter(self.receivers))
+            del self.receivers[task]
+            self.handed[task] = message
+            self.received += 1
+            trio.lowlevel.reschedule(task)
+        else:
+            self.buffer.append(message)
+
+    def _count_drops(self, count: int) -> None:
+        self.dropped += count
+        self.tally.dropped += count
+
+    def _warn_drop(self, message: Message[T], what: str) -> None:
+        self.tally.warn_drop(
+            "subscription %r (%s, buffer of %d full) %s on subject %r; "
+            "%d dropped so far",
+            self.pattern,
+            self.policy.name,
+            self.max_buffer_size,
+            what,
+            message.subject,
+            self.dropped,
+        )
+
+    def _cut_off(self) -> None:
+        self.state = _State.CUT_OFF
+        self.detach(self)
+        self.tally.disconnected += 1
+        self.tally.warn_disconnect(
+            "subscription %r was disconnected as a slow consumer after %d "
+            "consecutive drops; %d messages remain for it to drain",
+            self.pattern,
+            self.consecutive_drops,
+            len(self.buffer),
+        )
+        self._wake_all(_Put.SKIPPED)
+
+    # -- receiving side -------------------------------------------------------
+
+    def take(self) -> Message[T]:
+        """Take the oldest pending message, or raise what the state says."""
+        if self.buffer:
+            message = self.buffer.popleft()
+            self.received += 1
+            if self.senders:
+                # Room just appeared: it belongs to the longest-waiting publisher.
+                task = next(iter(self.senders))
+                self._accept(self.senders.pop(task))
+                self.put_results[task] = _Put.DELIVERED
+                trio.lowlevel.reschedule(task)
+            return message
+        if self.state is _State.OPEN:
+            raise trio.WouldBlock
+        if self.state is _State.ENDED:
+            raise trio.EndOfChannel
+        if self.state is _State.CUT_OFF:
+            raise SlowConsumerError(
+                f"subscription {self.pattern!r} was disconnected as a slow consumer "
+                f"after {self.disconnect_after} consecutive drops "
+                f"(buffer of {self.max_buffer_size})"
+            )
+        raise trio.ClosedResourceError(f"subscription {self.pattern!r} is closed")
+
+    async def receive(self) -> Message[T]:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            message = self.take()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return message
+        task = trio.lowlevel.current_task()
+        self.receivers[task] = None
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            del self.receivers[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        handed = self.handed.pop(task, None)
+        if handed is None:
+            # Woken because the stream ended: take() raises the reason.
+            return self.take()
+        return handed
+
+    # -- ending ---------------------------------------------------------------
+
+    def end(self) -> None:
+        """The broker closed: no new messages; drain, then ``EndOfChannel``."""
+        if self.state is _State.OPEN:
+            self.state = _State.ENDED
+            self._wake_all(_Put.BROKER_CLOSED)
+
+    def close(self) -> None:
+        """The subscriber left: discard what is pending and count it as dropped."""
+        if self.state is _State.CLOSED:
+            return
+        was_open = self.state is _State.OPEN
+        self.state = _State.CLOSED
+        discarded = len(self.buffer)
+        if discarded:
+            self.buffer.clear()
+            self._count_drops(discarded)
+        if was_open:
+            self.detach(self)
+        self._wake_all(_Put.SKIPPED)
+
+    def _wake_all(self, put_result: _Put) -> None:
+        for task in self.senders:
+            self.put_results[task] = put_result
+            trio.lowlevel.reschedule(task)
+        self.senders.clear()
+        for task in self.receivers:
+            trio.lowlevel.reschedule(task)
+        self.receivers.clear()
+
+    def statistics(self) -> SubscriptionStatistics:
+        return SubscriptionStatistics(
+            delivered=self.delivered,
+            received=self.received,
+            pending=len(self.buffer),
+            dropped=self.dropped,
+            max_buffer_size=self.max_buffer_size,
+        )
+
+
+@typing.final
+class Subscription(Generic[T_co]):
+    """The receiving end of one subscription, from ``async with broker.subscribe()``.
+
+    It receives every message published on a subject that its pattern matches
+    from the moment the ``async with`` is entered until it is left, in the order
+    they were published, minus those its overflow policy drops (counted in
+    :meth:`statistics`). Iterate with ``async for``, or call :meth:`receive`.
+
+    Do not create it yourself: :meth:`Broker.subscribe` does.
+    """
+
+    __slots__ = ("_inbox",)
+
+    def __init__(self, inbox: _Inbox[T_co]) -> None:
+        self._inbox = inbox
+
+    def __repr__(self) -> str:
+        inbox = self._inbox
+        return (
+            f"<trio_pubsub.Subscription {inbox.pattern!r} policy={inbox.policy.name} "
+            f"max_buffer_size={inbox.max_buffer_size} state={inbox.state.name.lower()}>"
+        )
+
+    @property
+    def pattern(self) -> str:
+        """The pattern this subscription listens on."""
+        return self._inbox.pattern
+
+    @property
+    def policy(self) -> OverflowPolicy:
+        """What happens when its buffer is full."""
+        return self._inbox.policy
+
+    @property
+    def max_buffer_size(self) -> int:
+        """How many messages its buffer holds."""
+        return self._inbox.max_buffer_size
+
+    async def receive(self) -> Message[T_co]:
+        """Wait for the next message and return it.
+
+        A trio checkpoint. It waits only while the buffer is empty.
+
+        Returns:
+            The oldest pending message.
+
+        Raises:
+            trio.EndOfChannel: the broker was closed and every pending message
+                has been received.
+            SlowConsumerError: the ``DISCONNECT`` policy cut this subscription
+                off and every pending message has been received.
+            trio.ClosedResourceError: the subscription was closed, or its
+                ``async with`` block has been left.
+
+        If cancelled, no message is taken: the next call gets it.
+        """
+        return await self._inbox.receive()
+
+    def receive_nowait(self) -> Message[T_co]:
+        """Return the next message if one is pending, without waiting.
+
+        Raises:
+            trio.WouldBlock: no message is pending and the stream has not ended.
+            trio.EndOfChannel: as for :meth:`receive`.
+            SlowConsumerError: as for :meth:`receive`.
+            trio.ClosedResourceError: as for :meth:`receive`.
+        """
+        return self._inbox.take()
+
+    def close(self) -> None:
+        """Leave early: take no new messages and discard the pending ones.
+
+        Discarded messages are counted as dropped. Afterwards :meth:`receive`
+        raises ``trio.ClosedResourceError``, and so do tasks waiting in it now.
+        Idempotent; leaving the ``async with`` block does the same.
+        """
+        self._inbox.close()
+
+    def statistics(self) -> SubscriptionStatistics:
+        """Return a snapshot of this subscription's counters."""
+        return self._inbox.statistics()
+
+    def __aiter__(self) -> Subscription[T_co]:
+        return self
+
+    async def __anext__(self) -> Message[T_co]:
+        try:
+            return await self._inbox.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None

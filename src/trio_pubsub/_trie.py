@@ -1,0 +1,158 @@
+"""SubjectTrie: patterns stored by token, matched by walking a subject's tokens.
+
+Each node has a map of literal children, at most one ``*`` child, the values whose
+pattern ends at the node, and the values whose pattern ends with ``>`` right after
+it. Matching a subject of n tokens visits at most the nodes on the paths that the
+subject can take, never the list of patterns.
+
+Invariants:
+
+* A value is stored at exactly one place: the node its pattern leads to, in
+  ``exact`` or in ``rest``. A pattern matches a subject along one path at most, so
+  :meth:`SubjectTrie.match` never returns a value twice.
+* No node but the root is empty: :meth:`SubjectTrie.remove` prunes on the way up.
+* Values are kept in insertion order, so matching is deterministic.
+
+Pure and synchronous (no trio import), so that Hypothesis can compare it with a
+naive matcher and a later match cache can sit in front of it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from ._subject import ONE, REST
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+V = TypeVar("V")
+
+
+class _Node(Generic[V]):
+    __slots__ = ("exact", "literal", "rest", "star")
+
+    def __init__(self) -> None:
+        self.literal: dict[str, _Node[V]] = {}
+        self.star: _Node[V] | None = None
+        # dicts used as insertion-ordered sets
+        self.exact: dict[V, None] = {}
+        self.rest: dict[V, None] = {}
+
+    def is_empty(self) -> bool:
+        return not (self.literal or self.star or self.exact or self.rest)
+
+
+class SubjectTrie(Generic[V]):
+    """A set of ``(pattern tokens, value)`` entries, matched by subject tokens."""
+
+    __slots__ = ("_len", "_root")
+
+    def __init__(self) -> None:
+        self._root: _Node[V] = _Node()
+        self._len = 0
+
+    def __len__(self) -> int:
+        """Number of values stored."""
+        return self._len
+
+    def insert(self, pattern: tuple[str, ...], value: V) -> None:
+        """Store ``value`` under the parsed ``pattern``.
+
+        Raises:
+            ValueError: ``value`` is already stored under this pattern.
+        """
+        node = self._root
+        for token in pattern[:-1]:
+            node = self._child(node, token)
+        last = pattern[-1]
+        slot = node.rest if last == REST else self._child(node, last).exact
+        if value in slot:
+            raise ValueError(f"{value!r} is already stored under {pattern!r}")
+        slot[value] = None
+        self._len += 1
+
+    @staticmethod
+    def _child(node: _Node[V], token: str) -> _Node[V]:
+        if token == ONE:
+            if node.star is None:
+                node.star = _Node()
+            return node.star
+        child = node.literal.get(token)
+        if child is None:
+            child = node.literal[token] = _Node()
+        return child
+
+    def remove(self, pattern: tuple[str, ...], value: V) -> None:
+        """Remove ``value`` stored under ``pattern`` and prune emptied nodes.
+
+        Raises:
+            KeyError: ``value`` is not stored under this pattern.
+        """
+        path: list[tuple[_Node[V], str]] = []
+        node: _Node[V] | None = self._root
+        last = pattern[-1]
+        walk = pattern[:-1] if last == REST else pattern
+        for token in walk:
+            assert node is not None
+            path.append((node, token))
+            node = node.star if token == ONE else node.literal.get(token)
+            if node is None:
+                raise KeyError(value)
+        assert node is not None
+        slot = node.rest if last == REST else node.exact
+        del slot[value]  # KeyError when absent
+        self._len -= 1
+        for parent, token in reversed(path):
+            if not node.is_empty():
+                break
+            if token == ONE:
+                parent.star = None
+            else:
+                del parent.literal[token]
+            node = parent
+
+    def match(self, subject: tuple[str, ...]) -> list[V]:
+        """Return the values whose pattern matches the parsed literal ``subject``."""
+        found: list[V] = []
+        level = [self._root]
+        for token in subject:
+            following: list[_Node[V]] = []
+            for node in level:
+                if node.rest:
+                    # '>' needs one or more tokens: this one is at least that.
+                    found.extend(node.rest)
+                child = node.literal.get(token)
+                if child is not None:
+                    following.append(child)
+                if node.star is not None:
+                    following.append(node.star)
+            if not following:
+                return found
+            level = following
+        for node in level:
+            found.extend(node.exact)
+        return found
+
+    def values(self) -> Iterator[V]:
+        """Iterate over every stored value."""
+        stack = [self._root]
+        while stack:
+            node = stack.pop()
+            yield from node.exact
+            yield from node.rest
+            stack.extend(node.literal.values())
+            if node.star is not None:
+                stack.append(node.star)
+
+    def node_count(self) -> int:
+        """Number of nodes, the root included (1 when empty and fully pruned)."""
+        count = 0
+        stack = [self._root]
+        while stack:
+            node = stack.pop()
+            count += 1
+            stack.extend(node.literal.values())
+            if node.star is not None:
+                stack.append(node.star)
+        return count

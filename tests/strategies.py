@@ -1,0 +1,28 @@
+"""Hypothesis strategies for tokens, subjects and patterns."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+# A small vocabulary makes matches likely; the odd tokens are literals that merely
+# contain wildcard characters, and unicode that is not whitespace.
+LITERAL_TOKENS = ["a", "b", "c", "orders", "42", "a*", "*b", ">>", "x>", "é", "日本"]
+
+literal_tokens = st.sampled_from(LITERAL_TOKENS)
+subject_tokens = st.lists(literal_tokens, min_size=1, max_size=8)
+subjects = subject_tokens.map(".".join)
+
+
+@st.composite
+def patterns(draw: st.DrawFn) -> str:
+    """A valid pattern: literal or ``*`` tokens, optionally ending in ``>``."""
+    body = draw(
+        st.lists(
+            st.one_of(literal_tokens, st.just("*")),
+            min_size=0,
+            max_size=7,
+        )
+    )
+    if draw(st.booleans()) or not body:
+        body.append(">")
+    return ".".join(body)

@@ -1,0 +1,53 @@
+"""The public surface is exactly SPEC.md's names."""
+
+from __future__ import annotations
+
+import trio
+
+import trio_pubsub
+
+SPEC_NAMES = {
+    "Broker",
+    "BrokerClosedError",
+    "BrokerError",
+    "BrokerStatistics",
+    "InvalidSubjectError",
+    "Message",
+    "OverflowPolicy",
+    "SlowConsumerError",
+    "Subscription",
+    "SubscriptionStatistics",
+    "subject_matches",
+    "validate_pattern",
+    "validate_subject",
+}
+
+
+def test_all_is_the_spec_names_sorted() -> None:
+    """__all__ lists the public names of SPEC.md, sorted."""
+    assert set(trio_pubsub.__all__) == SPEC_NAMES
+    assert trio_pubsub.__all__ == sorted(trio_pubsub.__all__)
+
+
+def test_public_names_live_in_the_package() -> None:
+    """Reprs and tracebacks show trio_pubsub.X, not a private module."""
+    for name in trio_pubsub.__all__:
+        assert getattr(trio_pubsub, name).__module__ == "trio_pubsub", name
+
+
+def test_error_tree() -> None:
+    """Each error has the library base and a builtin or trio parent."""
+    assert issubclass(trio_pubsub.InvalidSubjectError, trio_pubsub.BrokerError)
+    assert issubclass(trio_pubsub.InvalidSubjectError, ValueError)
+    assert issubclass(trio_pubsub.BrokerClosedError, trio_pubsub.BrokerError)
+    assert issubclass(trio_pubsub.BrokerClosedError, trio.ClosedResourceError)
+    assert issubclass(trio_pubsub.SlowConsumerError, trio_pubsub.BrokerError)
+    assert issubclass(trio_pubsub.SlowConsumerError, trio.BrokenResourceError)
+    assert issubclass(trio_pubsub.BrokerError, Exception)
+
+
+def test_py_typed_ships() -> None:
+    """The package is marked as typed."""
+    from importlib.resources import files
+
+    assert files("trio_pubsub").joinpath("py.typed").is_file()

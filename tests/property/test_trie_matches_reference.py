@@ -1,0 +1,68 @@
+"""The trie finds exactly what a naive matcher finds, on generated input."""
+
+from __future__ import annotations
+
+from hypothesis import given, strategies as st
+
+from tests.strategies import patterns, subjects
+from trio_pubsub import subject_matches
+from trio_pubsub._subject import parse_pattern, parse_subject
+from trio_pubsub._trie import SubjectTrie
+
+
+def reference_match(pattern: str, subject: str) -> bool:
+    """NATS matching, written independently of the library: recursion on lists."""
+
+    def walk(pat: list[str], sub: list[str]) -> bool:
+        if not pat:
+            return not sub
+        head, *rest = pat
+        if head == ">" and not rest:
+            return len(sub) >= 1
+        if not sub:
+            return False
+        return (head in ("*", sub[0])) and walk(rest, sub[1:])
+
+    return walk(pattern.split("."), subject.split("."))
+
+
+@given(st.lists(patterns(), max_size=30), st.lists(subjects, min_size=1, max_size=20))
+def test_trie_match_equals_reference(pats: list[str], subs: list[str]) -> None:
+    """For every subject, the trie returns the indexes of the matching patterns."""
+    trie: SubjectTrie[int] = SubjectTrie()
+    for index, pattern in enumerate(pats):
+        trie.insert(parse_pattern(pattern), index)
+    for subject in subs:
+        expected = sorted(i for i, p in enumerate(pats) if reference_match(p, subject))
+        found = trie.match(parse_subject(subject))
+        assert sorted(found) == expected
+        assert len(found) == len(set(found))
+
+
+@given(patterns(), subjects)
+def test_subject_matches_equals_reference(pattern: str, subject: str) -> None:
+    """The public helper agrees with the reference matcher."""
+    assert subject_matches(pattern, subject) == reference_match(pattern, subject)
+
+
+@given(st.lists(patterns(), min_size=1, max_size=30), st.data())
+def test_remove_restores_and_prunes(pats: list[str], data: st.DataObject) -> None:
+    """Removing in any order keeps matches right and ends with a bare root."""
+    trie: SubjectTrie[int] = SubjectTrie()
+    for index, pattern in enumerate(pats):
+        trie.insert(parse_pattern(pattern), index)
+    remaining = dict(enumerate(pats))
+    order = data.draw(st.permutations(list(remaining)))
+    probe = data.draw(subjects)
+    for index in order:
+        trie.remove(parse_pattern(remaining.pop(index)), index)
+        expected = sorted(i for i, p in remaining.items() if reference_match(p, probe))
+        assert sorted(trie.match(parse_subject(probe))) == expected
+        assert len(trie) == len(remaining)
+    assert trie.node_count() == 1
+
+
+@given(patterns())
+def test_pattern_round_trip(pattern: str) -> None:
+    """Parsing a pattern and joining its tokens gives it back."""
+    assert ".".join(parse_pattern(pattern)) == pattern

@@ -67,6 +67,9 @@ def _now() -> float:
 class _RateLimitedWarning:
     """Logs at most one WARNING per ``interval`` seconds of trio's clock.
 
+    Each subscription has its own, made on its first drop, so every dropping
+    subscription is named in the log at least once.
+
     Warnings that fall inside the interval are counted, and the count is added to
     the next one that is logged, so a flood of drops costs a few lines per second.
     """
@@ -86,30 +89,24 @@ class _RateLimitedWarning:
             self._suppressed += 1
             return
         if self._suppressed:
-            fmt += " (%d similar warnings suppressed in the last %.1fs)"
-            args = (*args, self._suppressed, self._interval)
+            fmt += " (%d similar warnings suppressed since the last one)"
+            args = (*args, self._suppressed)
         logger.warning(fmt, *args)
         self._next = now + self._interval
         self._suppressed = 0
 
 
 LOG_INTERVAL: typing.Final = 1.0
-"""Seconds between two drop warnings (and two disconnect warnings) of a broker."""
+"""Seconds between two drop warnings of one subscription."""
 
 
 @attrs.define
 class _Tally:
-    """Counters and log limits shared by one broker and all of its inboxes."""
+    """Counters shared by one broker and all of its inboxes."""
 
     delivered: int = 0
     dropped: int = 0
     disconnected: int = 0
-    warn_drop: _RateLimitedWarning = attrs.Factory(
-        lambda: _RateLimitedWarning(LOG_INTERVAL)
-    )
-    warn_disconnect: _RateLimitedWarning = attrs.Factory(
-        lambda: _RateLimitedWarning(LOG_INTERVAL)
-    )
 
 
 class _State(enum.Enum):
@@ -152,6 +149,7 @@ class _Inbox(Generic[T]):
         "state",
         "tally",
         "tokens",
+        "warn_drop",
     )
 
     def __init__(
@@ -183,6 +181,7 @@ class _Inbox(Generic[T]):
         self.received = 0
         self.dropped = 0
         self.consecutive_drops = 0
+        self.warn_drop: _RateLimitedWarning | None = None
 
     def __repr__(self) -> str:
         return f"<inbox {self.pattern!r} {self.policy.name} {self.state.name}>"
@@ -280,7 +279,9 @@ class _Inbox(Generic[T]):
         self.tally.dropped += count
 
     def _warn_drop(self, message: Message[T], what: str) -> None:
-        self.tally.warn_drop(
+        if self.warn_drop is None:
+            self.warn_drop = _RateLimitedWarning(LOG_INTERVAL)
+        self.warn_drop(
             "subscription %r (%s, buffer of %d full) %s on subject %r; "
             "%d dropped so far",
             self.pattern,
@@ -295,7 +296,7 @@ class _Inbox(Generic[T]):
         self.state = _State.CUT_OFF
         self.detach(self)
         self.tally.disconnected += 1
-        self.tally.warn_disconnect(
+        logger.warning(
             "subscription %r was disconnected as a slow consumer after %d "
             "consecutive drops; %d messages remain for it to drain",
             self.pattern,

@@ -26,6 +26,7 @@ from ._subscription import Message, Subscription, _Inbox, _Tally
 from ._trie import SubjectTrie
 
 if typing.TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
 T = TypeVar("T")
@@ -131,7 +132,7 @@ class Broker(Generic[T]):
         max_buffer_size: int | None = None,
         policy: OverflowPolicy | None = None,
         disconnect_after: int | None = None,
-    ) -> typing.AsyncContextManager[Subscription[T]]:
+    ) -> AbstractAsyncContextManager[Subscription[T]]:
         """Listen on ``pattern`` for the body of an ``async with`` block.
 
         ``async with broker.subscribe("orders.>") as sub:`` registers the

@@ -19,6 +19,10 @@ EXPECTED: dict[str, list[str]] = {
         "live feed: disconnected as a slow consumer",
         "disconnected=1",
     ],
+    "quickstart.py": [
+        "orders.42.created: order 42 was created",
+        "SubscriptionStatistics(delivered=1, received=1, pending=0, dropped=0,",
+    ],
 }
 
 

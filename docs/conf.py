@@ -1,0 +1,41 @@
+"""Sphinx configuration: MyST pages, API reference from docstrings."""
+
+from __future__ import annotations
+
+import trio_pubsub
+
+project = "trio-pubsub"
+copyright = "2026, the trio-pubsub developers"
+release = trio_pubsub.__version__
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+]
+source_suffix = {".md": "markdown"}
+exclude_patterns = ["_build"]
+myst_heading_anchors = 3
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_preserve_defaults = True
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+
+# The build runs offline, so there is no inventory of trio's or Python's docs to
+# link to: names from those projects are left as plain text. Everything of this
+# project must resolve.
+nitpick_ignore_regex = [
+    (r"py:.*", r"(trio|attrs|typing|collections|contextlib|types)\..*"),
+    (r"py:.*", r"(trio_pubsub\._\w+\.)?(T|T_co)"),
+    (
+        r"py:.*",
+        r"(int|str|bool|object|None|type|list|tuple|dict|Exception|ValueError"
+        r"|TypeError|RuntimeError|KeyError|BaseException|enum\.Enum)",
+    ),
+]
+
+html_theme = "alabaster"
+html_title = "trio-pubsub"

@@ -14,6 +14,9 @@ call leaves the broker as it was.
 from __future__ import annotations
 
 import typing
+
+# A runtime import, so that the API reference can resolve the return type.
+from contextlib import AbstractAsyncContextManager  # noqa: TC003
 from typing import Generic, TypeVar
 
 import trio
@@ -26,7 +29,6 @@ from ._subscription import Message, Subscription, _Inbox, _Tally
 from ._trie import SubjectTrie
 
 if typing.TYPE_CHECKING:
-    from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
 T = TypeVar("T")

@@ -44,7 +44,5 @@ __version__ = "0.1.0"
 
 # Show the public path in reprs, tracebacks and docs.
 for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("trio_pubsub."):
-        _obj.__module__ = "trio_pubsub"
-del _name, _obj
+    globals()[_name].__module__ = "trio_pubsub"
+del _name

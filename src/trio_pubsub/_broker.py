@@ -239,10 +239,10 @@ class Broker(Generic[T]):
         accepted = 0
         full: list[_Inbox[T]] = []
         for inbox in targets:
-            if inbox.would_block():
+            try:
+                accepted += inbox.offer(message)
+            except trio.WouldBlock:
                 full.append(inbox)
-            elif inbox.offer(message):
-                accepted += 1
         if full:
             for inbox in full:
                 accepted += await inbox.put(message)

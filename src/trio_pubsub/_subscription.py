@@ -183,9 +183,6 @@ class _Inbox(Generic[T]):
         self.consecutive_drops = 0
         self.warn_drop: _RateLimitedWarning | None = None
 
-    def __repr__(self) -> str:
-        return f"<inbox {self.pattern!r} {self.policy.name} {self.state.name}>"
-
     # -- sending side ---------------------------------------------------------
 
     def would_block(self) -> bool:
@@ -236,13 +233,18 @@ class _Inbox(Generic[T]):
         while the publisher waited.
 
         Raises:
-            BrokerClosedError: the broker was closed while the publisher waited.
+            BrokerClosedError: the broker was closed before there was room.
 
         If cancelled while waiting, the message does not enter this buffer and
         every counter is as if it had never been offered.
         """
-        if not self.would_block():
+        if self.state is _State.ENDED:
+            # The publish was still due to deliver here when the broker closed.
+            raise self._broker_closed()
+        try:
             return self.offer(message)
+        except trio.WouldBlock:
+            pass
         task = trio.lowlevel.current_task()
         self.senders[task] = message
 
@@ -253,11 +255,13 @@ class _Inbox(Generic[T]):
         await trio.lowlevel.wait_task_rescheduled(abort)
         result = self.put_results.pop(task)
         if result is _Put.BROKER_CLOSED:
-            raise BrokerClosedError(
-                f"the broker was closed while this publish waited for room in "
-                f"{self.pattern!r}"
-            )
+            raise self._broker_closed()
         return result is _Put.DELIVERED
+
+    def _broker_closed(self) -> BrokerClosedError:
+        return BrokerClosedError(
+            f"the broker was closed while a publish waited for room in {self.pattern!r}"
+        )
 
     def _accept(self, message: Message[T]) -> None:
         self.delivered += 1
@@ -358,9 +362,9 @@ class _Inbox(Generic[T]):
 
     def end(self) -> None:
         """The broker closed: no new messages; drain, then ``EndOfChannel``."""
-        if self.state is _State.OPEN:
-            self.state = _State.ENDED
-            self._wake_all(_Put.BROKER_CLOSED)
+        assert self.state is _State.OPEN, "only open inboxes are in the trie"
+        self.state = _State.ENDED
+        self._wake_all(_Put.BROKER_CLOSED)
 
     def close(self) -> None:
         """The subscriber left: discard what is pending and count it as dropped."""

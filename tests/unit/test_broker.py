@@ -760,3 +760,62 @@ async def test_reprs_are_informative() -> None:
     await broker.aclose()
     assert "closed" in repr(broker)
     assert repr(Broker[int]()).startswith("<trio_pubsub.Broker[] open")
+
+
+async def test_broker_closed_between_two_blocking_waits() -> None:
+    """A publish still due to wait on a second BLOCK subscription raises BrokerClosedError."""
+    broker = Broker(int)
+    outcome: list[object] = []
+    async with (
+        broker.subscribe("a", max_buffer_size=1, policy=OverflowPolicy.BLOCK) as first,
+        broker.subscribe("a", max_buffer_size=1, policy=OverflowPolicy.BLOCK) as second,
+        trio.open_nursery() as nursery,
+    ):
+        broker.publish_nowait("a", 1)
+
+        async def publisher() -> None:
+            try:
+                outcome.append(await broker.publish("a", 2))
+            except BrokerClosedError as exc:
+                outcome.append(exc)
+
+        nursery.start_soon(publisher)
+        await trio.testing.wait_all_tasks_blocked()
+        # room in the first: the waiting publisher is let in, then, before it
+        # runs again, the broker closes
+        assert first.receive_nowait().payload == 1
+        await broker.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], BrokerClosedError)
+        assert drain(first) == [2]
+        assert drain(second) == [1]
+        assert_law(first, 2)
+        assert_law(second, 1)
+    assert broker.statistics().published == 1
+
+
+async def test_second_blocking_subscription_leaving_is_skipped() -> None:
+    """A BLOCK subscription that leaves before the publish reaches it is skipped."""
+    broker = Broker(int)
+    results: list[int] = []
+    async with trio.open_nursery() as nursery:
+        async with broker.subscribe(
+            "a", max_buffer_size=1, policy=OverflowPolicy.BLOCK
+        ) as first:
+            async with broker.subscribe(
+                "a", max_buffer_size=1, policy=OverflowPolicy.BLOCK
+            ) as second:
+                broker.publish_nowait("a", 1)
+
+                async def publisher() -> None:
+                    results.append(await broker.publish("a", 2))
+
+                nursery.start_soon(publisher)
+                await trio.testing.wait_all_tasks_blocked()
+                first.receive_nowait()  # lets the publisher into the first
+            # the second left before the publisher ran again
+            await trio.testing.wait_all_tasks_blocked()
+            assert results == [1]
+            assert drain(first) == [2]
+    assert_law(second, 1)

@@ -799,23 +799,23 @@ async def test_second_blocking_subscription_leaving_is_skipped() -> None:
     """A BLOCK subscription that leaves before the publish reaches it is skipped."""
     broker = Broker(int)
     results: list[int] = []
-    async with trio.open_nursery() as nursery:
+    async with (
+        trio.open_nursery() as nursery,
+        broker.subscribe("a", max_buffer_size=1, policy=OverflowPolicy.BLOCK) as first,
+    ):
         async with broker.subscribe(
             "a", max_buffer_size=1, policy=OverflowPolicy.BLOCK
-        ) as first:
-            async with broker.subscribe(
-                "a", max_buffer_size=1, policy=OverflowPolicy.BLOCK
-            ) as second:
-                broker.publish_nowait("a", 1)
+        ) as second:
+            broker.publish_nowait("a", 1)
 
-                async def publisher() -> None:
-                    results.append(await broker.publish("a", 2))
+            async def publisher() -> None:
+                results.append(await broker.publish("a", 2))
 
-                nursery.start_soon(publisher)
-                await trio.testing.wait_all_tasks_blocked()
-                first.receive_nowait()  # lets the publisher into the first
-            # the second left before the publisher ran again
+            nursery.start_soon(publisher)
             await trio.testing.wait_all_tasks_blocked()
-            assert results == [1]
-            assert drain(first) == [2]
+            first.receive_nowait()  # lets the publisher into the first
+        # the second left before the publisher ran again
+        await trio.testing.wait_all_tasks_blocked()
+        assert results == [1]
+        assert drain(first) == [2]
     assert_law(second, 1)

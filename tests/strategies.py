@@ -11,10 +11,14 @@ LITERAL_TOKENS = ["a", "b", "c", "orders", "42", "a*", "*b", ">>", "x>", "é", "
 literal_tokens = st.sampled_from(LITERAL_TOKENS)
 subject_tokens = st.lists(literal_tokens, min_size=1, max_size=8)
 subjects = subject_tokens.map(".".join)
+# Deep subjects share a long prefix, so that deep patterns can match them.
+deep_subjects = st.tuples(
+    st.integers(20, 60), st.lists(literal_tokens, min_size=0, max_size=4)
+).map(lambda pair: ".".join(["a"] * pair[0] + pair[1]))
 
 
 @st.composite
-def patterns(draw: st.DrawFn) -> str:
+def patterns(draw: st.DrawFn, *, deep: bool = False) -> str:
     """A valid pattern: literal or ``*`` tokens, optionally ending in ``>``."""
     body = draw(
         st.lists(
@@ -23,6 +27,8 @@ def patterns(draw: st.DrawFn) -> str:
             max_size=7,
         )
     )
+    if deep:
+        body = ["a"] * draw(st.integers(18, 60)) + body
     if draw(st.booleans()) or not body:
         body.append(">")
     return ".".join(body)

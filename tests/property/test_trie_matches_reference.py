@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from tests.strategies import patterns, subjects
+from tests.strategies import deep_subjects, patterns, subjects
 from trio_pubsub import subject_matches
 from trio_pubsub._subject import parse_pattern, parse_subject
 from trio_pubsub._trie import SubjectTrie
@@ -26,9 +26,7 @@ def reference_match(pattern: str, subject: str) -> bool:
     return walk(pattern.split("."), subject.split("."))
 
 
-@given(st.lists(patterns(), max_size=30), st.lists(subjects, min_size=1, max_size=20))
-def test_trie_match_equals_reference(pats: list[str], subs: list[str]) -> None:
-    """For every subject, the trie returns the indexes of the matching patterns."""
+def check_trie_against_reference(pats: list[str], subs: list[str]) -> None:
     trie: SubjectTrie[int] = SubjectTrie()
     for index, pattern in enumerate(pats):
         trie.insert(parse_pattern(pattern), index)
@@ -37,6 +35,23 @@ def test_trie_match_equals_reference(pats: list[str], subs: list[str]) -> None:
         found = trie.match(parse_subject(subject))
         assert sorted(found) == expected
         assert len(found) == len(set(found))
+
+
+@given(st.lists(patterns(), max_size=30), st.lists(subjects, min_size=1, max_size=20))
+def test_trie_match_equals_reference(pats: list[str], subs: list[str]) -> None:
+    """For every subject, the trie returns the indexes of the matching patterns."""
+    check_trie_against_reference(pats, subs)
+
+
+@given(
+    st.lists(patterns(deep=True), max_size=20),
+    st.lists(deep_subjects, min_size=1, max_size=10),
+)
+def test_trie_match_equals_reference_on_deep_subjects(
+    pats: list[str], subs: list[str]
+) -> None:
+    """Deep patterns and subjects (18 to 64 tokens) match as the reference says."""
+    check_trie_against_reference(pats, subs)
 
 
 @given(patterns(), subjects)

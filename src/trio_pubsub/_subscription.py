@@ -128,6 +128,27 @@ class _Put(enum.Enum):
     BROKER_CLOSED = enum.auto()
 
 
+W = TypeVar("W")
+
+
+async def _park(waiters: dict[trio.lowlevel.Task, W], value: W) -> trio.lowlevel.Task:
+    """Wait in ``waiters`` (under ``value``) until another task reschedules us.
+
+    Whoever reschedules the task removes it from ``waiters`` first. If the wait
+    is cancelled instead, the task removes itself, so nothing refers to it.
+    Returns the task, the key under which the waker left any result.
+    """
+    task = trio.lowlevel.current_task()
+    waiters[task] = value
+
+    def abort(_: object) -> trio.lowlevel.Abort:
+        del waiters[task]
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    await trio.lowlevel.wait_task_rescheduled(abort)
+    return task
+
+
 class _Inbox(Generic[T]):
     """One subscription's buffer, counters and waiting tasks."""
 
@@ -245,14 +266,7 @@ class _Inbox(Generic[T]):
             return self.offer(message)
         except trio.WouldBlock:
             pass
-        task = trio.lowlevel.current_task()
-        self.senders[task] = message
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            del self.senders[task]
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        task = await _park(self.senders, message)
         result = self.put_results.pop(task)
         if result is _Put.BROKER_CLOSED:
             raise self._broker_closed()
@@ -344,14 +358,7 @@ class _Inbox(Generic[T]):
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return message
-        task = trio.lowlevel.current_task()
-        self.receivers[task] = None
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            del self.receivers[task]
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        task = await _park(self.receivers, None)
         handed = self.handed.pop(task, None)
         if handed is None:
             # Woken because the stream ended: take() raises the reason.

@@ -8,7 +8,7 @@ every moment, not only between checkpoints), ``DROP_OLDEST`` evicts from the
 sending side, and the end of the stream depends on who ended it.
 
 Invariants (no checkpoint between any check and the mutation that follows it;
-every method of ``_Inbox`` but ``put`` is synchronous):
+``put`` and ``receive`` are the only methods of ``_Inbox`` that wait):
 
 * ``len(buffer) <= max_buffer_size``.
 * Tasks wait in ``receivers`` only while ``buffer`` is empty, and publishers wait

@@ -36,16 +36,17 @@ T = TypeVar("T")
 DEFAULT_MAX_BUFFER_SIZE: typing.Final = 64
 DEFAULT_POLICY: typing.Final = OverflowPolicy.DROP_NEWEST
 DEFAULT_DISCONNECT_AFTER: typing.Final = 1
+DEFAULT_MATCH_CACHE_SIZE: typing.Final = 8192
 
 
-def _check_count(name: str, value: object) -> int:
+def _check_count(name: str, value: object, *, minimum: int = 1) -> int:
     # bool is an int, but True as a buffer size is always a mistake.
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(
-            f"{name} must be an int >= 1, not {type(value).__name__}: {value!r}"
+            f"{name} must be an int >= {minimum}, not {type(value).__name__}: {value!r}"
         )
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
 
 
@@ -73,6 +74,9 @@ class Broker(Generic[T]):
         policy: Default :class:`OverflowPolicy` of a subscription.
         disconnect_after: Default number of consecutive drops after which a
             ``DISCONNECT`` subscription is cut off (int >= 1).
+        match_cache_size: How many subjects the match cache remembers (int >= 0;
+            0 turns it off). A cached subject is routed with one dict lookup; the
+            oldest entry makes way when it is full.
 
     Raises:
         TypeError: ``message_type`` is not a class, or an option has the wrong type.
@@ -84,8 +88,12 @@ class Broker(Generic[T]):
 
     __slots__ = (
         "__weakref__",
+        "_blocking",
+        "_cache_hits",
+        "_cache_misses",
         "_closed",
         "_disconnect_after",
+        "_match_cache_size",
         "_max_buffer_size",
         "_message_type",
         "_policy",
@@ -102,6 +110,7 @@ class Broker(Generic[T]):
         max_buffer_size: int = DEFAULT_MAX_BUFFER_SIZE,
         policy: OverflowPolicy = DEFAULT_POLICY,
         disconnect_after: int = DEFAULT_DISCONNECT_AFTER,
+        match_cache_size: int = DEFAULT_MATCH_CACHE_SIZE,
     ) -> None:
         if message_type is not None and not isinstance(message_type, type):
             raise TypeError(
@@ -112,9 +121,15 @@ class Broker(Generic[T]):
         self._max_buffer_size = _check_count("max_buffer_size", max_buffer_size)
         self._policy = _check_policy(policy)
         self._disconnect_after = _check_count("disconnect_after", disconnect_after)
-        self._trie: SubjectTrie[_Inbox[T]] = SubjectTrie()
+        self._match_cache_size = _check_count(
+            "match_cache_size", match_cache_size, minimum=0
+        )
+        self._trie: SubjectTrie[_Inbox[T]] = SubjectTrie(self._match_cache_size)
         self._tally = _Tally()
         self._published = 0
+        self._cache_hits = 0
+        self._cache_misses = 0
+        self._blocking = 0  # BLOCK subscriptions registered now
         self._closed = False
 
     def __repr__(self) -> str:
@@ -187,9 +202,11 @@ class Broker(Generic[T]):
     def _attach(self, inbox: _Inbox[T]) -> None:
         self._check_open()
         self._trie.insert(inbox.tokens, inbox)
+        self._blocking += inbox.policy is OverflowPolicy.BLOCK
 
     def _detach(self, inbox: _Inbox[T]) -> None:
         self._trie.remove(inbox.tokens, inbox)
+        self._blocking -= inbox.policy is OverflowPolicy.BLOCK
 
     def _check_open(self) -> None:
         if self._closed:
@@ -197,16 +214,60 @@ class Broker(Generic[T]):
 
     # -- publishing -----------------------------------------------------------
 
-    def _route(self, subject: str, payload: T) -> tuple[Message[T], list[_Inbox[T]]]:
+    def _snapshot(self, subject: str, payload: T) -> tuple[_Inbox[T], ...]:
+        """Check the call and return the inboxes that ``subject`` reaches now."""
+        try:
+            # Only valid subjects are ever cached, so a hit needs no parsing.
+            targets = self._trie.cache[subject]
+        except (KeyError, TypeError):  # not cached, or not even hashable
+            return self._snapshot_uncached(subject, payload)
+        self._cache_hits += 1
+        message_type = self._message_type
+        if message_type is not None and not isinstance(payload, message_type):
+            raise self._payload_error(payload)
+        return targets
+
+    def _snapshot_uncached(self, subject: str, payload: T) -> tuple[_Inbox[T], ...]:
         tokens = parse_subject(subject)
         message_type = self._message_type
         if message_type is not None and not isinstance(payload, message_type):
-            raise TypeError(
-                f"payload must be an instance of {message_type.__qualname__}, "
-                f"not {type(payload).__name__}: {payload!r}"
-            )
+            raise self._payload_error(payload)
+        # A closed broker has an empty trie without a cache: every call ends here.
         self._check_open()
-        return Message(subject, payload), self._trie.match(tokens)
+        self._cache_misses += 1
+        return self._trie.lookup(subject, tokens)
+
+    def _payload_error(self, payload: object) -> TypeError:
+        assert self._message_type is not None
+        return TypeError(
+            f"payload must be an instance of {self._message_type.__qualname__}, "
+            f"not {type(payload).__name__}: {payload!r}"
+        )
+
+    def _deliver(
+        self,
+        message: Message[T],
+        targets: tuple[_Inbox[T], ...],
+        full: list[_Inbox[T]],
+    ) -> int:
+        """Offer ``message`` to every target without waiting; count acceptances.
+
+        Full ``BLOCK`` targets are appended to ``full`` for the caller to wait on.
+        """
+        appended = accepted = 0
+        for inbox in targets:
+            buffer = inbox.buffer
+            if len(buffer) < inbox.max_buffer_size and not inbox.receivers:
+                # The common case, inlined: room and no waiting receiver.
+                buffer.append(message)
+                appended += 1
+            else:
+                try:
+                    accepted += inbox.offer(message)
+                except trio.WouldBlock:
+                    full.append(inbox)
+        self._tally.delivered += appended
+        return accepted + appended
 
     async def publish(self, subject: str, payload: T) -> int:
         """Publish ``payload`` on ``subject`` to every matching subscription.
@@ -235,14 +296,10 @@ class Broker(Generic[T]):
         every counter stays exact; the call does not count as published.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        message, targets = self._route(subject, payload)
-        accepted = 0
+        targets = self._snapshot(subject, payload)
+        message = Message(subject, payload)
         full: list[_Inbox[T]] = []
-        for inbox in targets:
-            try:
-                accepted += inbox.offer(message)
-            except trio.WouldBlock:
-                full.append(inbox)
+        accepted = self._deliver(message, targets, full)
         if full:
             for inbox in full:
                 accepted += await inbox.put(message)
@@ -259,18 +316,18 @@ class Broker(Generic[T]):
 
         Raises:
             trio.WouldBlock: a matching ``BLOCK`` subscription's buffer is full;
-                then no subscription gets the message and nothing is counted.
+                then no subscription gets the message and no counter but the
+                match cache's changes.
             InvalidSubjectError: as for :meth:`publish`.
             TypeError: as for :meth:`publish`.
             BrokerClosedError: the broker is closed.
         """
-        message, targets = self._route(subject, payload)
-        for inbox in targets:
-            if inbox.would_block():
-                raise trio.WouldBlock
-        accepted = 0
-        for inbox in targets:
-            accepted += inbox.offer(message)
+        targets = self._snapshot(subject, payload)
+        if self._blocking:
+            for inbox in targets:
+                if inbox.would_block():
+                    raise trio.WouldBlock
+        accepted = self._deliver(Message(subject, payload), targets, [])
         self._published += 1
         return accepted
 
@@ -285,6 +342,9 @@ class Broker(Generic[T]):
             dropped=tally.dropped,
             disconnected=tally.disconnected,
             subscriptions=len(self._trie),
+            cache_hits=self._cache_hits,
+            cache_misses=self._cache_misses,
+            cache_size=len(self._trie.cache),
         )
 
     async def aclose(self) -> None:
@@ -301,7 +361,7 @@ class Broker(Generic[T]):
         if not self._closed:
             self._closed = True
             inboxes = list(self._trie.values())
-            self._trie = SubjectTrie()
+            self._trie = SubjectTrie()  # no cache: every publish now checks _closed
             for inbox in inboxes:
                 inbox.end()
         await trio.lowlevel.checkpoint()

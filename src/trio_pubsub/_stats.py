@@ -25,6 +25,12 @@ class BrokerStatistics:
     """Subscriptions cut off by the ``DISCONNECT`` policy."""
     subscriptions: int
     """Subscriptions registered now, i.e. that would be offered a new message."""
+    cache_hits: int
+    """Publishes whose subject was found in the match cache."""
+    cache_misses: int
+    """Publishes whose subject had to be parsed and matched against the trie."""
+    cache_size: int
+    """Subjects in the match cache now."""
 
 
 @typing.final

@@ -15,8 +15,10 @@ Invariants (no checkpoint between any check and the mutation that follows it;
   in ``senders`` only while it is full: a message offered while a receiver waits
   goes straight to that receiver, and room made by a receive goes straight to the
   first waiting publisher, so messages keep their order.
-* ``delivered == received + pending + evicted + discarded`` and
-  ``dropped == refused + evicted + discarded``.
+* Every message that entered the buffer (or went straight to a receiver) is
+  received, pending, evicted or discarded, and ``dropped == refused + evicted +
+  discarded``; so ``delivered`` is derived, ``received + pending + dropped -
+  refused``, and the broker's fast path only has to append to the buffer.
 * Only an ``OPEN`` inbox is in its broker's trie.
 """
 
@@ -154,8 +156,6 @@ class _Inbox(Generic[T]):
 
     __slots__ = (
         "buffer",
-        "consecutive_drops",
-        "delivered",
         "detach",
         "disconnect_after",
         "dropped",
@@ -166,8 +166,11 @@ class _Inbox(Generic[T]):
         "put_results",
         "received",
         "receivers",
+        "refused",
         "senders",
         "state",
+        "streak",
+        "streak_mark",
         "tally",
         "tokens",
         "warn_drop",
@@ -198,11 +201,24 @@ class _Inbox(Generic[T]):
         self.handed: dict[trio.lowlevel.Task, Message[T]] = {}
         self.senders: dict[trio.lowlevel.Task, Message[T]] = {}
         self.put_results: dict[trio.lowlevel.Task, _Put] = {}
-        self.delivered = 0
         self.received = 0
         self.dropped = 0
-        self.consecutive_drops = 0
+        self.refused = 0
+        # Refusals in a row: ``streak`` counts them while ``delivered`` stays at
+        # ``streak_mark``; any accepted message moves ``delivered`` and so ends it.
+        self.streak = 0
+        self.streak_mark = 0
         self.warn_drop: _RateLimitedWarning | None = None
+
+    @property
+    def delivered(self) -> int:
+        """Messages that entered the buffer or went straight to a receiver."""
+        return self.received + len(self.buffer) + self.dropped - self.refused
+
+    @property
+    def consecutive_drops(self) -> int:
+        """Messages refused since the last one accepted."""
+        return self.streak if self.delivered == self.streak_mark else 0
 
     # -- sending side ---------------------------------------------------------
 
@@ -240,8 +256,10 @@ class _Inbox(Generic[T]):
             self._warn_drop(message, "discarded its oldest pending message")
             self._accept(message)
             return True
-        self.consecutive_drops += 1
+        self.streak = self.consecutive_drops + 1
+        self.refused += 1
         self._count_drops(1)
+        self.streak_mark = self.delivered
         self._warn_drop(message, "dropped a new message")
         if action is Action.DISCONNECT:
             self._cut_off()
@@ -278,9 +296,7 @@ class _Inbox(Generic[T]):
         )
 
     def _accept(self, message: Message[T]) -> None:
-        self.delivered += 1
         self.tally.delivered += 1
-        self.consecutive_drops = 0
         if self.receivers:
             # Hand it straight to the longest-waiting receiver, as a trio memory
             # channel does: a waiting receiver is room, and the buffer stays empty.

@@ -13,15 +13,22 @@ Invariants:
 * No node but the root is empty: :meth:`SubjectTrie.remove` prunes on the way up.
 * Values are kept in insertion order, so matching is deterministic.
 
-Pure and synchronous (no trio import), so that Hypothesis can compare it with a
-naive matcher and a later match cache can sit in front of it.
+A bounded match cache maps literal subjects to the tuple of values that match
+them, as nats-server's Sublist does. It is kept exact: inserting or removing a
+value updates only the entries it affects (one dict lookup for a literal pattern,
+a scan of the cache for a wildcard one), and when the cache is full the oldest
+entry is evicted, so a stream of distinct subjects cannot grow memory.
+
+Pure and synchronous (no trio import), so that Hypothesis can compare it, with
+the cache on and off, with a naive matcher.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from ._subject import ONE, REST
+from ._subject import ONE, REST, SEPARATOR, tokens_match
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -44,13 +51,40 @@ class _Node(Generic[V]):
 
 
 class SubjectTrie(Generic[V]):
-    """A set of ``(pattern tokens, value)`` entries, matched by subject tokens."""
+    """A set of ``(pattern tokens, value)`` entries, matched by subject tokens.
 
-    __slots__ = ("_len", "_root")
+    Args:
+        cache_size: How many subjects the match cache holds; 0 turns it off.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_cache_size", "_len", "_root", "cache")
+
+    def __init__(self, cache_size: int = 0) -> None:
         self._root: _Node[V] = _Node()
         self._len = 0
+        self._cache_size = cache_size
+        # Literal subject -> the values matching it. The broker reads it directly
+        # on its hot path; only this class writes it. An OrderedDict, because
+        # popping its oldest entry is O(1), where a plain dict's next(iter())
+        # slows down as deleted slots pile up at its front.
+        self.cache: OrderedDict[str, tuple[V, ...]] = OrderedDict()
+
+    def lookup(self, subject: str, tokens: tuple[str, ...]) -> tuple[V, ...]:
+        """Match ``subject`` (parsed as ``tokens``) and remember the result."""
+        found = tuple(self.match(tokens))
+        if self._cache_size:
+            cache = self.cache
+            if len(cache) >= self._cache_size:
+                cache.popitem(last=False)  # the oldest entry
+            cache[subject] = found
+        return found
+
+    def _cached_subjects(self, pattern: tuple[str, ...]) -> list[str] | None:
+        """The cached subject a literal ``pattern`` names; None for a wildcard."""
+        if ONE in pattern or REST in pattern:
+            return None
+        subject = SEPARATOR.join(pattern)
+        return [subject] if subject in self.cache else []
 
     def __len__(self) -> int:
         """Number of values stored."""
@@ -71,6 +105,17 @@ class SubjectTrie(Generic[V]):
             raise ValueError(f"{value!r} is already stored under {pattern!r}")
         slot[value] = None
         self._len += 1
+        if self.cache:
+            cache = self.cache
+            affected = self._cached_subjects(pattern)
+            if affected is None:
+                affected = [
+                    subject
+                    for subject in cache
+                    if tokens_match(pattern, tuple(subject.split(SEPARATOR)))
+                ]
+            for subject in affected:
+                cache[subject] = (*cache[subject], value)
 
     @staticmethod
     def _child(node: _Node[V], token: str) -> _Node[V]:
@@ -103,6 +148,13 @@ class SubjectTrie(Generic[V]):
         slot = node.rest if last == REST else node.exact
         del slot[value]  # KeyError when absent
         self._len -= 1
+        if self.cache:
+            cache = self.cache
+            affected = self._cached_subjects(pattern)
+            if affected is None:
+                affected = [s for s, found in cache.items() if value in found]
+            for subject in affected:
+                cache[subject] = tuple(v for v in cache[subject] if v is not value)
         for parent, token in reversed(path):
             if not node.is_empty():
                 break

@@ -59,18 +59,30 @@ class Model:
     published: int = 0
     disconnected: int = 0
     closed: bool = False
+    lookups: int = 0  # publishes that got as far as routing
 
-    def stats(self) -> BrokerStatistics:
-        return BrokerStatistics(
-            published=self.published,
-            delivered=sum(s.delivered for s in self.subs),
-            dropped=sum(s.dropped for s in self.subs),
-            disconnected=self.disconnected,
-            subscriptions=sum(s.state == "open" for s in self.subs),
+    def check(self, stats: BrokerStatistics, cache_size: int) -> None:
+        assert (
+            stats.published,
+            stats.delivered,
+            stats.dropped,
+            stats.disconnected,
+            stats.subscriptions,
+        ) == (
+            self.published,
+            sum(s.delivered for s in self.subs),
+            sum(s.dropped for s in self.subs),
+            self.disconnected,
+            sum(s.state == "open" for s in self.subs),
         )
+        assert stats.cache_hits + stats.cache_misses == self.lookups
+        assert stats.cache_size <= cache_size
+        if cache_size == 0:
+            assert stats.cache_hits == 0
 
     def publish(self, subject: str, payload: int) -> int | None:
         """Return the accepted count, or None for WouldBlock."""
+        self.lookups += 1
         targets = [
             s
             for s in self.subs
@@ -105,10 +117,13 @@ class Model:
         return accepted
 
 
-@given(st.data())
-async def test_random_operations_match_the_model(data: st.DataObject) -> None:
+@pytest.mark.parametrize("cache_size", [0, 2, 8192], ids=["no-cache", "tiny", "cache"])
+@given(data=st.data())
+async def test_random_operations_match_the_model(
+    cache_size: int, data: st.DataObject
+) -> None:
     """subscribe/publish_nowait/receive_nowait/leave/close/aclose vs the model."""
-    broker = Broker(int)
+    broker = Broker(int, match_cache_size=cache_size)
     model = Model()
     real: list[
         tuple[Subscription[int], AbstractAsyncContextManager[Subscription[int]]]
@@ -174,7 +189,7 @@ async def test_random_operations_match_the_model(data: st.DataObject) -> None:
                     msub.state = "ended"
         for (sub, _), msub in zip(real, model.subs, strict=True):
             assert sub.statistics() == msub.stats()
-        assert broker.statistics() == model.stats()
+        model.check(broker.statistics(), cache_size)
 
 
 def receive_and_compare(sub: Subscription[int], msub: ModelSub) -> None:

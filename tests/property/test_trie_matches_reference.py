@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, strategies as st
 
 from tests.strategies import deep_subjects, patterns, subjects
@@ -81,3 +82,34 @@ def test_remove_restores_and_prunes(pats: list[str], data: st.DataObject) -> Non
 def test_pattern_round_trip(pattern: str) -> None:
     """Parsing a pattern and joining its tokens gives it back."""
     assert ".".join(parse_pattern(pattern)) == pattern
+
+
+@pytest.mark.parametrize("cache_size", [0, 3, 1024], ids=["off", "tiny", "on"])
+@given(data=st.data())
+def test_cached_lookups_follow_every_change(
+    cache_size: int, data: st.DataObject
+) -> None:
+    """Interleaved inserts, removes and cached lookups agree with the reference."""
+    trie: SubjectTrie[int] = SubjectTrie(cache_size)
+    live: dict[int, str] = {}
+    for value in range(data.draw(st.integers(1, 80), label="steps")):
+        op = data.draw(st.sampled_from(["insert", "remove", "lookup", "lookup"]))
+        if op == "insert":
+            pattern = data.draw(patterns(), label="pattern")
+            trie.insert(parse_pattern(pattern), value)
+            live[value] = pattern
+        elif op == "remove" and live:
+            victim = data.draw(st.sampled_from(sorted(live)), label="victim")
+            trie.remove(parse_pattern(live.pop(victim)), victim)
+        else:
+            subject = data.draw(subjects, label="subject")
+            cached = trie.cache.get(subject)
+            found = (
+                cached
+                if cached is not None
+                else trie.lookup(subject, parse_subject(subject))
+            )
+            expected = sorted(v for v, p in live.items() if reference_match(p, subject))
+            assert sorted(found) == expected
+        assert len(trie.cache) <= cache_size
+        assert len(trie) == len(live)

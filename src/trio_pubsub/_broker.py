@@ -125,7 +125,7 @@ class Broker(Generic[T]):
             "match_cache_size", match_cache_size, minimum=0
         )
         self._trie: SubjectTrie[_Inbox[T]] = SubjectTrie(self._match_cache_size)
-        self._tally = _Tally()
+        self._tally = _Tally(detach=self._detach)
         self._published = 0
         self._cache_hits = 0
         self._cache_misses = 0
@@ -179,7 +179,7 @@ class Broker(Generic[T]):
         Everything is checked here, at the call, before anything changes.
         """
         tokens = parse_pattern(pattern)
-        inbox = _Inbox(
+        inbox: _Inbox[T] = _Inbox(
             pattern,
             tokens,
             policy=self._policy if policy is None else _check_policy(policy),
@@ -194,7 +194,6 @@ class Broker(Generic[T]):
                 else _check_count("disconnect_after", disconnect_after)
             ),
             tally=self._tally,
-            detach=self._detach,
         )
         self._check_open()
         return _SubscriptionScope(self, inbox)

@@ -37,14 +37,16 @@ V = TypeVar("V")
 
 
 class _Node(Generic[V]):
+    # Every field stays None until it is needed: most nodes are leaves, and an
+    # idle subscription's share of the trie is part of its memory cost.
     __slots__ = ("exact", "literal", "rest", "star")
 
     def __init__(self) -> None:
-        self.literal: dict[str, _Node[V]] = {}
+        self.literal: dict[str, _Node[V]] | None = None
         self.star: _Node[V] | None = None
         # dicts used as insertion-ordered sets
-        self.exact: dict[V, None] = {}
-        self.rest: dict[V, None] = {}
+        self.exact: dict[V, None] | None = None
+        self.rest: dict[V, None] | None = None
 
     def is_empty(self) -> bool:
         return not (self.literal or self.star or self.exact or self.rest)
@@ -99,8 +101,15 @@ class SubjectTrie(Generic[V]):
         node = self._root
         for token in pattern[:-1]:
             node = self._child(node, token)
-        last = pattern[-1]
-        slot = node.rest if last == REST else self._child(node, last).exact
+        if pattern[-1] == REST:
+            if node.rest is None:
+                node.rest = {}
+            slot = node.rest
+        else:
+            leaf = self._child(node, pattern[-1])
+            if leaf.exact is None:
+                leaf.exact = {}
+            slot = leaf.exact
         if value in slot:
             raise ValueError(f"{value!r} is already stored under {pattern!r}")
         slot[value] = None
@@ -123,6 +132,8 @@ class SubjectTrie(Generic[V]):
             if node.star is None:
                 node.star = _Node()
             return node.star
+        if node.literal is None:
+            node.literal = {}
         child = node.literal.get(token)
         if child is None:
             child = node.literal[token] = _Node()
@@ -141,12 +152,25 @@ class SubjectTrie(Generic[V]):
         for token in walk:
             assert node is not None
             path.append((node, token))
-            node = node.star if token == ONE else node.literal.get(token)
+            if token == ONE:
+                node = node.star
+            else:
+                node = node.literal.get(token) if node.literal else None
             if node is None:
                 raise KeyError(value)
         assert node is not None
-        slot = node.rest if last == REST else node.exact
-        del slot[value]  # KeyError when absent
+        if last == REST:
+            if not node.rest:
+                raise KeyError(value)
+            del node.rest[value]  # KeyError when absent
+            if not node.rest:
+                node.rest = None
+        else:
+            if not node.exact:
+                raise KeyError(value)
+            del node.exact[value]  # KeyError when absent
+            if not node.exact:
+                node.exact = None
         self._len -= 1
         if self.cache:
             cache = self.cache
@@ -161,7 +185,10 @@ class SubjectTrie(Generic[V]):
             if token == ONE:
                 parent.star = None
             else:
+                assert parent.literal is not None
                 del parent.literal[token]
+                if not parent.literal:
+                    parent.literal = None
             node = parent
 
     def match(self, subject: tuple[str, ...]) -> list[V]:
@@ -174,37 +201,36 @@ class SubjectTrie(Generic[V]):
                 if node.rest:
                     # '>' needs one or more tokens: this one is at least that.
                     found.extend(node.rest)
-                child = node.literal.get(token)
-                if child is not None:
-                    following.append(child)
+                if node.literal:
+                    child = node.literal.get(token)
+                    if child is not None:
+                        following.append(child)
                 if node.star is not None:
                     following.append(node.star)
             if not following:
                 return found
             level = following
         for node in level:
-            found.extend(node.exact)
+            if node.exact:
+                found.extend(node.exact)
         return found
 
     def values(self) -> Iterator[V]:
         """Iterate over every stored value."""
-        stack = [self._root]
-        while stack:
-            node = stack.pop()
-            yield from node.exact
-            yield from node.rest
-            stack.extend(node.literal.values())
-            if node.star is not None:
-                stack.append(node.star)
+        for node in self._nodes():
+            yield from node.exact or ()
+            yield from node.rest or ()
 
     def node_count(self) -> int:
         """Number of nodes, the root included (1 when empty and fully pruned)."""
-        count = 0
+        return sum(1 for _ in self._nodes())
+
+    def _nodes(self) -> Iterator[_Node[V]]:
         stack = [self._root]
         while stack:
             node = stack.pop()
-            count += 1
-            stack.extend(node.literal.values())
+            yield node
+            if node.literal:
+                stack.extend(node.literal.values())
             if node.star is not None:
                 stack.append(node.star)
-        return count

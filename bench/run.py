@@ -1,0 +1,259 @@
+"""Run every benchmark workload once and print ratios measured in this run.
+
+Usage: ``make bench`` (or ``python bench/run.py [--quick]``). Writes
+``bench/results.md`` (included by the docs' Performance page) and
+``docs/_static/publish-vs-patterns.png``.
+
+Absolute times drift on a shared machine; the ratios, measured back to back in
+one run, are what the targets are about. Every figure is the median of at
+least ``REPEATS`` batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import statistics
+import sys
+from collections.abc import Callable
+from itertools import cycle as forever
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import workloads as w  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results.md"
+PLOT = ROOT / "docs" / "_static" / "publish-vs-patterns.png"
+REPEATS = 5
+
+
+def median_us(batch: Callable[[list[str]], float], subjects: list[str]) -> float:
+    """Median microseconds per publish over REPEATS batches (one warm-up)."""
+    batch(subjects)
+    times = []
+    for _ in range(REPEATS):
+        gc.collect()
+        times.append(batch(subjects))
+    return statistics.median(times) / len(subjects) * 1e6
+
+
+class Report:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.targets: list[tuple[str, str, bool]] = []
+
+    def section(self, title: str, header: list[str]) -> None:
+        self.lines += [
+            "",
+            f"### {title}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+
+    def row(self, *cells: object) -> None:
+        self.lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+        print("  ".join(f"{c!s:>14}" for c in cells), flush=True)
+
+    def target(self, text: str, figure: str, ok: bool) -> None:
+        self.targets.append((text, figure, ok))
+
+    def markdown(self, machine: str, command: str) -> str:
+        out = [
+            f"Measured on: {machine}. Command: `{command}`.",
+            "",
+            "### Targets",
+            "",
+            "| target | measured | |",
+            "|---|---|---|",
+        ]
+        out += [f"| {t} | {f} | {'met' if ok else 'MISSED'} |" for t, f, ok in self.targets]
+        return "\n".join(out + self.lines) + "\n"
+
+
+def fmt(x: float) -> str:
+    return f"{x:.3f}" if x < 10 else f"{x:.1f}"
+
+
+async def main(quick: bool) -> int:
+    messages = 5_000 if quick else 20_000
+    sizes = [10, 100, 1_000, 10_000] if quick else [10, 100, 1_000, 10_000, 100_000]
+    report = Report()
+    plot: dict[str, dict[int, float]] = {
+        "trio-pubsub (cache hits)": {},
+        "trio-pubsub (cache misses)": {},
+        "raw trio channels (no matching)": {},
+        "naive linear scan": {},
+        "pymitter (sync handlers)": {},
+    }
+
+    # W1 -------------------------------------------------------------------------
+    print("W1 exact subject, fan-out", flush=True)
+    report.section(
+        "W1: one exact subject, fan-out F (µs per publish; ratio = floor time / time)",
+        ["F", "trio-pubsub", "raw floor", "ratio to floor", "naive scan",
+         "pyee (sync)", "blinker (sync)"],
+    )
+    w1_ratio_10 = 0.0
+    for fanout in (1, 10, 100):
+        subject = "orders.42.created"
+        subjects = [subject] * messages
+        ours = w.Ours()
+        await ours.open([subject] * fanout)
+        t_ours = median_us(ours.batch, subjects)
+        await ours.close()
+        t_floor = median_us(w.RawFloor({subject: fanout}).batch, subjects)
+        t_naive = median_us(w.NaiveBroker([subject] * fanout).batch, subjects)
+        t_pyee = median_us(w.peer_pyee({subject: fanout}), subjects)
+        t_blinker = median_us(w.peer_blinker({subject: fanout}), subjects)
+        ratio = t_floor / t_ours
+        if fanout == 10:
+            w1_ratio_10 = ratio
+        report.row(fanout, fmt(t_ours), fmt(t_floor), f"{ratio:.2f}x", fmt(t_naive),
+                   fmt(t_pyee), fmt(t_blinker))
+    report.target("W1 fan-out 10: throughput >= 0.8x the raw floor",
+                  f"{w1_ratio_10:.2f}x", w1_ratio_10 >= 0.8)
+
+    # W2 and W3 -----------------------------------------------------------------------
+    print("W2/W3 wildcard mix", flush=True)
+    report.section(
+        "W2 (cache hits) and W3 (all misses): N patterns, µs per publish",
+        ["N", "hits", "raw floor", "hits ratio to floor", "misses", "naive scan",
+         "naive / hits", "pymitter (sync)"],
+    )
+    worst_hit_ratio = float("inf")
+    miss_cost: dict[int, float] = {}
+    naive_speedup_10k = 0.0
+    for n in sizes:
+        pattern_set = w.make_patterns(n)
+        w.check_hot_matches(pattern_set)
+        hot_subjects = w.cycle(pattern_set.hot, messages)
+        ours = w.Ours()
+        await ours.open(pattern_set.patterns)
+        t_hits = median_us(ours.batch, hot_subjects)
+        stats = ours.broker.statistics()
+        assert stats.cache_size == len(pattern_set.hot), stats
+        misses = w.fresh_subjects(messages * (REPEATS + 1), seed=n)
+        chunks = forever(misses[i::REPEATS + 1] for i in range(REPEATS + 1))
+        t_misses = median_us(lambda _: ours.batch(next(chunks)), misses[:messages])
+        await ours.close()
+        del ours
+        t_floor = median_us(w.RawFloor(dict.fromkeys(pattern_set.hot, 4)).batch,
+                            hot_subjects)
+        few = hot_subjects[: max(20, min(messages, 2_000_000 // n))]
+        t_naive = median_us(w.NaiveBroker(pattern_set.patterns).batch, few)
+        t_pymitter = median_us(w.peer_pymitter(pattern_set.patterns), few)
+        ratio = t_floor / t_hits
+        worst_hit_ratio = min(worst_hit_ratio, ratio)
+        miss_cost[n] = t_misses
+        if n == 10_000:
+            naive_speedup_10k = t_naive / t_hits
+        plot["trio-pubsub (cache hits)"][n] = t_hits
+        plot["trio-pubsub (cache misses)"][n] = t_misses
+        plot["raw trio channels (no matching)"][n] = t_floor
+        plot["naive linear scan"][n] = t_naive
+        plot["pymitter (sync handlers)"][n] = t_pymitter
+        report.row(f"{n:,}", fmt(t_hits), fmt(t_floor), f"{ratio:.2f}x", fmt(t_misses),
+                   fmt(t_naive), f"{t_naive / t_hits:,.0f}x", fmt(t_pymitter))
+    report.target("W2 cache hits: throughput >= 0.8x the raw floor at every N",
+                  f"worst {worst_hit_ratio:.2f}x", worst_hit_ratio >= 0.8)
+    biggest = max(miss_cost)
+    growth = miss_cost[biggest] / miss_cost[10]
+    report.target(f"W3 all misses: cost at N={biggest:,} <= 1.5x the cost at N=10",
+                  f"{growth:.2f}x", growth <= 1.5)
+    report.target("N=10,000: >= 100x faster than the naive linear scan",
+                  f"{naive_speedup_10k:,.0f}x", naive_speedup_10k >= 100)
+
+    # W4 ----------------------------------------------------------------------------------
+    print("W4 BLOCK with consumers", flush=True)
+    report.section(
+        "W4: BLOCK subscribers (buffer 64) with consumer tasks, `await publish`",
+        ["subscribers", "trio-pubsub µs/publish", "raw channels `await send`",
+         "ratio to floor"],
+    )
+    for fanout in (1, 10):
+        count = messages // 4
+        t_ours = statistics.median([await w.block_ours(fanout, count)
+                                    for _ in range(REPEATS)]) / count * 1e6
+        t_raw = statistics.median([await w.block_raw(fanout, count)
+                                   for _ in range(REPEATS)]) / count * 1e6
+        report.row(fanout, fmt(t_ours), fmt(t_raw), f"{t_raw / t_ours:.2f}x")
+
+    # W5 ----------------------------------------------------------------------------------
+    print("W5 churn", flush=True)
+    report.section(
+        "W5: subscribe + unsubscribe cycle with a full cache of 1,024 subjects",
+        ["patterns", "median µs per cycle", "p90 µs"],
+    )
+    cycles = 2_000 if quick else 10_000
+    figures = {}
+    for label, source in (
+        ("literal", w.fresh_subjects(cycles, seed=21)),
+        ("wildcard", [p for p in w.make_patterns(cycles * 4, seed=22).patterns
+                      if "*" in p or ">" in p]),
+    ):
+        times = sorted(await w.churn(iter(forever(source)), cycles, 1024))
+        median = statistics.median(times) * 1e6
+        figures[label] = median
+        report.row(label, fmt(median), fmt(times[int(len(times) * 0.9)] * 1e6))
+    report.target("W5 literal churn with a full cache: median <= 50 µs",
+                  f"{figures['literal']:.1f} µs (wildcard: {figures['wildcard']:.1f} µs)",
+                  figures["literal"] <= 50)
+
+    # W6 ----------------------------------------------------------------------------------
+    print("W6 memory", flush=True)
+    per_sub = await w.memory_per_subscription(2_000 if quick else 10_000)
+    report.section("W6: memory per idle subscription (tracemalloc)", ["bytes"])
+    report.row(f"{per_sub:,.0f}")
+    report.target("W6: <= 2.5 KB per idle subscription", f"{per_sub:,.0f} B",
+                  per_sub <= 2500)
+
+    # output ------------------------------------------------------------------------------
+    machine = (f"{platform.machine()}, {platform.python_implementation()} "
+               f"{platform.python_version()}, {platform.system()}, "
+               f"trio {trio.__version__}")
+    command = "make bench" + (" (quick)" if quick else "")
+    text = report.markdown(machine, command)
+    print()
+    for target, figure, ok in report.targets:
+        print(f"{'met   ' if ok else 'MISSED'}  {target}: {figure}")
+    if not quick:
+        RESULTS.write_text(text)
+        draw(plot)
+        print(f"\nwrote {RESULTS.relative_to(ROOT)} and {PLOT.relative_to(ROOT)}")
+    return 0 if all(ok for _, _, ok in report.targets) else 1
+
+
+def draw(series: dict[str, dict[int, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for label, points in series.items():
+        if points:
+            xs = sorted(points)
+            ax.plot(xs, [points[x] for x in xs], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("patterns subscribed (N)")
+    ax.set_ylabel("µs per publish (median)")
+    ax.set_title("Publish cost against the number of patterns")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller, no files")
+    args = parser.parse_args()
+    sys.exit(trio.run(main, args.quick))

@@ -1,0 +1,398 @@
+"""Workloads, baselines and peers for ``make bench``.
+
+Every function here returns seconds for a batch of operations; ``run.py`` takes
+medians over repeats and turns them into ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import tracemalloc
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+import trio
+
+from trio_pubsub import Broker, OverflowPolicy, Subscription, subject_matches
+
+BIG = 10**9  # buffers that never fill during a batch: the fast path is measured
+VOCABULARY = [f"t{i:02d}" for i in range(50)]
+
+
+# -- pattern sets -------------------------------------------------------------
+
+
+@dataclass
+class PatternSet:
+    """N patterns (70% literal, 20% one '*', 10% ending in '>') and hot subjects."""
+
+    patterns: list[str]
+    hot: list[str]
+    matches_per_hot: int = 4
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+def _tokens(rng: random.Random, vocabulary: list[str]) -> list[str]:
+    return [rng.choice(vocabulary) for _ in range(rng.randint(3, 5))]
+
+
+def make_patterns(n: int, seed: int = 7) -> PatternSet:
+    """Build N patterns where each hot subject is matched by exactly 4 of them.
+
+    Hot subjects have 4 or 5 tokens, start with one of the first 10 tokens of the
+    vocabulary, and differ in their first 3 tokens; the 4 patterns of a hot
+    subject keep those 3 tokens literal: the subject twice, the subject with a
+    later token replaced by '*', and a 3- or 4-token prefix followed by '>'. So
+    each matches its own subject only. Filler patterns start with one of the
+    other 40 tokens, never with a wildcard, and make up the rest of the
+    70/20/10 mix.
+    """
+    rng = random.Random(seed)
+    hot_count = max(1, n // 20)
+    hot_vocabulary, rest_vocabulary = VOCABULARY[:10], VOCABULARY[10:]
+    hot: list[str] = []
+    keys: set[tuple[str, ...]] = set()
+    while len(hot) < hot_count:
+        tokens = [rng.choice(hot_vocabulary)]
+        tokens += [rng.choice(VOCABULARY) for _ in range(rng.randint(3, 4))]
+        if tuple(tokens[:3]) not in keys:
+            keys.add(tuple(tokens[:3]))
+            hot.append(".".join(tokens))
+    patterns: list[str] = []
+    for subject in hot:
+        tokens = subject.split(".")
+        star = tokens.copy()
+        star[rng.randint(3, len(tokens) - 1)] = "*"
+        prefix = tokens[: rng.randint(3, len(tokens) - 1)]
+        patterns += [subject, subject, ".".join(star), ".".join([*prefix, ">"])]
+    patterns = patterns[:n]
+    literal = round(0.7 * n) - sum("*" not in p and ">" not in p for p in patterns)
+    starred = round(0.2 * n) - sum("*" in p for p in patterns)
+    while len(patterns) < n:
+        tokens = [rng.choice(rest_vocabulary), *_tokens(rng, VOCABULARY)[1:]]
+        if literal > 0:
+            literal -= 1
+        elif starred > 0:
+            tokens[rng.randint(1, len(tokens) - 1)] = "*"
+            starred -= 1
+        else:
+            tokens = [*tokens[: rng.randint(1, len(tokens) - 1)], ">"]
+        patterns.append(".".join(tokens))
+    rng.shuffle(patterns)
+    kinds = {
+        "literal": sum("*" not in p and ">" not in p for p in patterns),
+        "star": sum("*" in p for p in patterns),
+        "rest": sum(p.endswith(">") for p in patterns),
+    }
+    return PatternSet(patterns, hot, kinds=kinds)
+
+
+def fresh_subjects(count: int, seed: int = 11) -> list[str]:
+    """Subjects that never repeat (from the whole vocabulary): all cache misses."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < count:
+        subject = ".".join(_tokens(rng, VOCABULARY))
+        if subject not in seen:
+            seen.add(subject)
+            out.append(subject)
+    return out
+
+
+def cycle(items: list[str], count: int) -> list[str]:
+    return [items[i % len(items)] for i in range(count)]
+
+
+# -- baselines ------------------------------------------------------------------
+
+
+class RawFloor:
+    """No matching at all: a dict from subject to precomputed trio send channels."""
+
+    def __init__(self, table: dict[str, int]) -> None:
+        self.receivers: list[trio.MemoryReceiveChannel[tuple[str, int]]] = []
+        self.table: dict[str, list[trio.MemorySendChannel[tuple[str, int]]]] = {}
+        for subject, fanout in table.items():
+            senders = []
+            for _ in range(fanout):
+                send, receive = trio.open_memory_channel[tuple[str, int]](BIG)
+                senders.append(send)
+                self.receivers.append(receive)
+            self.table[subject] = senders
+
+    def batch(self, subjects: list[str]) -> float:
+        table = self.table
+        start = time.perf_counter()
+        for i, subject in enumerate(subjects):
+            for send in table[subject]:
+                send.send_nowait((subject, i))
+        elapsed = time.perf_counter() - start
+        for receive in self.receivers:
+            while True:
+                try:
+                    receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+        return elapsed
+
+
+class NaiveBroker:
+    """Split the subject and compare it with every stored pattern, every time."""
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.entries = [(p.split("."), deque[tuple[str, int]]()) for p in patterns]
+
+    def publish(self, subject: str, payload: int) -> int:
+        tokens = subject.split(".")
+        count = 0
+        for pattern, buffer in self.entries:
+            if _naive_match(pattern, tokens):
+                buffer.append((subject, payload))
+                count += 1
+        return count
+
+    def batch(self, subjects: list[str]) -> float:
+        publish = self.publish
+        start = time.perf_counter()
+        for i, subject in enumerate(subjects):
+            publish(subject, i)
+        elapsed = time.perf_counter() - start
+        for _, buffer in self.entries:
+            buffer.clear()
+        return elapsed
+
+
+def _naive_match(pattern: list[str], subject: list[str]) -> bool:
+    for index, token in enumerate(pattern):
+        if token == ">":
+            return len(subject) > index
+        if index >= len(subject) or (token != "*" and token != subject[index]):
+            return False
+    return len(pattern) == len(subject)
+
+
+# -- this library -----------------------------------------------------------------
+
+
+class Ours:
+    """A Broker with one subscription per pattern, held open by an exit stack."""
+
+    def __init__(self, **options: int) -> None:
+        self.broker = Broker[int](max_buffer_size=BIG, **options)
+        self.stack = AsyncExitStack()
+        self.subs: list[Subscription[int]] = []
+
+    async def open(self, patterns: list[str], **options: object) -> None:
+        for pattern in patterns:
+            sub = await self.stack.enter_async_context(
+                self.broker.subscribe(pattern, **options)  # type: ignore[arg-type]
+            )
+            self.subs.append(sub)
+
+    def drain(self) -> None:
+        for sub in self.subs:
+            while True:
+                try:
+                    sub.receive_nowait()
+                except trio.WouldBlock:
+                    break
+
+    def batch(self, subjects: list[str]) -> float:
+        publish = self.broker.publish_nowait
+        start = time.perf_counter()
+        for i, subject in enumerate(subjects):
+            publish(subject, i)
+        elapsed = time.perf_counter() - start
+        self.drain()
+        return elapsed
+
+    async def close(self) -> None:
+        await self.stack.aclose()
+
+
+# -- peers: they call handlers synchronously instead of enqueueing ------------------
+
+
+def peer_pyee(table: dict[str, int]) -> Callable[[list[str]], float]:
+    from pyee import EventEmitter
+
+    emitter = EventEmitter()
+    buffers: list[deque[tuple[str, int]]] = []
+    for subject, fanout in table.items():
+        for _ in range(fanout):
+            buffer: deque[tuple[str, int]] = deque()
+            buffers.append(buffer)
+            emitter.on(subject, _appender(buffer))
+
+    def batch(subjects: list[str]) -> float:
+        emit = emitter.emit
+        start = time.perf_counter()
+        for i, subject in enumerate(subjects):
+            emit(subject, subject, i)
+        elapsed = time.perf_counter() - start
+        for buffer in buffers:
+            buffer.clear()
+        return elapsed
+
+    return batch
+
+
+def peer_blinker(table: dict[str, int]) -> Callable[[list[str]], float]:
+    from blinker import Namespace
+
+    namespace = Namespace()
+    buffers: list[deque[tuple[str, int]]] = []
+    signals = {}
+    for subject, fanout in table.items():
+        signal = signals[subject] = namespace.signal(subject)
+        for _ in range(fanout):
+            buffer: deque[tuple[str, int]] = deque()
+            buffers.append(buffer)
+            signal.connect(_blinker_receiver(buffer), weak=False)
+
+    def batch(subjects: list[str]) -> float:
+        start = time.perf_counter()
+        for i, subject in enumerate(subjects):
+            signals[subject].send(subject, payload=i)
+        elapsed = time.perf_counter() - start
+        for buffer in buffers:
+            buffer.clear()
+        return elapsed
+
+    return batch
+
+
+def peer_pymitter(patterns: list[str]) -> Callable[[list[str]], float]:
+    """pymitter has '*' per level but no multi-level wildcard: '>' becomes '*'."""
+    from pymitter import EventEmitter
+
+    emitter = EventEmitter(wildcard=True, delimiter=".")
+    buffers: list[deque[tuple[str, int]]] = []
+    for pattern in patterns:
+        buffer: deque[tuple[str, int]] = deque()
+        buffers.append(buffer)
+        emitter.on(pattern.replace(">", "*"), _appender(buffer))
+
+    def batch(subjects: list[str]) -> float:
+        emit = emitter.emit
+        start = time.perf_counter()
+        for i, subject in enumerate(subjects):
+            emit(subject, subject, i)
+        elapsed = time.perf_counter() - start
+        for buffer in buffers:
+            buffer.clear()
+        return elapsed
+
+    return batch
+
+
+def _appender(buffer: deque[tuple[str, int]]) -> Callable[[str, int], None]:
+    def handler(subject: str, payload: int) -> None:
+        buffer.append((subject, payload))
+
+    return handler
+
+
+def _blinker_receiver(buffer: deque[tuple[str, int]]) -> Callable[..., None]:
+    def receiver(sender: str, payload: int) -> None:
+        buffer.append((sender, payload))
+
+    return receiver
+
+
+# -- W4: BLOCK subscribers with consumer tasks ------------------------------------
+
+
+async def block_ours(fanout: int, messages: int) -> float:
+    broker = Broker[int]()
+    async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        for _ in range(fanout):
+            sub = await stack.enter_async_context(
+                broker.subscribe("jobs.a", max_buffer_size=64, policy=OverflowPolicy.BLOCK)
+            )
+            nursery.start_soon(_consume_sub, sub)
+        start = time.perf_counter()
+        for i in range(messages):
+            await broker.publish("jobs.a", i)
+        elapsed = time.perf_counter() - start
+        await broker.aclose()
+    return elapsed
+
+
+async def _consume_sub(sub: Subscription[int]) -> None:
+    async for _ in sub:
+        pass
+
+
+async def block_raw(fanout: int, messages: int) -> float:
+    async with trio.open_nursery() as nursery:
+        senders = []
+        for _ in range(fanout):
+            send, receive = trio.open_memory_channel[tuple[str, int]](64)
+            senders.append(send)
+            nursery.start_soon(_consume_channel, receive)
+        start = time.perf_counter()
+        for i in range(messages):
+            for send in senders:
+                await send.send(("jobs.a", i))
+        elapsed = time.perf_counter() - start
+        for send in senders:
+            await send.aclose()
+    return elapsed
+
+
+async def _consume_channel(receive: trio.MemoryReceiveChannel[tuple[str, int]]) -> None:
+    async for _ in receive:
+        pass
+
+
+# -- W5: subscribe/unsubscribe churn --------------------------------------------------
+
+
+async def churn(patterns: Iterator[str], cycles: int, cache_size: int) -> list[float]:
+    """Seconds per subscribe+unsubscribe cycle, with a full cache."""
+    broker = Broker[int](match_cache_size=cache_size)
+    async with AsyncExitStack() as stack:
+        for pattern in make_patterns(2000).patterns:
+            await stack.enter_async_context(broker.subscribe(pattern))
+        for subject in fresh_subjects(cache_size, seed=3):
+            broker.publish_nowait(subject, 0)
+        assert broker.statistics().cache_size == cache_size
+        times = []
+        for _ in range(cycles):
+            pattern = next(patterns)
+            start = time.perf_counter()
+            async with broker.subscribe(pattern):
+                pass
+            times.append(time.perf_counter() - start)
+        assert broker.statistics().cache_size == cache_size
+    return times
+
+
+# -- W6: memory per idle subscription -------------------------------------------------
+
+
+async def memory_per_subscription(count: int) -> float:
+    """Bytes per entered, idle subscription (patterns from the W2 mix)."""
+    patterns = make_patterns(count, seed=5).patterns
+    broker = Broker[int]()
+    async with AsyncExitStack() as stack:
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        for pattern in patterns:
+            await stack.enter_async_context(broker.subscribe(pattern))
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    return grown / count
+
+
+def check_hot_matches(pattern_set: PatternSet) -> None:
+    """Each hot subject is matched by exactly 4 patterns (a sanity check)."""
+    for subject in pattern_set.hot[:50]:
+        count = sum(subject_matches(p, subject) for p in pattern_set.patterns)
+        assert count == pattern_set.matches_per_hot, (subject, count)

@@ -79,7 +79,8 @@ def make_patterns(n: int, seed: int = 7) -> PatternSet:
             tokens[rng.randint(1, len(tokens) - 1)] = "*"
             starred -= 1
         else:
-            tokens = [*tokens[: rng.randint(1, len(tokens) - 1)], ">"]
+            # 3 to 5 tokens in all, '>' included
+            tokens = [*tokens[: rng.randint(2, len(tokens) - 1)], ">"]
         patterns.append(".".join(tokens))
     rng.shuffle(patterns)
     kinds = {

@@ -217,8 +217,10 @@ class Broker(Generic[T]):
         """Check the call and return the inboxes that ``subject`` reaches now."""
         try:
             # Only valid subjects are ever cached, so a hit needs no parsing.
-            targets = self._trie.cache[subject]
-        except (KeyError, TypeError):  # not cached, or not even hashable
+            targets = self._trie.cache.get(subject)
+        except TypeError:  # not even hashable: let parsing say what is wrong
+            targets = None
+        if targets is None:  # a miss (get, not [], because raising costs more)
             return self._snapshot_uncached(subject, payload)
         self._cache_hits += 1
         message_type = self._message_type

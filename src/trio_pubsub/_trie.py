@@ -194,25 +194,7 @@ class SubjectTrie(Generic[V]):
     def match(self, subject: tuple[str, ...]) -> list[V]:
         """Return the values whose pattern matches the parsed literal ``subject``."""
         found: list[V] = []
-        level = [self._root]
-        for token in subject:
-            following: list[_Node[V]] = []
-            for node in level:
-                if node.rest:
-                    # '>' needs one or more tokens: this one is at least that.
-                    found.extend(node.rest)
-                if node.literal:
-                    child = node.literal.get(token)
-                    if child is not None:
-                        following.append(child)
-                if node.star is not None:
-                    following.append(node.star)
-            if not following:
-                return found
-            level = following
-        for node in level:
-            if node.exact:
-                found.extend(node.exact)
+        _walk(self._root, subject, 0, len(subject), found)
         return found
 
     def values(self) -> Iterator[V]:
@@ -234,3 +216,28 @@ class SubjectTrie(Generic[V]):
                 stack.extend(node.literal.values())
             if node.star is not None:
                 stack.append(node.star)
+
+
+def _walk(
+    node: _Node[V], subject: tuple[str, ...], index: int, end: int, found: list[V]
+) -> None:
+    """Collect into ``found`` what matches ``subject[index:]`` below ``node``.
+
+    Follows the chain of literal children in a loop and recurses only into
+    ``*`` children, so the common all-literal path allocates nothing.
+    """
+    while index < end:
+        if node.rest:
+            # '>' needs one or more tokens: subject[index] is at least that.
+            found.extend(node.rest)
+        if node.star is not None:
+            _walk(node.star, subject, index + 1, end, found)
+        if not node.literal:
+            return
+        child = node.literal.get(subject[index])
+        if child is None:
+            return
+        node = child
+        index += 1
+    if node.exact:
+        found.extend(node.exact)

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest docs docs-check bench clean
+.PHONY: demo test lint typecheck pytest docs docs-check bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,16 @@ docs: $(STAMP)
 	@echo "open docs/_build/html/index.html"
 
 test: lint typecheck pytest docs-check
+
+# Not part of `make test`: takes several minutes and measures, it does not check.
+# Rewrites bench/results.md and docs/_static/publish-vs-patterns.png.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --group bench
+	$(BIN)/python bench/run.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m pip install --quiet --group bench
+	$(BIN)/python bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) docs/_build .coverage .mypy_cache .pytest_cache .ruff_cache .hypothesis

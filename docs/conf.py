@@ -38,4 +38,5 @@ nitpick_ignore_regex = [
 ]
 
 html_theme = "alabaster"
+html_static_path = ["_static"]
 html_title = "trio-pubsub"

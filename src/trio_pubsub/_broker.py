@@ -220,19 +220,16 @@ class Broker(Generic[T]):
             targets = self._trie.cache.get(subject)
         except TypeError:  # not even hashable: let parsing say what is wrong
             targets = None
+        tokens = None
         if targets is None:  # a miss (get, not [], because raising costs more)
-            return self._snapshot_uncached(subject, payload)
-        self._cache_hits += 1
+            tokens = parse_subject(subject)
         message_type = self._message_type
         if message_type is not None and not isinstance(payload, message_type):
             raise self._payload_error(payload)
-        return targets
-
-    def _snapshot_uncached(self, subject: str, payload: T) -> tuple[_Inbox[T], ...]:
-        tokens = parse_subject(subject)
-        message_type = self._message_type
-        if message_type is not None and not isinstance(payload, message_type):
-            raise self._payload_error(payload)
+        if targets is not None:
+            self._cache_hits += 1
+            return targets
+        assert tokens is not None
         # A closed broker has an empty trie without a cache: every call ends here.
         self._check_open()
         self._cache_misses += 1

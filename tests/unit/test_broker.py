@@ -845,3 +845,73 @@ async def test_second_blocking_subscription_leaving_is_skipped() -> None:
         assert results == [1]
         assert drain(first) == [2]
     assert_law(second, 1)
+
+
+# -- match cache -----------------------------------------------------------------
+
+
+async def test_match_cache_counts_hits_misses_and_size(cache_size: int) -> None:
+    """Repeated subjects are cache hits (when the cache is on); it stays bounded."""
+    broker = Broker(int, match_cache_size=cache_size)
+    async with broker.subscribe("a.*") as sub:
+        for i in range(10):
+            broker.publish_nowait(f"a.{i % 5}", i)
+        stats = broker.statistics()
+        assert stats.cache_hits + stats.cache_misses == 10
+        if cache_size >= 5:
+            assert (stats.cache_hits, stats.cache_misses, stats.cache_size) == (5, 5, 5)
+        else:
+            assert stats.cache_size <= cache_size
+        assert drain(sub) == list(range(10))
+
+
+async def test_cached_subject_sees_later_subscriptions(cache_size: int) -> None:
+    """A subject cached before a subscription enters or leaves routes correctly."""
+    broker = Broker(int, match_cache_size=cache_size)
+    assert broker.publish_nowait("a.b", 0) == 0  # cached with no targets
+    async with broker.subscribe("a.*") as star, broker.subscribe("a.b") as exact:
+        assert broker.publish_nowait("a.b", 1) == 2
+        async with broker.subscribe(">") as everything:
+            assert broker.publish_nowait("a.b", 2) == 3
+        assert broker.publish_nowait("a.b", 3) == 2
+        assert drain(everything) == [2]
+        star.close()
+        assert broker.publish_nowait("a.b", 4) == 1
+        assert drain(exact) == [1, 2, 3, 4]
+
+
+async def test_cache_hit_still_checks_payload_type() -> None:
+    """A cached subject skips parsing, never the payload check."""
+    broker = Broker(int)
+    broker.publish_nowait("a", 1)
+    with pytest.raises(TypeError, match="payload must be an instance of int"):
+        broker.publish_nowait("a", "x")  # type: ignore[arg-type]
+    assert broker.statistics().cache_hits == 1
+
+
+async def test_unhashable_subject_is_a_clear_type_error() -> None:
+    """An unhashable subject reports the subject rule, not 'unhashable type'."""
+    broker = Broker(int)
+    with pytest.raises(TypeError, match="subject must be a str, not list"):
+        broker.publish_nowait(["a"], 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="subject must be a str, not list"):
+        await broker.publish(["a"], 1)  # type: ignore[arg-type]
+
+
+async def test_closed_broker_refuses_cached_subjects() -> None:
+    """Closing empties the cache, so a cached subject cannot bypass the check."""
+    broker = Broker(int)
+    broker.publish_nowait("a", 1)
+    await broker.aclose()
+    with pytest.raises(BrokerClosedError):
+        broker.publish_nowait("a", 2)
+    assert broker.statistics().cache_size == 0
+
+
+def test_bad_match_cache_size() -> None:
+    """match_cache_size must be an int >= 0."""
+    with pytest.raises(ValueError, match="match_cache_size must be an int >= 0"):
+        Broker(int, match_cache_size=-1)
+    with pytest.raises(TypeError, match="match_cache_size"):
+        Broker(int, match_cache_size=None)  # type: ignore[arg-type]
+    Broker(int, match_cache_size=0)

@@ -24,7 +24,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import workloads as w  # noqa: E402
+import workloads as w
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.md"
@@ -72,7 +72,9 @@ class Report:
             "| target | measured | |",
             "|---|---|---|",
         ]
-        out += [f"| {t} | {f} | {'met' if ok else 'MISSED'} |" for t, f, ok in self.targets]
+        out += [
+            f"| {t} | {f} | {'met' if ok else 'MISSED'} |" for t, f, ok in self.targets
+        ]
         return "\n".join(out + self.lines) + "\n"
 
 
@@ -92,12 +94,19 @@ async def main(quick: bool) -> int:
         "pymitter (sync handlers)": {},
     }
 
-    # W1 -------------------------------------------------------------------------
+    # W1 -------------------------------------------------------------------------------
     print("W1 exact subject, fan-out", flush=True)
     report.section(
         "W1: one exact subject, fan-out F (µs per publish; ratio = floor time / time)",
-        ["F", "trio-pubsub", "raw floor", "ratio to floor", "naive scan",
-         "pyee (sync)", "blinker (sync)"],
+        [
+            "F",
+            "trio-pubsub",
+            "raw floor",
+            "ratio to floor",
+            "naive scan",
+            "pyee (sync)",
+            "blinker (sync)",
+        ],
     )
     w1_ratio_10 = 0.0
     for fanout in (1, 10, 100):
@@ -114,17 +123,35 @@ async def main(quick: bool) -> int:
         ratio = t_floor / t_ours
         if fanout == 10:
             w1_ratio_10 = ratio
-        report.row(fanout, fmt(t_ours), fmt(t_floor), f"{ratio:.2f}x", fmt(t_naive),
-                   fmt(t_pyee), fmt(t_blinker))
-    report.target("W1 fan-out 10: throughput >= 0.8x the raw floor",
-                  f"{w1_ratio_10:.2f}x", w1_ratio_10 >= 0.8)
+        report.row(
+            fanout,
+            fmt(t_ours),
+            fmt(t_floor),
+            f"{ratio:.2f}x",
+            fmt(t_naive),
+            fmt(t_pyee),
+            fmt(t_blinker),
+        )
+    report.target(
+        "W1 fan-out 10: throughput >= 0.8x the raw floor",
+        f"{w1_ratio_10:.2f}x",
+        w1_ratio_10 >= 0.8,
+    )
 
-    # W2 and W3 -----------------------------------------------------------------------
+    # W2 and W3 ------------------------------------------------------------------------
     print("W2/W3 wildcard mix", flush=True)
     report.section(
         "W2 (cache hits) and W3 (all misses): N patterns, µs per publish",
-        ["N", "hits", "raw floor", "hits ratio to floor", "misses", "naive scan",
-         "naive / hits", "pymitter (sync)"],
+        [
+            "N",
+            "hits",
+            "raw floor",
+            "hits ratio to floor",
+            "misses",
+            "naive scan",
+            "naive / hits",
+            "pymitter (sync)",
+        ],
     )
     worst_hit_ratio = float("inf")
     miss_cost: dict[int, float] = {}
@@ -139,12 +166,15 @@ async def main(quick: bool) -> int:
         stats = ours.broker.statistics()
         assert stats.cache_size == len(pattern_set.hot), stats
         misses = w.fresh_subjects(messages * (REPEATS + 1), seed=n)
-        chunks = forever(misses[i::REPEATS + 1] for i in range(REPEATS + 1))
-        t_misses = median_us(lambda _: ours.batch(next(chunks)), misses[:messages])
+        chunks = forever(misses[i :: REPEATS + 1] for i in range(REPEATS + 1))
+        t_misses = median_us(
+            lambda _, ours=ours, chunks=chunks: ours.batch(next(chunks)),
+            misses[:messages],
+        )
         await ours.close()
-        del ours
-        t_floor = median_us(w.RawFloor(dict.fromkeys(pattern_set.hot, 4)).batch,
-                            hot_subjects)
+        t_floor = median_us(
+            w.RawFloor(dict.fromkeys(pattern_set.hot, 4)).batch, hot_subjects
+        )
         few = hot_subjects[: max(20, min(messages, 2_000_000 // n))]
         t_naive = median_us(w.NaiveBroker(pattern_set.patterns).batch, few)
         t_pymitter = median_us(w.peer_pymitter(pattern_set.patterns), few)
@@ -158,33 +188,64 @@ async def main(quick: bool) -> int:
         plot["raw trio channels (no matching)"][n] = t_floor
         plot["naive linear scan"][n] = t_naive
         plot["pymitter (sync handlers)"][n] = t_pymitter
-        report.row(f"{n:,}", fmt(t_hits), fmt(t_floor), f"{ratio:.2f}x", fmt(t_misses),
-                   fmt(t_naive), f"{t_naive / t_hits:,.0f}x", fmt(t_pymitter))
-    report.target("W2 cache hits: throughput >= 0.8x the raw floor at every N",
-                  f"worst {worst_hit_ratio:.2f}x", worst_hit_ratio >= 0.8)
+        report.row(
+            f"{n:,}",
+            fmt(t_hits),
+            fmt(t_floor),
+            f"{ratio:.2f}x",
+            fmt(t_misses),
+            fmt(t_naive),
+            f"{t_naive / t_hits:,.0f}x",
+            fmt(t_pymitter),
+        )
+    report.target(
+        "W2 cache hits: throughput >= 0.8x the raw floor at every N",
+        f"worst {worst_hit_ratio:.2f}x",
+        worst_hit_ratio >= 0.8,
+    )
     biggest = max(miss_cost)
     growth = miss_cost[biggest] / miss_cost[10]
-    report.target(f"W3 all misses: cost at N={biggest:,} <= 1.5x the cost at N=10",
-                  f"{growth:.2f}x", growth <= 1.5)
-    report.target("N=10,000: >= 100x faster than the naive linear scan",
-                  f"{naive_speedup_10k:,.0f}x", naive_speedup_10k >= 100)
+    report.target(
+        f"W3 all misses: cost at N={biggest:,} <= 1.5x the cost at N=10",
+        f"{growth:.2f}x",
+        growth <= 1.5,
+    )
+    report.target(
+        "N=10,000: >= 100x faster than the naive linear scan",
+        f"{naive_speedup_10k:,.0f}x",
+        naive_speedup_10k >= 100,
+    )
 
-    # W4 ----------------------------------------------------------------------------------
+    # W4 -------------------------------------------------------------------------------
     print("W4 BLOCK with consumers", flush=True)
     report.section(
         "W4: BLOCK subscribers (buffer 64) with consumer tasks, `await publish`",
-        ["subscribers", "trio-pubsub µs/publish", "raw channels `await send`",
-         "ratio to floor"],
+        [
+            "subscribers",
+            "trio-pubsub µs/publish",
+            "raw channels `await send`",
+            "ratio to floor",
+        ],
     )
     for fanout in (1, 10):
         count = messages // 4
-        t_ours = statistics.median([await w.block_ours(fanout, count)
-                                    for _ in range(REPEATS)]) / count * 1e6
-        t_raw = statistics.median([await w.block_raw(fanout, count)
-                                   for _ in range(REPEATS)]) / count * 1e6
+        t_ours = (
+            statistics.median(
+                [await w.block_ours(fanout, count) for _ in range(REPEATS)]
+            )
+            / count
+            * 1e6
+        )
+        t_raw = (
+            statistics.median(
+                [await w.block_raw(fanout, count) for _ in range(REPEATS)]
+            )
+            / count
+            * 1e6
+        )
         report.row(fanout, fmt(t_ours), fmt(t_raw), f"{t_raw / t_ours:.2f}x")
 
-    # W5 ----------------------------------------------------------------------------------
+    # W5 -------------------------------------------------------------------------------
     print("W5 churn", flush=True)
     report.section(
         "W5: subscribe + unsubscribe cycle with a full cache of 1,024 subjects",
@@ -194,29 +255,40 @@ async def main(quick: bool) -> int:
     figures = {}
     for label, source in (
         ("literal", w.fresh_subjects(cycles, seed=21)),
-        ("wildcard", [p for p in w.make_patterns(cycles * 4, seed=22).patterns
-                      if "*" in p or ">" in p]),
+        (
+            "wildcard",
+            [
+                p
+                for p in w.make_patterns(cycles * 4, seed=22).patterns
+                if "*" in p or ">" in p
+            ],
+        ),
     ):
         times = sorted(await w.churn(iter(forever(source)), cycles, 1024))
         median = statistics.median(times) * 1e6
         figures[label] = median
         report.row(label, fmt(median), fmt(times[int(len(times) * 0.9)] * 1e6))
-    report.target("W5 literal churn with a full cache: median <= 50 µs",
-                  f"{figures['literal']:.1f} µs (wildcard: {figures['wildcard']:.1f} µs)",
-                  figures["literal"] <= 50)
+    report.target(
+        "W5 literal churn with a full cache: median <= 50 µs",
+        f"{figures['literal']:.1f} µs (wildcard: {figures['wildcard']:.1f} µs)",
+        figures["literal"] <= 50,
+    )
 
-    # W6 ----------------------------------------------------------------------------------
+    # W6 -------------------------------------------------------------------------------
     print("W6 memory", flush=True)
     per_sub = await w.memory_per_subscription(2_000 if quick else 10_000)
     report.section("W6: memory per idle subscription (tracemalloc)", ["bytes"])
     report.row(f"{per_sub:,.0f}")
-    report.target("W6: <= 2.5 KB per idle subscription", f"{per_sub:,.0f} B",
-                  per_sub <= 2500)
+    report.target(
+        "W6: <= 2.5 KB per idle subscription", f"{per_sub:,.0f} B", per_sub <= 2500
+    )
 
-    # output ------------------------------------------------------------------------------
-    machine = (f"{platform.machine()}, {platform.python_implementation()} "
-               f"{platform.python_version()}, {platform.system()}, "
-               f"trio {trio.__version__}")
+    # output ---------------------------------------------------------------------------
+    machine = (
+        f"{platform.machine()}, {platform.python_implementation()} "
+        f"{platform.python_version()}, {platform.system()}, "
+        f"trio {trio.__version__}"
+    )
     command = "make bench" + (" (quick)" if quick else "")
     text = report.markdown(machine, command)
     print()

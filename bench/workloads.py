@@ -313,7 +313,9 @@ async def block_ours(fanout: int, messages: int) -> float:
     async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
         for _ in range(fanout):
             sub = await stack.enter_async_context(
-                broker.subscribe("jobs.a", max_buffer_size=64, policy=OverflowPolicy.BLOCK)
+                broker.subscribe(
+                    "jobs.a", max_buffer_size=64, policy=OverflowPolicy.BLOCK
+                )
             )
             nursery.start_soon(_consume_sub, sub)
         start = time.perf_counter()

@@ -223,11 +223,12 @@ class Broker(Generic[T]):
         tokens = None
         if targets is None:  # a miss (get, not [], because raising costs more)
             tokens = parse_subject(subject)
+        else:
+            self._cache_hits += 1
         message_type = self._message_type
         if message_type is not None and not isinstance(payload, message_type):
             raise self._payload_error(payload)
         if targets is not None:
-            self._cache_hits += 1
             return targets
         assert tokens is not None
         # A closed broker has an empty trie without a cache: every call ends here.
@@ -255,8 +256,9 @@ class Broker(Generic[T]):
         appended = accepted = 0
         for inbox in targets:
             buffer = inbox.buffer
-            if len(buffer) < inbox.max_buffer_size and not inbox.receivers:
-                # The common case, inlined: room and no waiting receiver.
+            if len(buffer) < inbox.limit:
+                # The common case, inlined: room, and no receiver waiting (the
+                # limit is 0 while one does).
                 buffer.append(message)
                 appended += 1
             else:

@@ -10,7 +10,8 @@ sending side, and the end of the stream depends on who ended it.
 Invariants (no checkpoint between any check and the mutation that follows it;
 ``put`` and ``receive`` are the only methods of ``_Inbox`` that wait):
 
-* ``len(buffer) <= max_buffer_size``.
+* ``len(buffer) <= max_buffer_size``, and ``limit`` is 0 exactly while
+  receivers wait, ``max_buffer_size`` otherwise.
 * Tasks wait in ``receivers`` only while ``buffer`` is empty, and publishers wait
   in ``senders`` only while it is full: a message offered while a receiver waits
   goes straight to that receiver, and room made by a receive goes straight to the
@@ -164,8 +165,11 @@ async def _park(waiters: dict[trio.lowlevel.Task, W], value: W) -> trio.lowlevel
 class _Inbox(Generic[T]):
     """One subscription's buffer, counters and waiting tasks."""
 
-    __slots__ = (
+    # The broker's fast path reads ``buffer`` and ``limit`` of every target:
+    # first, so they share a cache line.
+    __slots__ = (  # noqa: RUF023
         "buffer",
+        "limit",
         "disconnect_after",
         "dropped",
         "max_buffer_size",
@@ -201,6 +205,10 @@ class _Inbox(Generic[T]):
         self.tally = tally
         self.state = _State.OPEN
         self.buffer: deque[Message[T]] = deque()
+        # What the fast path may fill the buffer up to: max_buffer_size, or 0
+        # while receivers wait, so that a message for them takes the slow path
+        # and is handed over (the fast path does not look at ``receivers``).
+        self.limit = max_buffer_size
         # dicts used as FIFO sets of waiting tasks
         self.receivers: dict[trio.lowlevel.Task, None] = {}
         self.senders: dict[trio.lowlevel.Task, Message[T]] = {}
@@ -305,6 +313,8 @@ class _Inbox(Generic[T]):
             # channel does: a waiting receiver is room, and the buffer stays empty.
             task = next(iter(self.receivers))
             del self.receivers[task]
+            if not self.receivers:
+                self.limit = self.max_buffer_size
             self.tally.handed[task] = message
             self.received += 1
             trio.lowlevel.reschedule(task)
@@ -377,7 +387,12 @@ class _Inbox(Generic[T]):
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return message
-        task = await _park(self.receivers, None)
+        self.limit = 0
+        try:
+            task = await _park(self.receivers, None)
+        finally:
+            if not self.receivers:  # the last receiver left, handed or cancelled
+                self.limit = self.max_buffer_size
         handed = self.tally.handed.pop(task, None)
         if handed is None:
             # Woken because the stream ended: take() raises the reason.

@@ -915,3 +915,29 @@ def test_bad_match_cache_size() -> None:
     with pytest.raises(TypeError, match="match_cache_size"):
         Broker(int, match_cache_size=None)  # type: ignore[arg-type]
     Broker(int, match_cache_size=0)
+
+
+async def test_several_waiting_receivers_are_served_in_turn() -> None:
+    """Receivers waiting on one subscription get one message each, first come first."""
+    broker = Broker(int, max_buffer_size=1)
+    got: list[tuple[str, int]] = []
+    async with broker.subscribe("a") as sub, trio.open_nursery() as nursery:
+
+        async def receiver(name: str) -> None:
+            got.append((name, (await sub.receive()).payload))
+
+        for name in ("first", "second", "third"):
+            nursery.start_soon(receiver, name)
+            await trio.testing.wait_all_tasks_blocked()
+        with trio.CancelScope() as scope:
+            # a fourth receiver gives up: the others still wait
+            scope.deadline = trio.current_time() + 0.01
+            await sub.receive()
+        assert broker.publish_nowait("a", 1) == 1
+        assert broker.publish_nowait("a", 2) == 1
+        assert broker.publish_nowait("a", 3) == 1
+        # every receiver was served: the next message waits in the buffer
+        assert broker.publish_nowait("a", 4) == 1
+        assert sub.statistics().pending == 1
+    # trio may run the woken tasks in any order; who got what is what counts
+    assert sorted(got) == [("first", 1), ("second", 2), ("third", 3)]

@@ -105,7 +105,7 @@ def test_remove_keeps_shared_nodes(make: Make) -> None:
 
 @pytest.mark.parametrize(
     ("pattern", "value"),
-    [("a.b", "other"), ("q.*", "v"), ("a.>", "v"), ("a.b.c", "v")],
+    [("a.b", "other"), ("q.*", "v"), ("a.>", "v"), ("a.b.c", "v"), ("a", "v")],
 )
 def test_remove_missing_raises_key_error(make: Make, pattern: str, value: str) -> None:
     """Removing what is not there is a KeyError and changes nothing."""

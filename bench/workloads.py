@@ -229,17 +229,7 @@ def peer_pyee(table: dict[str, int]) -> Callable[[list[str]], float]:
             buffers.append(buffer)
             emitter.on(subject, _appender(buffer))
 
-    def batch(subjects: list[str]) -> float:
-        emit = emitter.emit
-        start = time.perf_counter()
-        for i, subject in enumerate(subjects):
-            emit(subject, subject, i)
-        elapsed = time.perf_counter() - start
-        for buffer in buffers:
-            buffer.clear()
-        return elapsed
-
-    return batch
+    return _emitting_batch(emitter.emit, buffers)
 
 
 def peer_blinker(table: dict[str, int]) -> Callable[[list[str]], float]:
@@ -278,8 +268,15 @@ def peer_pymitter(patterns: list[str]) -> Callable[[list[str]], float]:
         buffers.append(buffer)
         emitter.on(pattern.replace(">", "*"), _appender(buffer))
 
+    return _emitting_batch(emitter.emit, buffers)
+
+
+def _emitting_batch(
+    emit: Callable[[str, str, int], object], buffers: list[deque[tuple[str, int]]]
+) -> Callable[[list[str]], float]:
+    """Time ``emit(subject, subject, i)`` over a batch, then empty the buffers."""
+
     def batch(subjects: list[str]) -> float:
-        emit = emitter.emit
         start = time.perf_counter()
         for i, subject in enumerate(subjects):
             emit(subject, subject, i)

@@ -10,7 +10,11 @@ import attrs
 @typing.final
 @attrs.frozen
 class BrokerStatistics:
-    """A snapshot of a broker's counters, from :meth:`Broker.statistics`."""
+    """A snapshot of a broker's counters, from :meth:`Broker.statistics`.
+
+    Two snapshots are equal when their delivery counters are; the match cache's
+    figures are left out of the comparison.
+    """
 
     published: int
     """Calls to ``publish``/``publish_nowait`` that returned normally."""
@@ -25,11 +29,13 @@ class BrokerStatistics:
     """Subscriptions cut off by the ``DISCONNECT`` policy."""
     subscriptions: int
     """Subscriptions registered now, i.e. that would be offered a new message."""
-    cache_hits: int
+    # The match cache's figures are informational: they default to 0 and take
+    # no part in ==, so snapshots compare by the delivery counters above.
+    cache_hits: int = attrs.field(default=0, eq=False)
     """Publishes whose subject was found in the match cache."""
-    cache_misses: int
+    cache_misses: int = attrs.field(default=0, eq=False)
     """Publishes whose subject had to be parsed and matched against the trie."""
-    cache_size: int
+    cache_size: int = attrs.field(default=0, eq=False)
     """Subjects in the match cache now."""
 
 

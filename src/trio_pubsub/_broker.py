@@ -25,7 +25,7 @@ from ._errors import BrokerClosedError
 from ._policy import OverflowPolicy
 from ._stats import BrokerStatistics
 from ._subject import parse_pattern, parse_subject
-from ._subscription import Message, Subscription, _Inbox, _Tally
+from ._subscription import Message, Subscription, _Inbox, _Tally, make_message
 from ._trie import SubjectTrie
 
 if typing.TYPE_CHECKING:
@@ -297,7 +297,7 @@ class Broker(Generic[T]):
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         targets = self._snapshot(subject, payload)
-        message = Message(subject, payload)
+        message = make_message(subject, payload)
         full: list[_Inbox[T]] = []
         accepted = self._deliver(message, targets, full)
         if full:
@@ -327,7 +327,7 @@ class Broker(Generic[T]):
             for inbox in targets:
                 if inbox.would_block():
                     raise trio.WouldBlock
-        accepted = self._deliver(Message(subject, payload), targets, [])
+        accepted = self._deliver(make_message(subject, payload), targets, [])
         self._published += 1
         return accepted
 

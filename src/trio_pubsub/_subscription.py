@@ -10,8 +10,10 @@ sending side, and the end of the stream depends on who ended it.
 Invariants (no checkpoint between any check and the mutation that follows it;
 ``put`` and ``receive`` are the only methods of ``_Inbox`` that wait):
 
-* ``len(buffer) <= max_buffer_size``, and ``limit`` is 0 exactly while
-  receivers wait, ``max_buffer_size`` otherwise.
+* ``len(buffer) <= max_buffer_size``, and ``limit`` is ``max_buffer_size``
+  except while receivers wait or before the first message is buffered: then 0.
+* ``buffer`` is the shared, always empty ``_NO_BUFFER`` until a message is
+  buffered: an idle subscription owns no deque.
 * Tasks wait in ``receivers`` only while ``buffer`` is empty, and publishers wait
   in ``senders`` only while it is full: a message offered while a receiver waits
   goes straight to that receiver, and room made by a receive goes straight to the
@@ -58,6 +60,22 @@ class Message(Generic[T_co]):
     """The literal subject it was published on (never a pattern)."""
     payload: T_co
     """What the publisher sent. Every receiver gets the same object."""
+
+
+# attrs' frozen __init__ sets each field through object.__setattr__; writing the
+# slots through their descriptors builds the same frozen value for less, and a
+# Message is built on every publish.
+_new_object = object.__new__
+_set_subject = Message.__dict__["subject"].__set__
+_set_payload = Message.__dict__["payload"].__set__
+
+
+def make_message(subject: str, payload: T) -> Message[T]:
+    """Return ``Message(subject, payload)``, built the cheap way."""
+    message: Message[T] = _new_object(Message)
+    _set_subject(message, subject)
+    _set_payload(message, payload)
+    return message
 
 
 def _now() -> float:
@@ -162,6 +180,11 @@ async def _park(waiters: dict[trio.lowlevel.Task, W], value: W) -> trio.lowlevel
     return task
 
 
+_NO_BUFFER: typing.Final[deque[typing.Any]] = deque()
+"""The buffer of every inbox that has not buffered a message yet. Never appended
+to: ``limit`` is 0 while it is in place, and ``_accept`` replaces it first."""
+
+
 class _Inbox(Generic[T]):
     """One subscription's buffer, counters and waiting tasks."""
 
@@ -204,11 +227,11 @@ class _Inbox(Generic[T]):
         self.disconnect_after = disconnect_after
         self.tally = tally
         self.state = _State.OPEN
-        self.buffer: deque[Message[T]] = deque()
+        self.buffer: deque[Message[T]] = _NO_BUFFER
         # What the fast path may fill the buffer up to: max_buffer_size, or 0
-        # while receivers wait, so that a message for them takes the slow path
-        # and is handed over (the fast path does not look at ``receivers``).
-        self.limit = max_buffer_size
+        # while receivers wait (a message for them takes the slow path and is
+        # handed over) and while there is no deque yet (the slow path makes it).
+        self.limit = 0
         # dicts used as FIFO sets of waiting tasks
         self.receivers: dict[trio.lowlevel.Task, None] = {}
         self.senders: dict[trio.lowlevel.Task, Message[T]] = {}
@@ -313,12 +336,15 @@ class _Inbox(Generic[T]):
             # channel does: a waiting receiver is room, and the buffer stays empty.
             task = next(iter(self.receivers))
             del self.receivers[task]
-            if not self.receivers:
+            if not self.receivers and self.buffer is not _NO_BUFFER:
                 self.limit = self.max_buffer_size
             self.tally.handed[task] = message
             self.received += 1
             trio.lowlevel.reschedule(task)
         else:
+            if self.buffer is _NO_BUFFER:
+                self.buffer = deque()
+                self.limit = self.max_buffer_size  # no receiver waits: see above
             self.buffer.append(message)
 
     def _count_drops(self, count: int) -> None:
@@ -391,7 +417,8 @@ class _Inbox(Generic[T]):
         try:
             task = await _park(self.receivers, None)
         finally:
-            if not self.receivers:  # the last receiver left, handed or cancelled
+            # the last receiver left, handed a message or cancelled
+            if not self.receivers and self.buffer is not _NO_BUFFER:
                 self.limit = self.max_buffer_size
         handed = self.tally.handed.pop(task, None)
         if handed is None:

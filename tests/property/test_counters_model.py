@@ -20,6 +20,7 @@ from trio_pubsub import (
     Subscription,
     SubscriptionStatistics,
 )
+from trio_pubsub._subscription import _NO_BUFFER
 
 TOKENS = ["a", "b"]
 model_patterns = st.lists(st.sampled_from([*TOKENS, "*"]), min_size=0, max_size=2).map(
@@ -190,6 +191,7 @@ async def test_random_operations_match_the_model(
         for (sub, _), msub in zip(real, model.subs, strict=True):
             assert sub.statistics() == msub.stats()
         model.check(broker.statistics(), cache_size)
+        assert not _NO_BUFFER  # the placeholder of idle subscriptions stays empty
 
 
 def receive_and_compare(sub: Subscription[int], msub: ModelSub) -> None:

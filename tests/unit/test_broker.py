@@ -948,3 +948,30 @@ async def test_statistics_compare_by_delivery_counters() -> None:
             published=2, delivered=2, dropped=0, disconnected=0, subscriptions=1
         )
         assert (stats.cache_hits, stats.cache_misses, stats.cache_size) == (1, 1, 1)
+
+
+def test_make_message_builds_the_same_frozen_value() -> None:
+    """The publish path's message factory gives what Message() gives."""
+    from trio_pubsub._subscription import make_message
+
+    built = make_message("a.b", [1])
+    assert built == Message("a.b", [1])
+    assert type(built) is Message
+    assert repr(built) == "Message(subject='a.b', payload=[1])"
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        built.payload = [2]  # type: ignore[misc]
+
+
+async def test_idle_subscriptions_share_no_buffer_until_a_message() -> None:
+    """An idle subscription owns no deque; the shared placeholder stays empty."""
+    from trio_pubsub._subscription import _NO_BUFFER
+
+    broker = Broker(int, max_buffer_size=2)
+    async with broker.subscribe("a") as one, broker.subscribe("a") as two:
+        assert one._inbox.buffer is _NO_BUFFER
+        assert broker.publish_nowait("a", 1) == 2
+        assert one._inbox.buffer is not _NO_BUFFER
+        assert one._inbox.buffer is not two._inbox.buffer
+        assert drain(one) == [1]
+        assert drain(two) == [1]
+    assert len(_NO_BUFFER) == 0

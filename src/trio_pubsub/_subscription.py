@@ -335,9 +335,8 @@ class _Inbox(Generic[T]):
             # Hand it straight to the longest-waiting receiver, as a trio memory
             # channel does: a waiting receiver is room, and the buffer stays empty.
             task = next(iter(self.receivers))
+            # (the receiver restores ``limit`` when it resumes, if it was last)
             del self.receivers[task]
-            if not self.receivers and self.buffer is not _NO_BUFFER:
-                self.limit = self.max_buffer_size
             self.tally.handed[task] = message
             self.received += 1
             trio.lowlevel.reschedule(task)

@@ -72,15 +72,21 @@ async def test_random_schedule_keeps_every_promise(
         stats = sub.statistics()
         results.append((pattern, policy, got, stats, error, scope.cancelled_caught))
 
-    async with trio.open_nursery() as nursery:
-        for policy in [*OverflowPolicy, *OverflowPolicy]:  # two of each
-            lifetime = rng.choice([0.05, 0.3, 100.0])
-            nursery.start_soon(subscriber, rng.choice(PATTERNS), policy, lifetime)
-        await trio.testing.wait_all_tasks_blocked()
-        async with trio.open_nursery() as publishers:
-            for index in range(PUBLISHERS):
-                publishers.start_soon(publisher, index)
-        await broker.aclose()
+    async def run_schedule() -> None:
+        async with trio.open_nursery() as nursery:
+            for policy in [*OverflowPolicy, *OverflowPolicy]:  # two of each
+                lifetime = rng.choice([0.05, 0.3, 100.0])
+                nursery.start_soon(subscriber, rng.choice(PATTERNS), policy, lifetime)
+            await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as publishers:
+                for index in range(PUBLISHERS):
+                    publishers.start_soon(publisher, index)
+            await broker.aclose()
+
+    # Virtual time under the autojump clock: a deadlock jumps straight to this
+    # deadline and fails with TooSlowError instead of hanging the test run.
+    with trio.fail_after(3600):
+        await run_schedule()
 
     assert results, f"seed {seed}: no subscriber finished"
     for pattern, policy, got, stats, error, cut_short in results:

@@ -19,6 +19,22 @@ EXPECTED: dict[str, list[str]] = {
         "live feed: disconnected as a slow consumer",
         "disconnected=1",
     ],
+    "wildcards.py": [
+        "orders.42.created              yes           yes      yes    yes      -       -",
+        "a*.b                            -             -        -     yes      -      yes",
+        "publish('orders.*') would fail: invalid subject 'orders.*': wildcards",
+    ],
+    "slow_consumers.py": [
+        "DROP_NEWEST ",
+        "DROP_OLDEST ",
+        "BLOCK ",
+        "cut off as a slow consumer",
+    ],
+    "graceful_shutdown.py": [
+        "a publish after closing fails: the broker is closed",
+        "jobs done: 10 of 10",
+        "abort: cancel the worker, count what it did not get to",
+    ],
     "quickstart.py": [
         "orders.42.created: order 42 was created",
         "SubscriptionStatistics(delivered=1, received=1, pending=0, dropped=0,",
@@ -45,6 +61,31 @@ def test_example_runs(name: str) -> None:
     out = run(name)
     for line in EXPECTED[name]:
         assert line in out, out
+
+
+def test_slow_consumers_table() -> None:
+    """BLOCK loses nothing; the dropping policies count what they did not deliver."""
+    rows: dict[str, tuple[int, int]] = {}
+    for line in run("slow_consumers.py").splitlines()[1:]:
+        cells = line.split()
+        rows[cells[0]] = (int(cells[2]), int(cells[3]))
+    assert rows["BLOCK"] == (200, 0)
+    for policy in ("DROP_NEWEST", "DROP_OLDEST"):
+        assert sum(rows[policy]) == 200
+        assert rows[policy][1] > 0
+    # disconnect_after=5: five drops in a row cut it off (more only if the
+    # consumer got a message in between, which resets the streak)
+    assert rows["DISCONNECT"][1] >= 5
+
+
+def test_abort_counts_what_was_not_done() -> None:
+    """After an abort, every job is received or counted as dropped."""
+    out = run("graceful_shutdown.py").split("abort:")[1]
+    leaves = next(line for line in out.splitlines() if "worker leaves" in line)
+    received = int(leaves.split("received ")[1].split(",")[0])
+    pending = int(leaves.split("pending ")[1].split(",")[0])
+    assert received + pending == 10
+    assert f"dropped={pending}," in out
 
 
 def test_demo_table_obeys_the_law() -> None:

@@ -132,7 +132,8 @@ async def main() -> None:
     print()
     header = ("subscriber", "pattern", "policy", "delivered", "received", "dropped")
     print("{:<10} {:<14} {:<12} {:>9} {:>8} {:>7}".format(*header))
-    for name, (sub, stats) in report.items():
+    for name in ("metrics", "billing", "live feed", "audit"):  # in start order
+        sub, stats = report[name]
         print(
             f"{name:<10} {sub.pattern:<14} {sub.policy.name:<12} "
             f"{stats.delivered:>9} {stats.received:>8} {stats.dropped:>7}"

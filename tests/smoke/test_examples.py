@@ -35,6 +35,21 @@ EXPECTED: dict[str, list[str]] = {
         "jobs done: 10 of 10",
         "abort: cancel the worker, count what it did not get to",
     ],
+    "tutorial_1_first_message.py": [
+        "publish: 1 subscription took the message",
+        "received on orders.42.created: OrderEvent(order_id=42, kind='created'",
+    ],
+    "tutorial_2_wildcards.py": [
+        "created  got orders.7.created",
+        "created  got orders.8.created",
+        "order 7  got orders.7.paid",
+        "all      got orders.8.paid",
+    ],
+    "tutorial_3_policies.py": [
+        "audit    DROP_NEWEST  received 100, dropped   0",
+        "billing  BLOCK        received  50, dropped   0",
+        "metrics  DROP_NEWEST  received ",
+    ],
     "quickstart.py": [
         "orders.42.created: order 42 was created",
         "SubscriptionStatistics(delivered=1, received=1, pending=0, dropped=0,",
@@ -76,6 +91,23 @@ def test_slow_consumers_table() -> None:
     # disconnect_after=5: five drops in a row cut it off (more only if the
     # consumer got a message in between, which resets the streak)
     assert rows["DISCONNECT"][1] >= 5
+
+
+def test_tutorial_wildcard_routing() -> None:
+    """Each listener of step 2 gets exactly what its pattern selects."""
+    got = sorted(run("tutorial_2_wildcards.py").splitlines())
+    assert got == sorted(
+        [
+            "all      got orders.7.created",
+            "all      got orders.7.paid",
+            "all      got orders.8.created",
+            "all      got orders.8.paid",
+            "created  got orders.7.created",
+            "created  got orders.8.created",
+            "order 7  got orders.7.created",
+            "order 7  got orders.7.paid",
+        ]
+    )
 
 
 def test_abort_counts_what_was_not_done() -> None:

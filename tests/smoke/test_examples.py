@@ -50,6 +50,12 @@ EXPECTED: dict[str, list[str]] = {
         "billing  BLOCK        received  50, dropped   0",
         "metrics  DROP_NEWEST  received ",
     ],
+    "read_counters.py": [
+        "subscription: SubscriptionStatistics(delivered=3, received=1, pending=2, dropped=2, max_buffer_size=3)",
+        "routed to it: 5 = received + pending + dropped",
+        "broker: published=5 dropped=2",
+        "export: {'published': 5, 'delivered': 3, 'dropped': 2,",
+    ],
     "quickstart.py": [
         "orders.42.created: order 42 was created",
         "SubscriptionStatistics(delivered=1, received=1, pending=0, dropped=0,",

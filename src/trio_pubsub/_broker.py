@@ -168,7 +168,8 @@ class Broker(Generic[T]):
 
         Returns:
             An async context manager yielding the :class:`Subscription`. Entering
-            it is a trio checkpoint; it may be entered once.
+            it is a trio checkpoint, taken before registering: a cancelled entry
+            leaves nothing behind. It may be entered once.
 
         Raises:
             InvalidSubjectError: ``pattern`` breaks the subject grammar.

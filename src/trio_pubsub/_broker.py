@@ -93,7 +93,6 @@ class Broker(Generic[T]):
         "_cache_misses",
         "_closed",
         "_disconnect_after",
-        "_match_cache_size",
         "_max_buffer_size",
         "_message_type",
         "_policy",
@@ -121,10 +120,9 @@ class Broker(Generic[T]):
         self._max_buffer_size = _check_count("max_buffer_size", max_buffer_size)
         self._policy = _check_policy(policy)
         self._disconnect_after = _check_count("disconnect_after", disconnect_after)
-        self._match_cache_size = _check_count(
-            "match_cache_size", match_cache_size, minimum=0
+        self._trie: SubjectTrie[_Inbox[T]] = SubjectTrie(
+            _check_count("match_cache_size", match_cache_size, minimum=0)
         )
-        self._trie: SubjectTrie[_Inbox[T]] = SubjectTrie(self._match_cache_size)
         self._tally = _Tally(detach=self._detach)
         self._published = 0
         self._cache_hits = 0

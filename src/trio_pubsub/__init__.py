@@ -1,7 +1,7 @@
 """trio_pubsub: an in-process, typed publish/subscribe broker for trio.
 
 Modules import one way only: _errors -> _subject -> _trie -> _policy -> _stats
--> _subscription -> _broker. Only _subscription and _broker import trio's
+-> _message -> _subscription -> _broker. Only _subscription and _broker import trio's
 scheduling machinery.
 """
 
@@ -12,6 +12,7 @@ from ._errors import (
     InvalidSubjectError as InvalidSubjectError,
     SlowConsumerError as SlowConsumerError,
 )
+from ._message import Message as Message
 from ._policy import OverflowPolicy as OverflowPolicy
 from ._stats import (
     BrokerStatistics as BrokerStatistics,
@@ -22,7 +23,7 @@ from ._subject import (
     validate_pattern as validate_pattern,
     validate_subject as validate_subject,
 )
-from ._subscription import Message as Message, Subscription as Subscription
+from ._subscription import Subscription as Subscription
 
 __all__ = [
     "Broker",

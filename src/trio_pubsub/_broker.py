@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import typing
 
-# A runtime import, so that the API reference can resolve the return type.
+# Runtime imports, so that the API reference can resolve the annotations.
+from collections.abc import Mapping  # noqa: TC003
 from contextlib import AbstractAsyncContextManager  # noqa: TC003
 from typing import Generic, TypeVar
 
 import trio
 
 from ._errors import BrokerClosedError
+from ._message import Message, build_message, make_message
 from ._policy import OverflowPolicy
+from ._queue import GroupTarget, Target, _Group
 from ._stats import BrokerStatistics
-from ._subject import parse_pattern, parse_subject
-from ._subscription import Message, Subscription, _Inbox, _Tally, make_message
+from ._subject import parse_pattern, parse_queue, parse_subject
+from ._subscription import Subscription, _Inbox, _Tally
 from ._trie import SubjectTrie
 
 if typing.TYPE_CHECKING:
@@ -93,6 +96,7 @@ class Broker(Generic[T]):
         "_cache_misses",
         "_closed",
         "_disconnect_after",
+        "_groups",
         "_max_buffer_size",
         "_message_type",
         "_policy",
@@ -120,9 +124,10 @@ class Broker(Generic[T]):
         self._max_buffer_size = _check_count("max_buffer_size", max_buffer_size)
         self._policy = _check_policy(policy)
         self._disconnect_after = _check_count("disconnect_after", disconnect_after)
-        self._trie: SubjectTrie[_Inbox[T]] = SubjectTrie(
+        self._trie: SubjectTrie[Target[T]] = SubjectTrie(
             _check_count("match_cache_size", match_cache_size, minimum=0)
         )
+        self._groups: dict[str, _Group] = {}  # queue groups with members now
         self._tally = _Tally(detach=self._detach)
         self._published = 0
         self._cache_hits = 0
@@ -144,6 +149,7 @@ class Broker(Generic[T]):
         self,
         pattern: str,
         *,
+        queue: str | None = None,
         max_buffer_size: int | None = None,
         policy: OverflowPolicy | None = None,
         disconnect_after: int | None = None,
@@ -159,6 +165,9 @@ class Broker(Generic[T]):
         Args:
             pattern: A subject in which ``*`` matches one token and a final ``>``
                 one or more.
+            queue: The name of a queue group to join: each message goes to one
+                member of the group (see :doc:`/how-to/distribute-work`), not
+                to all. A non-empty ``str`` without whitespace; ``None``: no group.
             max_buffer_size: Buffer capacity (int >= 1); ``None``: the broker's.
             policy: What a full buffer does; ``None``: the broker's.
             disconnect_after: Consecutive drops that cut a ``DISCONNECT``
@@ -172,7 +181,8 @@ class Broker(Generic[T]):
         Raises:
             InvalidSubjectError: ``pattern`` breaks the subject grammar.
             TypeError: ``pattern`` is not a ``str`` or an option has the wrong type.
-            ValueError: an option is out of range.
+            ValueError: an option is out of range, or ``queue`` is empty or
+                contains whitespace.
             BrokerClosedError: the broker is closed (here, or on entry).
 
         Everything is checked here, at the call, before anything changes.
@@ -181,6 +191,7 @@ class Broker(Generic[T]):
         inbox: _Inbox[T] = _Inbox(
             pattern,
             tokens,
+            queue=parse_queue(queue),
             policy=self._policy if policy is None else _check_policy(policy),
             max_buffer_size=(
                 self._max_buffer_size
@@ -199,12 +210,56 @@ class Broker(Generic[T]):
 
     def _attach(self, inbox: _Inbox[T]) -> None:
         self._check_open()
-        self._trie.insert(inbox.tokens, inbox)
+        if inbox.queue is None:
+            self._trie.insert(inbox.tokens, inbox)
+        else:
+            group = self._groups.get(inbox.queue)
+            if group is None:
+                group = self._groups[inbox.queue] = _Group(inbox.queue)
+            group.join(inbox)
+            # From the first member on, the match cache holds GroupTargets.
+            self._trie.arrange = self._arrange
+            self._trie.insert(inbox.tokens, inbox, regroup=True)
         self._blocking += inbox.policy is OverflowPolicy.BLOCK
 
     def _detach(self, inbox: _Inbox[T]) -> None:
-        self._trie.remove(inbox.tokens, inbox)
+        group = inbox.group
+        if group is None:
+            self._trie.remove(inbox.tokens, inbox)
+        else:
+            group.leave(inbox)
+            if not group.members:
+                del self._groups[group.name]
+            self._trie.remove(inbox.tokens, inbox, regroup=True)
         self._blocking -= inbox.policy is OverflowPolicy.BLOCK
+
+    @staticmethod
+    def _arrange(matched: list[Target[T]]) -> tuple[Target[T], ...]:
+        """Turn the inboxes a subject matches into the targets of a publish.
+
+        Members of one queue group become one GroupTarget, at the place of the
+        first of them, holding them in the order they joined.
+        """
+        slots: list[Target[T] | _Group] = []  # a group where its target goes
+        members: dict[_Group, list[_Inbox[T]]] = {}
+        for target in matched:
+            inbox = typing.cast("_Inbox[T]", target)  # the trie holds inboxes only
+            group = inbox.group
+            if group is None:
+                slots.append(inbox)
+            elif group in members:
+                members[group].append(inbox)
+            else:
+                members[group] = [inbox]
+                slots.append(group)
+        return tuple(
+            GroupTarget(
+                slot, tuple(sorted(members[slot], key=slot.members.__getitem__))
+            )
+            if isinstance(slot, _Group)
+            else slot
+            for slot in slots
+        )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -212,7 +267,7 @@ class Broker(Generic[T]):
 
     # -- publishing -----------------------------------------------------------
 
-    def _snapshot(self, subject: str, payload: T) -> tuple[_Inbox[T], ...]:
+    def _snapshot(self, subject: str, payload: T) -> tuple[Target[T], ...]:
         """Check the call and return the inboxes that ``subject`` reaches now."""
         try:
             # Only valid subjects are ever cached, so a hit needs no parsing.
@@ -245,8 +300,8 @@ class Broker(Generic[T]):
     def _deliver(
         self,
         message: Message[T],
-        targets: tuple[_Inbox[T], ...],
-        full: list[_Inbox[T]],
+        targets: tuple[Target[T], ...],
+        full: list[Target[T]],
     ) -> int:
         """Offer ``message`` to every target without waiting; count acceptances.
 
@@ -268,7 +323,9 @@ class Broker(Generic[T]):
         self._tally.delivered += appended
         return accepted + appended
 
-    async def publish(self, subject: str, payload: T) -> int:
+    async def publish(
+        self, subject: str, payload: T, *, headers: Mapping[str, str] | None = None
+    ) -> int:
         """Publish ``payload`` on ``subject`` to every matching subscription.
 
         A trio checkpoint. The matching subscriptions are fixed when it is
@@ -279,14 +336,18 @@ class Broker(Generic[T]):
         Args:
             subject: A literal subject (no wildcards).
             payload: The message's payload.
+            headers: Metadata for the receivers (correlation IDs, trace
+                context): a mapping of ``str`` to ``str``, copied into the
+                read-only :attr:`Message.headers` that every receiver shares.
 
         Returns:
             How many subscriptions accepted the message into their buffer.
 
         Raises:
             InvalidSubjectError: ``subject`` breaks the grammar or has a wildcard.
-            TypeError: ``subject`` is not a ``str``, or the payload is not of
-                the broker's ``message_type``.
+            TypeError: ``subject`` is not a ``str``, the payload is not of the
+                broker's ``message_type``, or ``headers`` is not a mapping of
+                ``str`` to ``str``.
             BrokerClosedError: the broker is closed, or was closed while this
                 call waited for room.
 
@@ -295,9 +356,12 @@ class Broker(Generic[T]):
         every counter stays exact; the call does not count as published.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
+        if headers is None:
+            message = make_message(subject, payload)
+        else:
+            message = build_message(subject, payload, headers)
         targets = self._snapshot(subject, payload)
-        message = make_message(subject, payload)
-        full: list[_Inbox[T]] = []
+        full: list[Target[T]] = []
         accepted = self._deliver(message, targets, full)
         if full:
             for inbox in full:
@@ -307,7 +371,9 @@ class Broker(Generic[T]):
         self._published += 1
         return accepted
 
-    def publish_nowait(self, subject: str, payload: T) -> int:
+    def publish_nowait(
+        self, subject: str, payload: T, *, headers: Mapping[str, str] | None = None
+    ) -> int:
         """Publish without waiting: like :meth:`publish`, all or nothing.
 
         Returns:
@@ -321,12 +387,16 @@ class Broker(Generic[T]):
             TypeError: as for :meth:`publish`.
             BrokerClosedError: the broker is closed.
         """
+        if headers is None:
+            message = make_message(subject, payload)
+        else:
+            message = build_message(subject, payload, headers)
         targets = self._snapshot(subject, payload)
         if self._blocking:
             for inbox in targets:
                 if inbox.would_block():
                     raise trio.WouldBlock
-        accepted = self._deliver(make_message(subject, payload), targets, [])
+        accepted = self._deliver(message, targets, [])
         self._published += 1
         return accepted
 
@@ -359,7 +429,8 @@ class Broker(Generic[T]):
         """
         if not self._closed:
             self._closed = True
-            inboxes = list(self._trie.values())
+            # (the trie holds inboxes only; GroupTargets live in its cache)
+            inboxes = typing.cast("list[_Inbox[T]]", list(self._trie.values()))
             self._trie = SubjectTrie()  # no cache: every publish now checks _closed
             for inbox in inboxes:
                 inbox.end()

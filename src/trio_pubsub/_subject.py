@@ -64,6 +64,25 @@ def parse_pattern(pattern: object) -> tuple[str, ...]:
     return tokens
 
 
+def parse_queue(queue: object) -> str | None:
+    """Return a queue group name (or ``None``) as given, or raise.
+
+    A queue name is any non-empty ``str`` without whitespace; dots and
+    wildcard characters are ordinary characters in it.
+    """
+    if queue is None:
+        return None
+    if not isinstance(queue, str):
+        raise TypeError(
+            f"queue must be a str or None, not {type(queue).__name__}: {queue!r}"
+        )
+    if not queue:
+        raise ValueError("invalid queue name '': must not be empty")
+    if _WHITESPACE.search(queue) is not None:
+        raise ValueError(f"invalid queue name {queue!r}: must not contain whitespace")
+    return queue
+
+
 def tokens_match(pattern: tuple[str, ...], subject: tuple[str, ...]) -> bool:
     """Match parsed tokens directly: the reference the trie is tested against."""
     for index, token in enumerate(pattern):

@@ -1,4 +1,4 @@
-"""The receive side: Message, Subscription and the _Inbox behind each subscription.
+"""The receive side: Subscription and the _Inbox behind each subscription.
 
 An ``_Inbox`` is one subscription's bounded buffer with its counters and its
 waiting tasks. It is a small memory channel of its own rather than a
@@ -39,43 +39,19 @@ import attrs
 import trio
 
 from ._errors import BrokerClosedError, SlowConsumerError
+from ._message import Message  # noqa: TC001 (the API reference resolves it)
 from ._policy import Action, OverflowPolicy, decide
 from ._stats import SubscriptionStatistics
 
 if typing.TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ._queue import _Group
+
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 logger = logging.getLogger("trio_pubsub")
-
-
-@typing.final
-@attrs.frozen
-class Message(Generic[T_co]):
-    """One published message, as a subscription receives it."""
-
-    subject: str
-    """The literal subject it was published on (never a pattern)."""
-    payload: T_co
-    """What the publisher sent. Every receiver gets the same object."""
-
-
-# attrs' frozen __init__ sets each field through object.__setattr__; writing the
-# slots through their descriptors builds the same frozen value for less, and a
-# Message is built on every publish.
-_new_object = object.__new__
-_set_subject = Message.__dict__["subject"].__set__
-_set_payload = Message.__dict__["payload"].__set__
-
-
-def make_message(subject: str, payload: T) -> Message[T]:
-    """Return ``Message(subject, payload)``, built the cheap way."""
-    message: Message[T] = _new_object(Message)
-    _set_subject(message, subject)
-    _set_payload(message, payload)
-    return message
 
 
 def _now() -> float:
@@ -195,13 +171,16 @@ class _Inbox(Generic[T]):
         "limit",
         "disconnect_after",
         "dropped",
+        "group",
         "max_buffer_size",
         "pattern",
         "policy",
+        "queue",
         "received",
         "receivers",
         "refused",
         "senders",
+        "served",
         "state",
         "streak",
         "streak_mark",
@@ -219,8 +198,13 @@ class _Inbox(Generic[T]):
         max_buffer_size: int,
         disconnect_after: int,
         tally: _Tally,
+        queue: str | None = None,
     ) -> None:
         self.pattern = pattern
+        self.queue = queue
+        # Set while it is a member of its queue group (see _queue.py).
+        self.group: _Group | None = None
+        self.served = 0
         self.tokens = tokens
         self.policy = policy
         self.max_buffer_size = max_buffer_size
@@ -485,15 +469,22 @@ class Subscription(Generic[T_co]):
 
     def __repr__(self) -> str:
         inbox = self._inbox
+        queue = "" if inbox.queue is None else f" queue={inbox.queue!r}"
         return (
-            f"<trio_pubsub.Subscription {inbox.pattern!r} policy={inbox.policy.name} "
-            f"max_buffer_size={inbox.max_buffer_size} state={inbox.state.name.lower()}>"
+            f"<trio_pubsub.Subscription {inbox.pattern!r}{queue} "
+            f"policy={inbox.policy.name} max_buffer_size={inbox.max_buffer_size} "
+            f"state={inbox.state.name.lower()}>"
         )
 
     @property
     def pattern(self) -> str:
         """The pattern this subscription listens on."""
         return self._inbox.pattern
+
+    @property
+    def queue(self) -> str | None:
+        """The queue group it belongs to, or ``None``."""
+        return self._inbox.queue
 
     @property
     def policy(self) -> OverflowPolicy:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from ._subject import ONE, REST, SEPARATOR, tokens_match
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 V = TypeVar("V")
 
@@ -60,7 +60,7 @@ class SubjectTrie(Generic[V]):
         cache_size: How many subjects the match cache holds; 0 turns it off.
     """
 
-    __slots__ = ("_cache_size", "_len", "_root", "cache")
+    __slots__ = ("_cache_size", "_len", "_root", "arrange", "cache")
 
     def __init__(self, cache_size: int = 0) -> None:
         self._root: _Node[V] = _Node()
@@ -71,16 +71,26 @@ class SubjectTrie(Generic[V]):
         # popping its oldest entry is O(1), where a plain dict's next(iter())
         # slows down as deleted slots pile up at its front.
         self.cache: OrderedDict[str, tuple[V, ...]] = OrderedDict()
+        # What lookup() makes of the values a subject matches before caching
+        # them: None keeps them as they are. Values inserted or removed with
+        # ``regroup=True`` make their cache entries be arranged again.
+        self.arrange: Callable[[list[V]], tuple[V, ...]] | None = None
 
     def lookup(self, subject: str, tokens: tuple[str, ...]) -> tuple[V, ...]:
         """Match ``subject`` (parsed as ``tokens``) and remember the result."""
-        found = tuple(self.match(tokens))
+        found = self._entry(tokens)
         if self._cache_size:
             cache = self.cache
             if len(cache) >= self._cache_size:
                 cache.popitem(last=False)  # the oldest entry
             cache[subject] = found
         return found
+
+    def _entry(self, tokens: tuple[str, ...]) -> tuple[V, ...]:
+        """What the cache holds for a subject: the matches, arranged if asked."""
+        if self.arrange is None:
+            return tuple(self.match(tokens))
+        return self.arrange(self.match(tokens))
 
     def _cached_subjects(self, pattern: tuple[str, ...]) -> list[str] | None:
         """The cached subject a literal ``pattern`` names; None for a wildcard."""
@@ -89,12 +99,29 @@ class SubjectTrie(Generic[V]):
         subject = SEPARATOR.join(pattern)
         return [subject] if subject in self.cache else []
 
+    def _subjects_matching(self, pattern: tuple[str, ...]) -> list[str]:
+        return [
+            subject
+            for subject in self.cache
+            if tokens_match(pattern, tuple(subject.split(SEPARATOR)))
+        ]
+
+    def _rearrange(self, subjects: list[str]) -> None:
+        cache = self.cache
+        for subject in subjects:
+            cache[subject] = self._entry(tuple(subject.split(SEPARATOR)))
+
     def __len__(self) -> int:
         """Number of values stored."""
         return self._len
 
-    def insert(self, pattern: tuple[str, ...], value: V) -> None:
+    def insert(
+        self, pattern: tuple[str, ...], value: V, *, regroup: bool = False
+    ) -> None:
         """Store ``value`` under the parsed ``pattern``.
+
+        With ``regroup``, the cache entries it affects are matched and arranged
+        again rather than extended by ``value``.
 
         Raises:
             ValueError: ``value`` is already stored under this pattern.
@@ -119,13 +146,12 @@ class SubjectTrie(Generic[V]):
             cache = self.cache
             affected = self._cached_subjects(pattern)
             if affected is None:
-                affected = [
-                    subject
-                    for subject in cache
-                    if tokens_match(pattern, tuple(subject.split(SEPARATOR)))
-                ]
-            for subject in affected:
-                cache[subject] = (*cache[subject], value)
+                affected = self._subjects_matching(pattern)
+            if regroup:
+                self._rearrange(affected)
+            else:
+                for subject in affected:
+                    cache[subject] = (*cache[subject], value)
 
     @staticmethod
     def _child(node: _Node[V], token: str) -> _Node[V]:
@@ -143,8 +169,12 @@ class SubjectTrie(Generic[V]):
             child = node.literal[sys.intern(token)] = _Node()
         return child
 
-    def remove(self, pattern: tuple[str, ...], value: V) -> None:
+    def remove(
+        self, pattern: tuple[str, ...], value: V, *, regroup: bool = False
+    ) -> None:
         """Remove ``value`` stored under ``pattern`` and prune emptied nodes.
+
+        With ``regroup``, as for :meth:`insert`.
 
         Raises:
             KeyError: ``value`` is not stored under this pattern.
@@ -179,10 +209,15 @@ class SubjectTrie(Generic[V]):
         if self.cache:
             cache = self.cache
             affected = self._cached_subjects(pattern)
-            if affected is None:
-                affected = [s for s, found in cache.items() if value in found]
-            for subject in affected:
-                cache[subject] = tuple(v for v in cache[subject] if v is not value)
+            if regroup:
+                if affected is None:
+                    affected = self._subjects_matching(pattern)
+                self._rearrange(affected)
+            else:
+                if affected is None:
+                    affected = [s for s, found in cache.items() if value in found]
+                for subject in affected:
+                    cache[subject] = tuple(v for v in cache[subject] if v is not value)
         for parent, token in reversed(path):
             if not node.is_empty():
                 break

@@ -952,7 +952,7 @@ async def test_statistics_compare_by_delivery_counters() -> None:
 
 def test_make_message_builds_the_same_frozen_value() -> None:
     """The publish path's message factory gives what Message() gives."""
-    from trio_pubsub._subscription import make_message
+    from trio_pubsub._message import make_message
 
     built = make_message("a.b", [1])
     assert built == Message("a.b", [1])

@@ -1,0 +1,163 @@
+"""Queue groups: one member of each group gets a message, as in NATS.
+
+A ``_Group`` is what all members of one queue name share in one broker, whatever
+their patterns. For each subject, the broker's snapshot holds one ``GroupTarget``
+per group with the members that subject reaches; the broker offers a message to
+it as to any subscription, and the target passes it on to one member.
+
+Which member: the one that was routed a message least recently (its ``served``
+mark, from the group's clock) among those with room; if none has room, the
+least recently routed one all the same, and its own policy decides (a ``BLOCK``
+member makes the publisher wait for it, a ``DROP_NEWEST`` one drops and counts
+it). Over a fixed set of members this is round-robin; when the set differs from
+subject to subject, or changes, no member is skipped for longer than the others.
+Ties go to the member that joined first.
+
+A ``GroupTarget`` looks to the broker's fast path like an inbox that is never
+open for a plain append (empty ``buffer``, ``limit`` 0), so every offer to it
+takes ``offer()``; subscriptions outside groups pay nothing for groups.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Generic, Protocol, TypeVar
+
+import trio
+
+from ._errors import BrokerClosedError
+from ._policy import OverflowPolicy
+from ._subscription import _NO_BUFFER, _Inbox, _State
+
+if typing.TYPE_CHECKING:
+    from collections import deque
+
+    from ._message import Message
+
+T = TypeVar("T")
+
+
+class Target(Protocol[T]):
+    """What a publish offers a message to: an inbox, or a group's members."""
+
+    @property
+    def buffer(self) -> deque[Message[T]]: ...
+
+    @property
+    def limit(self) -> int: ...
+
+    def would_block(self) -> bool: ...
+
+    def offer(self, message: Message[T]) -> bool: ...
+
+    async def put(self, message: Message[T]) -> bool: ...
+
+
+class _Group:
+    """The members of one queue name in one broker, in the order they joined."""
+
+    __slots__ = ("clock", "joined", "members", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.members: dict[_Inbox[typing.Any], int] = {}  # member -> join number
+        self.joined = 0
+        self.clock = 0  # how many messages were routed to a member so far
+
+    def join(self, inbox: _Inbox[typing.Any]) -> None:
+        self.joined += 1
+        self.members[inbox] = self.joined
+        inbox.group = self
+        inbox.served = 0  # never served: its turn comes before the others'
+
+    def leave(self, inbox: _Inbox[typing.Any]) -> None:
+        del self.members[inbox]
+
+
+@typing.final
+class GroupTarget(Generic[T]):
+    """The members of one group that one subject reaches, offered as one."""
+
+    __slots__ = ("group", "members")
+
+    # Read by the broker's fast path, which then always calls offer().
+    buffer: typing.ClassVar[deque[typing.Any]] = _NO_BUFFER
+    limit: typing.ClassVar[int] = 0
+
+    def __init__(self, group: _Group, members: tuple[_Inbox[T], ...]) -> None:
+        self.group = group
+        self.members = members  # in join order
+
+    def __repr__(self) -> str:
+        return f"<GroupTarget {self.group.name!r} of {len(self.members)}>"
+
+    def _choose(self) -> tuple[_Inbox[T] | None, bool]:
+        """The member to route to now, and whether it has room.
+
+        ``(None, False)`` when every member of the snapshot has left.
+        """
+        turn: _Inbox[T] | None = None
+        roomy: _Inbox[T] | None = None
+        for member in self.members:
+            if member.state is not _State.OPEN:
+                continue
+            served = member.served
+            if turn is None or served < turn.served:
+                turn = member
+            if len(member.buffer) < member.max_buffer_size and (
+                roomy is None or served < roomy.served
+            ):
+                roomy = member
+        if roomy is not None:
+            return roomy, True
+        return turn, False
+
+    def _route_to(self, member: _Inbox[T]) -> None:
+        group = self.group
+        group.clock += 1
+        member.served = group.clock
+
+    def would_block(self) -> bool:
+        member, roomy = self._choose()
+        return member is not None and not roomy and member.would_block()
+
+    def offer(self, message: Message[T]) -> bool:
+        """Route ``message`` to one member without waiting; see the module doc.
+
+        Raises:
+            trio.WouldBlock: no member has room and the one whose turn it is
+                has the ``BLOCK`` policy (nothing is routed yet).
+        """
+        member, roomy = self._choose()
+        if member is None:
+            return False
+        if not roomy and member.policy is OverflowPolicy.BLOCK:
+            raise trio.WouldBlock
+        self._route_to(member)
+        return member.offer(message)
+
+    async def put(self, message: Message[T]) -> bool:
+        """Route ``message`` to one member, waiting for a full ``BLOCK`` one.
+
+        If the member it waits for leaves, the message goes to another member
+        (chosen again the same way); it is routed to no one only when every
+        member of the snapshot has left.
+
+        Raises:
+            BrokerClosedError: the broker was closed before it was routed.
+        """
+        while True:
+            member, roomy = self._choose()
+            if member is None:
+                if any(m.state is _State.ENDED for m in self.members):
+                    raise BrokerClosedError(
+                        "the broker was closed while a publish waited for room in "
+                        f"queue group {self.group.name!r}"
+                    )
+                return False
+            self._route_to(member)
+            if roomy or member.policy is not OverflowPolicy.BLOCK:
+                return member.offer(message)
+            if await member.put(message):
+                return True
+            # It left while the publisher waited: try the others.

@@ -40,6 +40,9 @@ class ModelSub:
     dropped: int = 0
     streak: int = 0
     routed: int = 0  # messages the broker offered it
+    queue: str | None = None
+    joined: int = 0  # order of joining its queue group
+    served: int = 0  # the group's clock when it was last routed a message
 
     def stats(self) -> SubscriptionStatistics:
         return SubscriptionStatistics(
@@ -58,6 +61,31 @@ class Model:
     disconnected: int = 0
     closed: bool = False
     lookups: int = 0  # publishes that got as far as routing
+    # queue name -> [members joined so far, messages routed so far], while the
+    # group has open members
+    groups: dict[str, list[int]] = attrs.Factory(dict)
+
+    def add(self, sub: ModelSub) -> None:
+        """A subscription enters (and joins its queue group, if any)."""
+        if sub.queue is not None:
+            group = self.groups.setdefault(sub.queue, [0, 0])
+            group[0] += 1
+            sub.joined = group[0]
+        self.subs.append(sub)
+
+    def forget_empty_groups(self) -> None:
+        """A group whose last member left starts again from scratch."""
+        for name in list(self.groups):
+            if not any(s.queue == name and s.state == "open" for s in self.subs):
+                del self.groups[name]
+
+    def choose(self, members: list[ModelSub]) -> tuple[ModelSub, bool]:
+        """The member a group routes to, and whether it has room."""
+        order = sorted(members, key=lambda s: (s.served, s.joined))
+        for member in order:
+            if len(member.buffer) < member.size:
+                return member, True
+        return order[0], False
 
     def check(self, stats: BrokerStatistics, cache_size: int) -> None:
         assert (
@@ -81,11 +109,15 @@ class Model:
     def publish(self, subject: str, payload: int) -> int | None:
         """Return the accepted count, or None for WouldBlock."""
         self.lookups += 1
-        targets = [
+        matching = [
             s
             for s in self.subs
             if s.state == "open" and reference_match(s.pattern, subject)
         ]
+        targets = [s for s in matching if s.queue is None]
+        for name in sorted({s.queue for s in matching if s.queue is not None}):
+            member, _ = self.choose([s for s in matching if s.queue == name])
+            targets.append(member)
         if any(
             s.policy is OverflowPolicy.BLOCK and len(s.buffer) >= s.size
             for s in targets
@@ -93,6 +125,10 @@ class Model:
             return None
         accepted = 0
         for s in targets:
+            if s.queue is not None:
+                group = self.groups[s.queue]
+                group[1] += 1
+                s.served = group[1]
             s.routed += 1
             if len(s.buffer) < s.size:
                 s.buffer.append(payload)
@@ -112,6 +148,7 @@ class Model:
                 if s.policy is OverflowPolicy.DISCONNECT and s.streak >= s.after:
                     s.state = "cut"
                     self.disconnected += 1
+        self.forget_empty_groups()
         self.published += 1
         return accepted
 

@@ -88,9 +88,6 @@ class GroupTarget(Generic[T]):
         self.group = group
         self.members = members  # in join order
 
-    def __repr__(self) -> str:
-        return f"<GroupTarget {self.group.name!r} of {len(self.members)}>"
-
     def _choose(self) -> tuple[_Inbox[T] | None, bool]:
         """The member to route to now, and whether it has room.
 
@@ -129,8 +126,9 @@ class GroupTarget(Generic[T]):
                 has the ``BLOCK`` policy (nothing is routed yet).
         """
         member, roomy = self._choose()
-        if member is None:
-            return False
+        # Offers come right after the snapshot, with no checkpoint between: every
+        # member is still open.
+        assert member is not None
         if not roomy and member.policy is OverflowPolicy.BLOCK:
             raise trio.WouldBlock
         self._route_to(member)

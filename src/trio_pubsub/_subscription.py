@@ -309,8 +309,11 @@ class _Inbox(Generic[T]):
         return result is _Put.DELIVERED
 
     def _broker_closed(self) -> BrokerClosedError:
+        where = repr(self.pattern)
+        if self.queue is not None:
+            where += f" of queue group {self.queue!r}"
         return BrokerClosedError(
-            f"the broker was closed while a publish waited for room in {self.pattern!r}"
+            f"the broker was closed while a publish waited for room in {where}"
         )
 
     def _accept(self, message: Message[T]) -> None:

@@ -30,6 +30,24 @@ async def test_random_operations_match_the_model(
     cache_size: int, data: st.DataObject
 ) -> None:
     """subscribe/publish_nowait/receive_nowait/leave/close/aclose vs the model."""
+    await run_against_model(cache_size, data, queues=[None, None, None, "g", "h"])
+
+
+@pytest.mark.parametrize("cache_size", [0, 8192], ids=["no-cache", "cache"])
+@given(data=st.data())
+async def test_queue_groups_match_the_model(
+    cache_size: int, data: st.DataObject
+) -> None:
+    """The same, with most subscriptions in queue groups.
+
+    Which member each message goes to, and every counter, as the model says.
+    """
+    await run_against_model(cache_size, data, queues=[None, "g", "g", "g", "h"])
+
+
+async def run_against_model(
+    cache_size: int, data: st.DataObject, queues: list[str | None]
+) -> None:
     broker = Broker(int, match_cache_size=cache_size)
     model = Model()
     real: list[
@@ -51,15 +69,20 @@ async def test_random_operations_match_the_model(
             policy = data.draw(st.sampled_from(list(OverflowPolicy)), label="policy")
             size = data.draw(st.integers(1, 3), label="size")
             after = data.draw(st.integers(1, 3), label="after")
+            queue = data.draw(st.sampled_from(queues), label="queue")
             if model.closed:
                 with pytest.raises(BrokerClosedError):
                     broker.subscribe(pattern)
                 continue
             scope = broker.subscribe(
-                pattern, max_buffer_size=size, policy=policy, disconnect_after=after
+                pattern,
+                queue=queue,
+                max_buffer_size=size,
+                policy=policy,
+                disconnect_after=after,
             )
             real.append((await scope.__aenter__(), scope))
-            model.subs.append(ModelSub(pattern, policy, size, after))
+            model.add(ModelSub(pattern, policy, size, after, queue=queue))
         elif op == "publish":
             subject = data.draw(model_subjects, label="subject")
             payload += 1
@@ -84,6 +107,7 @@ async def test_random_operations_match_the_model(
                     msub.dropped += len(msub.buffer)
                     msub.buffer.clear()
                     msub.state = "closed"
+                    model.forget_empty_groups()
                 if op == "leave":
                     await scope.__aexit__(None, None, None)
                 else:

@@ -53,20 +53,30 @@ class BrokerMachine(RuleBasedStateMachine):
         policy=st.sampled_from(list(OverflowPolicy)),
         size=st.integers(1, 3),
         after=st.integers(1, 3),
+        queue=st.sampled_from([None, None, "g", "h"]),
     )
     def subscribe(
-        self, pattern: str, policy: OverflowPolicy, size: int, after: int
+        self,
+        pattern: str,
+        policy: OverflowPolicy,
+        size: int,
+        after: int,
+        queue: str | None,
     ) -> None:
         if self.model.closed:
             with pytest.raises(BrokerClosedError):
                 self.broker.subscribe(pattern)
             return
         scope = self.broker.subscribe(
-            pattern, max_buffer_size=size, policy=policy, disconnect_after=after
+            pattern,
+            queue=queue,
+            max_buffer_size=size,
+            policy=policy,
+            disconnect_after=after,
         )
         sub = trio.run(scope.__aenter__)
         self.real.append((sub, scope))
-        self.model.subs.append(ModelSub(pattern, policy, size, after))
+        self.model.add(ModelSub(pattern, policy, size, after, queue=queue))
 
     @rule(subject=model_subjects)
     def publish_nowait(self, subject: str) -> None:
@@ -99,6 +109,7 @@ class BrokerMachine(RuleBasedStateMachine):
             msub.dropped += len(msub.buffer)
             msub.buffer.clear()
             msub.state = "closed"
+            self.model.forget_empty_groups()
         if leave:
             trio.run(scope.__aexit__, None, None, None)
         else:

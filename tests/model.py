@@ -41,8 +41,8 @@ class ModelSub:
     streak: int = 0
     routed: int = 0  # messages the broker offered it
     queue: str | None = None
-    joined: int = 0  # order of joining its queue group
-    served: int = 0  # the group's clock when it was last routed a message
+    # the group's clock when it was last routed a message, or joined
+    served: int = 0
 
     def stats(self) -> SubscriptionStatistics:
         return SubscriptionStatistics(
@@ -61,17 +61,19 @@ class Model:
     disconnected: int = 0
     closed: bool = False
     lookups: int = 0  # publishes that got as far as routing
-    # queue name -> [members joined so far, messages routed so far], while the
-    # group has open members
-    groups: dict[str, list[int]] = attrs.Factory(dict)
+    # queue name -> a clock ticking at each join and each routed message, while
+    # the group has open members
+    groups: dict[str, int] = attrs.Factory(dict)
 
     def add(self, sub: ModelSub) -> None:
         """A subscription enters (and joins its queue group, if any)."""
         if sub.queue is not None:
-            group = self.groups.setdefault(sub.queue, [0, 0])
-            group[0] += 1
-            sub.joined = group[0]
+            self.tick(sub)
         self.subs.append(sub)
+
+    def tick(self, sub: ModelSub) -> None:
+        assert sub.queue is not None
+        self.groups[sub.queue] = sub.served = self.groups.get(sub.queue, 0) + 1
 
     def forget_empty_groups(self) -> None:
         """A group whose last member left starts again from scratch."""
@@ -81,7 +83,7 @@ class Model:
 
     def choose(self, members: list[ModelSub]) -> tuple[ModelSub, bool]:
         """The member a group routes to, and whether it has room."""
-        order = sorted(members, key=lambda s: (s.served, s.joined))
+        order = sorted(members, key=lambda s: s.served)
         for member in order:
             if len(member.buffer) < member.size:
                 return member, True
@@ -126,9 +128,7 @@ class Model:
         accepted = 0
         for s in targets:
             if s.queue is not None:
-                group = self.groups[s.queue]
-                group[1] += 1
-                s.served = group[1]
+                self.tick(s)
             s.routed += 1
             if len(s.buffer) < s.size:
                 s.buffer.append(payload)

@@ -228,7 +228,7 @@ class Broker(Generic[T]):
             self._trie.remove(inbox.tokens, inbox)
         else:
             group.leave(inbox)
-            if not group.members:
+            if not group.order:
                 del self._groups[group.name]
             self._trie.remove(inbox.tokens, inbox, regroup=True)
         self._blocking -= inbox.policy is OverflowPolicy.BLOCK
@@ -238,7 +238,7 @@ class Broker(Generic[T]):
         """Turn the inboxes a subject matches into the targets of a publish.
 
         Members of one queue group become one GroupTarget, at the place of the
-        first of them, holding them in the order they joined.
+        first of them.
         """
         slots: list[Target[T] | _Group] = []  # a group where its target goes
         members: dict[_Group, list[_Inbox[T]]] = {}
@@ -253,9 +253,7 @@ class Broker(Generic[T]):
                 members[group] = [inbox]
                 slots.append(group)
         return tuple(
-            GroupTarget(
-                slot, tuple(sorted(members[slot], key=slot.members.__getitem__))
-            )
+            GroupTarget(slot, frozenset(members[slot]))
             if isinstance(slot, _Group)
             else slot
             for slot in slots

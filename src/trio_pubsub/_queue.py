@@ -5,13 +5,13 @@ their patterns. For each subject, the broker's snapshot holds one ``GroupTarget`
 per group with the members that subject reaches; the broker offers a message to
 it as to any subscription, and the target passes it on to one member.
 
-Which member: the one that was routed a message least recently (its ``served``
-mark, from the group's clock) among those with room; if none has room, the
-least recently routed one all the same, and its own policy decides (a ``BLOCK``
-member makes the publisher wait for it, a ``DROP_NEWEST`` one drops and counts
-it). Over a fixed set of members this is round-robin; when the set differs from
-subject to subject, or changes, no member is skipped for longer than the others.
-Ties go to the member that joined first.
+Which member: the one that was routed a message least recently among those
+with room; if none has room, the least recently routed one all the same, and
+its own policy decides (a ``BLOCK`` member makes the publisher wait for it, a
+``DROP_NEWEST`` one drops and counts it). A member that joins takes its place
+at the back, as if it had just been routed a message. Over a fixed set of
+members this is round-robin; when the set differs from subject to subject, or
+changes, no member is skipped for longer than the others.
 
 A ``GroupTarget`` looks to the broker's fast path like an inbox that is never
 open for a plain append (empty ``buffer``, ``limit`` 0), so every offer to it
@@ -21,6 +21,7 @@ takes ``offer()``; subscriptions outside groups pay nothing for groups.
 from __future__ import annotations
 
 import typing
+from collections import OrderedDict
 from typing import Generic, Protocol, TypeVar
 
 import trio
@@ -54,24 +55,23 @@ class Target(Protocol[T]):
 
 
 class _Group:
-    """The members of one queue name in one broker, in the order they joined."""
+    """The members of one queue name in one broker, least recently routed first."""
 
-    __slots__ = ("clock", "joined", "members", "name")
+    __slots__ = ("name", "order")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.members: dict[_Inbox[typing.Any], int] = {}  # member -> join number
-        self.joined = 0
-        self.clock = 0  # how many messages were routed to a member so far
+        # Every member, in the order of their last routed message (never routed:
+        # when they joined): the front is whose turn it is. An OrderedDict, so a
+        # member moves to the back in O(1).
+        self.order: OrderedDict[_Inbox[typing.Any], None] = OrderedDict()
 
     def join(self, inbox: _Inbox[typing.Any]) -> None:
-        self.joined += 1
-        self.members[inbox] = self.joined
+        self.order[inbox] = None  # at the back: it takes its place in the rotation
         inbox.group = self
-        inbox.served = 0  # never served: its turn comes before the others'
 
     def leave(self, inbox: _Inbox[typing.Any]) -> None:
-        del self.members[inbox]
+        del self.order[inbox]
 
 
 @typing.final
@@ -84,35 +84,30 @@ class GroupTarget(Generic[T]):
     buffer: typing.ClassVar[deque[typing.Any]] = _NO_BUFFER
     limit: typing.ClassVar[int] = 0
 
-    def __init__(self, group: _Group, members: tuple[_Inbox[T], ...]) -> None:
+    def __init__(self, group: _Group, members: frozenset[_Inbox[T]]) -> None:
         self.group = group
-        self.members = members  # in join order
+        self.members = members
 
     def _choose(self) -> tuple[_Inbox[T] | None, bool]:
         """The member to route to now, and whether it has room.
 
+        Walks the group from the least recently routed member on, so when the
+        first matching member has room (the common case) it stops there.
         ``(None, False)`` when every member of the snapshot has left.
         """
+        members = self.members
         turn: _Inbox[T] | None = None
-        roomy: _Inbox[T] | None = None
-        for member in self.members:
-            if member.state is not _State.OPEN:
+        for member in self.group.order:
+            if member not in members or member.state is not _State.OPEN:
                 continue
-            served = member.served
-            if turn is None or served < turn.served:
+            if len(member.buffer) < member.max_buffer_size:
+                return member, True
+            if turn is None:
                 turn = member
-            if len(member.buffer) < member.max_buffer_size and (
-                roomy is None or served < roomy.served
-            ):
-                roomy = member
-        if roomy is not None:
-            return roomy, True
         return turn, False
 
     def _route_to(self, member: _Inbox[T]) -> None:
-        group = self.group
-        group.clock += 1
-        member.served = group.clock
+        self.group.order.move_to_end(member)
 
     def would_block(self) -> bool:
         member, roomy = self._choose()

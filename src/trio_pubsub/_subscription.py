@@ -180,7 +180,6 @@ class _Inbox(Generic[T]):
         "receivers",
         "refused",
         "senders",
-        "served",
         "state",
         "streak",
         "streak_mark",
@@ -204,7 +203,6 @@ class _Inbox(Generic[T]):
         self.queue = queue
         # Set while it is a member of its queue group (see _queue.py).
         self.group: _Group | None = None
-        self.served = 0
         self.tokens = tokens
         self.policy = policy
         self.max_buffer_size = max_buffer_size

@@ -249,24 +249,24 @@ async def test_a_wait_moves_on_to_a_member_that_stays(
 
         # Now the awaited member leaves while the other one has room.
         async with broker.subscribe("j", queue="w", max_buffer_size=1) as newcomer:
-            await broker.publish("j", 3)  # newcomer: never routed to yet
-            await broker.publish("j", 4)  # stays
+            await broker.publish("j", 3)  # stays: newcomer joined behind it
+            await broker.publish("j", 4)  # newcomer
             later: list[int] = []
 
             async def publish_five() -> None:
-                # both full: newcomer's turn (routed to less recently), so it waits
+                # both full: the turn of stays (routed to less recently), so it waits
                 later.append(await broker.publish("j", 5))
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(publish_five)
                 await trio.sleep(1)
-                assert drain(stays) == [4]  # room in stays; the wait is on newcomer
+                assert drain(newcomer) == [4]  # room in newcomer; the wait is on stays
                 await trio.sleep(1)
                 assert later == []
-                newcomer.close()  # it left: the message goes to stays after all
+                stays.close()  # it left: the message goes to newcomer after all
             assert later == [1]
-            assert drain(stays) == [5]
-            assert newcomer.statistics().dropped == 1  # its pending 3, discarded
+            assert drain(newcomer) == [5]
+            assert stays.statistics().dropped == 1  # its pending 3, discarded
 
 
 async def test_a_closing_broker_wakes_a_publisher_waiting_on_a_group(
@@ -340,8 +340,10 @@ async def test_a_member_entering_during_a_wait_does_not_get_that_message(
                 assert drain(new) == []  # not in the snapshot of the waiting publish
                 assert old.receive_nowait().payload == 0  # room: 1 goes in at once
                 assert drain(old) == [1]
-                await broker.publish("j", 2)  # new: never routed to yet
-                assert drain(new) == [2]
+                # new joined after old was routed 1: old's turn, then new's
+                await broker.publish("j", 2)
+                await broker.publish("j", 3)
+                assert (drain(old), drain(new)) == ([2], [3])
 
 
 async def test_a_group_starts_afresh_after_its_last_member_left(
@@ -371,17 +373,19 @@ async def test_joining_and_leaving_update_cached_routes(cache_size: int) -> None
             broker.publish_nowait(subject, 0)
         drain(first)
         async with broker.subscribe("a.*", queue="g") as second:
-            broker.publish_nowait("a.x", 1)  # second: never routed to
-            broker.publish_nowait("a.y", 2)  # first
-            assert (drain(first), drain(second)) == ([2], [1])
+            broker.publish_nowait("a.x", 1)  # first
+            broker.publish_nowait("a.y", 2)  # second, which joined behind it
+            assert (drain(first), drain(second)) == ([1], [2])
             async with broker.subscribe("a.x", queue="g") as third:
-                broker.publish_nowait("a.x", 3)  # third: never routed to
-                assert drain(third) == [3]
-            broker.publish_nowait("a.x", 4)  # second, least recently routed
-            assert drain(second) == [4]
-        broker.publish_nowait("a.x", 5)
-        broker.publish_nowait("a.y", 6)
-        assert drain(first) == [5, 6]
+                for payload in (3, 4, 5):
+                    broker.publish_nowait("a.x", payload)
+                broker.publish_nowait("a.y", 6)  # third does not match a.y
+                assert (drain(first), drain(second), drain(third)) == ([3, 6], [4], [5])
+            broker.publish_nowait("a.x", 7)  # second: routed to least recently
+            assert drain(second) == [7]
+        broker.publish_nowait("a.x", 8)
+        broker.publish_nowait("a.y", 9)
+        assert drain(first) == [8, 9]
 
 
 async def test_group_members_and_plain_subscriptions_keep_their_counters(

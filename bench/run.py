@@ -283,6 +283,60 @@ async def main(quick: bool) -> int:
         "W6: <= 2.5 KB per idle subscription", f"{per_sub:,.0f} B", per_sub <= 2500
     )
 
+    # W7 -------------------------------------------------------------------------------
+    print("W7 queue groups and headers", flush=True)
+    report.section(
+        "W7: queue groups (one exact subject; each publish goes to one member) "
+        "and headers (W2 hot subjects at N=10), µs per publish",
+        ["case", "trio-pubsub", "raw floor (1 channel)", "ratio to floor"],
+    )
+    subject = "jobs.resize"
+    subjects = [subject] * messages
+    t_floor = median_us(w.RawFloor({subject: 1}).batch, subjects)
+    group_cost: dict[str, float] = {}
+    for label, members, options in (
+        ("plain subscription, 1", 1, {}),
+        ("queue group of 2", 2, {"queue": "g"}),
+        ("queue group of 10", 10, {"queue": "g"}),
+        ("queue group of 100", 100, {"queue": "g"}),
+    ):
+        ours = w.Ours()
+        await ours.open([subject] * members, **options)
+        group_cost[label] = t = median_us(ours.batch, subjects)
+        await ours.close()
+        report.row(label, fmt(t), fmt(t_floor), f"{t_floor / t:.2f}x")
+    t_worst = await w.group_with_full_members(subjects, members=10)
+    report.row(
+        "group of 10, 9 of them full",
+        fmt(t_worst),
+        fmt(t_floor),
+        f"{t_floor / t_worst:.2f}x",
+    )
+    pattern_set = w.make_patterns(10)
+    hot_subjects = w.cycle(pattern_set.hot, messages)
+    t_hot_floor = median_us(
+        w.RawFloor(dict.fromkeys(pattern_set.hot, 4)).batch, hot_subjects
+    )
+    ours = w.Ours()
+    await ours.open(pattern_set.patterns)
+    header_cost = {}
+    for label, headers in (
+        ("no headers", None),
+        ("1 header", {"correlation-id": "0af7651916cd43dd"}),
+        ("5 headers", {f"x-key-{i}": f"value-{i}" for i in range(5)}),
+    ):
+        header_cost[label] = t = median_us(
+            lambda batch, headers=headers: ours.batch(batch, headers=headers),
+            hot_subjects,
+        )
+        report.row(
+            f"{label} (4 receivers)",
+            fmt(t),
+            fmt(t_hot_floor),
+            f"{t_hot_floor / t:.2f}x",
+        )
+    await ours.close()
+
     # output ---------------------------------------------------------------------------
     machine = (
         f"{platform.machine()}, {platform.python_implementation()} "

@@ -7,6 +7,7 @@ medians over repeats and turns them into ratios measured in the same run.
 from __future__ import annotations
 
 import random
+import statistics
 import time
 import tracemalloc
 from collections import deque
@@ -202,17 +203,53 @@ class Ours:
                 except trio.WouldBlock:
                     break
 
-    def batch(self, subjects: list[str]) -> float:
+    def batch(
+        self, subjects: list[str], headers: dict[str, str] | None = None
+    ) -> float:
         publish = self.broker.publish_nowait
         start = time.perf_counter()
-        for i, subject in enumerate(subjects):
-            publish(subject, i)
+        if headers is None:
+            for i, subject in enumerate(subjects):
+                publish(subject, i)
+        else:
+            for i, subject in enumerate(subjects):
+                publish(subject, i, headers=headers)
         elapsed = time.perf_counter() - start
         self.drain()
         return elapsed
 
     async def close(self) -> None:
         await self.stack.aclose()
+
+
+async def group_with_full_members(subjects: list[str], members: int) -> float:
+    """Median µs per publish to a queue group where all members but one are full.
+
+    Every publish walks past the full members to the one with room: the longest
+    walk a group of this size takes without waiting or dropping.
+    """
+    broker = Broker[int](max_buffer_size=1)
+    async with AsyncExitStack() as stack:
+        for _ in range(members - 1):
+            await stack.enter_async_context(broker.subscribe(subjects[0], queue="g"))
+        roomy = await stack.enter_async_context(
+            broker.subscribe(subjects[0], queue="g", max_buffer_size=BIG)
+        )
+        for _ in range(members - 1):  # one message each fills the others
+            broker.publish_nowait(subjects[0], -1)
+        times = []
+        for _ in range(6):  # a warm-up, then 5 repeats
+            start = time.perf_counter()
+            for i, subject in enumerate(subjects):
+                broker.publish_nowait(subject, i)
+            times.append(time.perf_counter() - start)
+            while True:
+                try:
+                    roomy.receive_nowait()
+                except trio.WouldBlock:
+                    break
+        assert broker.statistics().dropped == 0
+    return statistics.median(times[1:]) / len(subjects) * 1e6
 
 
 # -- peers: they call handlers synchronously instead of enqueueing ------------------

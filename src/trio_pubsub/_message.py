@@ -30,27 +30,32 @@ def freeze_headers(headers: object) -> Mapping[str, str]:
     Raises:
         TypeError: ``headers`` is not a mapping, or a key or value is not a ``str``.
     """
-    if not isinstance(headers, Mapping):
+    # type() first: a plain dict is the common case, and cheaper to recognise
+    # than through the Mapping ABC.
+    if type(headers) is not dict and not isinstance(headers, Mapping):
         raise TypeError(
             "headers must be a mapping of str to str, "
             f"not {type(headers).__name__}: {headers!r}"
         )
-    if not headers:
-        return NO_HEADERS
-    copy: dict[str, str] = {}
-    for key, value in headers.items():
-        if not isinstance(key, str):
-            raise TypeError(
-                f"header names must be str, not {type(key).__name__}: {key!r}"
-            )
-        if not isinstance(value, str):
-            raise TypeError(
-                f"header {key!r} must have a str value, "
-                f"not {type(value).__name__}: {value!r}"
-            )
-        copy[key] = value
     # A copy, so the publisher changing its dict later changes no message.
+    copy: dict[str, str] = dict(headers)
+    if not copy:
+        return NO_HEADERS
+    for key, value in copy.items():
+        if type(key) is not str or type(value) is not str:
+            _check_header(key, value)
     return MappingProxyType(copy)
+
+
+def _check_header(key: object, value: object) -> None:
+    """Accept ``str`` subclasses; refuse anything else, naming it."""
+    if not isinstance(key, str):
+        raise TypeError(f"header names must be str, not {type(key).__name__}: {key!r}")
+    if not isinstance(value, str):
+        raise TypeError(
+            f"header {key!r} must have a str value, "
+            f"not {type(value).__name__}: {value!r}"
+        )
 
 
 @attrs.frozen(init=False)
@@ -140,12 +145,8 @@ def make_headed_message(
     return message
 
 
-def build_message(
-    subject: str, payload: T, headers: Mapping[str, str] | None
-) -> Message[T]:
-    """The message a publish with these arguments sends (headers checked here)."""
-    if headers is None:
-        return make_message(subject, payload)
+def build_message(subject: str, payload: T, headers: Mapping[str, str]) -> Message[T]:
+    """The message a publish with ``headers`` sends (checked here)."""
     frozen = freeze_headers(headers)
     if frozen:
         return make_headed_message(subject, payload, frozen)

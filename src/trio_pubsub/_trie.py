@@ -25,7 +25,6 @@ the cache on and off, with a naive matcher.
 
 from __future__ import annotations
 
-import sys
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -163,10 +162,7 @@ class SubjectTrie(Generic[V]):
             node.literal = {}
         child = node.literal.get(token)
         if child is None:
-            # Interned keys: the many nodes holding the same token share one
-            # string, which stays in the CPU cache, so the comparison that ends a
-            # lookup on a large trie does not fetch a string of its own.
-            child = node.literal[sys.intern(token)] = _Node()
+            child = node.literal[token] = _Node()
         return child
 
     def remove(

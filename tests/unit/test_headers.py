@@ -102,6 +102,8 @@ def test_message_values_with_headers() -> None:
     assert headed.headers == {"k": "v"}
     assert headed == Message("a", 1, {"k": "v"})
     assert headed != plain
+    assert type(Message("a", 1, headers={})) is Message
+    assert Message("a", 1, headers={}) == plain
     assert headed != Message("a", 1, headers={"k": "w"})
     assert isinstance(headed, Message)
     assert repr(headed) == "Message(subject='a', payload=1, headers={'k': 'v'})"
@@ -119,3 +121,13 @@ def test_message_values_with_headers() -> None:
         headed.subject = "b"  # type: ignore[misc]
     with pytest.raises(TypeError, match="header 'k' must have a str value"):
         Message("a", 1, headers={"k": 2})  # type: ignore[dict-item]
+
+
+async def test_str_subclasses_are_str_enough() -> None:
+    class Name(str):
+        __slots__ = ()
+
+    broker = Broker(int)
+    async with broker.subscribe("a") as sub:
+        broker.publish_nowait("a", 1, headers={Name("k"): Name("v")})
+        assert sub.receive_nowait().headers == {"k": "v"}

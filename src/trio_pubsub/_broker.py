@@ -13,11 +13,13 @@ call leaves the broker as it was.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import typing
 
 # Runtime imports, so that the API reference can resolve the annotations.
 from collections.abc import Mapping  # noqa: TC003
-from contextlib import AbstractAsyncContextManager  # noqa: TC003
+from contextlib import AbstractAsyncContextManager
 from typing import Generic, TypeVar
 
 import trio
@@ -26,6 +28,7 @@ from ._errors import BrokerClosedError
 from ._message import Message, build_message, make_message
 from ._policy import OverflowPolicy
 from ._queue import GroupTarget, Target, _Group
+from ._retained import RetainedStore
 from ._stats import BrokerStatistics
 from ._subject import parse_pattern, parse_queue, parse_subject
 from ._subscription import Subscription, _Inbox, _Tally
@@ -40,6 +43,7 @@ DEFAULT_MAX_BUFFER_SIZE: typing.Final = 64
 DEFAULT_POLICY: typing.Final = OverflowPolicy.DROP_NEWEST
 DEFAULT_DISCONNECT_AFTER: typing.Final = 1
 DEFAULT_MATCH_CACHE_SIZE: typing.Final = 8192
+DEFAULT_MAX_RETAINED: typing.Final = 10_000
 
 
 def _check_count(name: str, value: object, *, minimum: int = 1) -> int:
@@ -80,6 +84,10 @@ class Broker(Generic[T]):
         match_cache_size: How many subjects the match cache remembers (int >= 0;
             0 turns it off). A cached subject is routed with one dict lookup; the
             oldest entry makes way when it is full.
+        max_retained: How many subjects' retained messages it keeps (int >= 0;
+            see ``publish(..., retain=True)``); beyond it, the least recently
+            updated subject's message is evicted and counted in
+            :meth:`statistics` as ``retained_evicted``.
 
     Raises:
         TypeError: ``message_type`` is not a class, or an option has the wrong type.
@@ -87,6 +95,8 @@ class Broker(Generic[T]):
 
     The broker is bound to no trio run: create it anywhere, use it from tasks of
     one trio run at a time. It is also an async context manager that closes it.
+    :meth:`publish_from_thread` reaches it from other threads, in the trio run
+    it was created in, or else the run it was last used in asynchronously.
     """
 
     __slots__ = (
@@ -101,7 +111,9 @@ class Broker(Generic[T]):
         "_message_type",
         "_policy",
         "_published",
+        "_retained",
         "_tally",
+        "_token",
         "_trie",
     )
 
@@ -114,6 +126,7 @@ class Broker(Generic[T]):
         policy: OverflowPolicy = DEFAULT_POLICY,
         disconnect_after: int = DEFAULT_DISCONNECT_AFTER,
         match_cache_size: int = DEFAULT_MATCH_CACHE_SIZE,
+        max_retained: int = DEFAULT_MAX_RETAINED,
     ) -> None:
         if message_type is not None and not isinstance(message_type, type):
             raise TypeError(
@@ -128,6 +141,12 @@ class Broker(Generic[T]):
             _check_count("match_cache_size", match_cache_size, minimum=0)
         )
         self._groups: dict[str, _Group] = {}  # queue groups with members now
+        self._retained: RetainedStore[Message[T]] = RetainedStore(
+            _check_count("max_retained", max_retained, minimum=0)
+        )
+        # The trio run to reach from other threads (see _learn_run).
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._learn_run()
         self._tally = _Tally(detach=self._detach)
         self._published = 0
         self._cache_hits = 0
@@ -208,10 +227,20 @@ class Broker(Generic[T]):
         self._check_open()
         return _SubscriptionScope(self, inbox)
 
+    def _learn_run(self) -> None:
+        """Remember the trio run this is called from, for publish_from_thread."""
+        with contextlib.suppress(RuntimeError):  # outside trio.run: keep it
+            self._token = trio.lowlevel.current_trio_token()
+
     def _attach(self, inbox: _Inbox[T]) -> None:
         self._check_open()
+        self._learn_run()
         if inbox.queue is None:
             self._trie.insert(inbox.tokens, inbox)
+            if self._retained:
+                # No checkpoint since the insert: retained messages come first,
+                # live ones after, none missed and none twice.
+                inbox.take_retained(self._retained.matching(inbox.tokens))
         else:
             group = self._groups.get(inbox.queue)
             if group is None:
@@ -322,7 +351,12 @@ class Broker(Generic[T]):
         return accepted + appended
 
     async def publish(
-        self, subject: str, payload: T, *, headers: Mapping[str, str] | None = None
+        self,
+        subject: str,
+        payload: T,
+        *,
+        headers: Mapping[str, str] | None = None,
+        retain: bool = False,
     ) -> int:
         """Publish ``payload`` on ``subject`` to every matching subscription.
 
@@ -337,6 +371,9 @@ class Broker(Generic[T]):
             headers: Metadata for the receivers (correlation IDs, trace
                 context): a mapping of ``str`` to ``str``, copied into the
                 read-only :attr:`Message.headers` that every receiver shares.
+            retain: Also keep the message as the last one of ``subject``, for
+                subscriptions entered later (see :meth:`retained`). It is
+                stored when the subscriptions are fixed, before any wait.
 
         Returns:
             How many subscriptions accepted the message into their buffer.
@@ -344,8 +381,8 @@ class Broker(Generic[T]):
         Raises:
             InvalidSubjectError: ``subject`` breaks the grammar or has a wildcard.
             TypeError: ``subject`` is not a ``str``, the payload is not of the
-                broker's ``message_type``, or ``headers`` is not a mapping of
-                ``str`` to ``str``.
+                broker's ``message_type``, ``headers`` is not a mapping of
+                ``str`` to ``str``, or ``retain`` is not a ``bool``.
             BrokerClosedError: the broker is closed, or was closed while this
                 call waited for room.
 
@@ -354,11 +391,15 @@ class Broker(Generic[T]):
         every counter stays exact; the call does not count as published.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
+        if self._token is None:
+            self._learn_run()
         if headers is None:
             message = make_message(subject, payload)
         else:
             message = build_message(subject, payload, headers)
         targets = self._snapshot(subject, payload)
+        if retain:
+            self._retain(subject, message, retain)
         full: list[Target[T]] = []
         accepted = self._deliver(message, targets, full)
         if full:
@@ -370,7 +411,12 @@ class Broker(Generic[T]):
         return accepted
 
     def publish_nowait(
-        self, subject: str, payload: T, *, headers: Mapping[str, str] | None = None
+        self,
+        subject: str,
+        payload: T,
+        *,
+        headers: Mapping[str, str] | None = None,
+        retain: bool = False,
     ) -> int:
         """Publish without waiting: like :meth:`publish`, all or nothing.
 
@@ -379,8 +425,8 @@ class Broker(Generic[T]):
 
         Raises:
             trio.WouldBlock: a matching ``BLOCK`` subscription's buffer is full;
-                then no subscription gets the message and no counter but the
-                match cache's changes.
+                then no subscription gets the message, it is not retained, and
+                no counter but the match cache's changes.
             InvalidSubjectError: as for :meth:`publish`.
             TypeError: as for :meth:`publish`.
             BrokerClosedError: the broker is closed.
@@ -394,9 +440,102 @@ class Broker(Generic[T]):
             for inbox in targets:
                 if inbox.would_block():
                     raise trio.WouldBlock
+        if retain:
+            self._retain(subject, message, retain)
         accepted = self._deliver(message, targets, [])
         self._published += 1
         return accepted
+
+    def _retain(self, subject: str, message: Message[T], retain: object) -> None:
+        if retain is not True:
+            raise TypeError(
+                f"retain must be a bool, not {type(retain).__name__}: {retain!r}"
+            )
+        self._retained.put(subject, message)
+
+    def publish_from_thread(
+        self,
+        subject: str,
+        payload: T,
+        *,
+        headers: Mapping[str, str] | None = None,
+        retain: bool = False,
+    ) -> int:
+        """Publish from a thread other than the broker's trio thread, and wait.
+
+        Runs :meth:`publish` in the broker's trio run and blocks the calling
+        thread until it is done, ``BLOCK`` waits included, then returns its
+        result or raises its exception. Calls from one thread are published in
+        the order they are made. It works from ``trio.to_thread.run_sync``
+        workers and from any other thread.
+
+        The broker's trio run is the one it was created in, or else the one in
+        which it last entered a subscription, or was first awaited in
+        ``publish`` or ``async with``.
+
+        Args: as for :meth:`publish`.
+
+        Returns:
+            As for :meth:`publish`.
+
+        Raises:
+            RuntimeError: called from the broker's own trio thread (it would wait
+                for that thread, which would never get to run the publish: use
+                ``await publish`` or ``publish_nowait`` there), or the broker has
+                not been used in a trio run yet.
+            BrokerClosedError: the broker is closed, or its trio run has ended.
+            InvalidSubjectError, TypeError, trio.Cancelled: as for :meth:`publish`.
+        """
+        token = self._token
+        try:
+            here = trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            here = None
+        if here is not None and here is token:
+            raise RuntimeError(
+                "publish_from_thread() was called from the broker's own trio "
+                "thread, where it would wait for itself forever; use "
+                "'await broker.publish()' or 'broker.publish_nowait()' there"
+            )
+        if token is None:
+            raise RuntimeError(
+                "the broker has not been used in a trio run yet, so there is no "
+                "trio thread to publish in: create it inside trio.run(), or enter "
+                "a subscription first"
+            )
+        self._check_open()
+        publish = functools.partial(
+            self.publish, subject, payload, headers=headers, retain=retain
+        )
+        try:
+            return trio.from_thread.run(publish, trio_token=token)
+        except trio.RunFinishedError:
+            raise BrokerClosedError(
+                "the trio run the broker belonged to has ended"
+            ) from None
+
+    # -- retained messages ----------------------------------------------------
+
+    def retained(self, pattern: str) -> list[Message[T]]:
+        """Return the retained messages of the subjects ``pattern`` matches.
+
+        Sorted by subject (as strings). A new subscription receives the same
+        list, in the same order, before any live message.
+
+        Raises:
+            InvalidSubjectError: ``pattern`` breaks the grammar.
+            TypeError: ``pattern`` is not a ``str``.
+        """
+        return self._retained.matching(parse_pattern(pattern))
+
+    def clear_retained(self, subject: str) -> bool:
+        """Forget the retained message of ``subject``; return whether there was one.
+
+        Raises:
+            InvalidSubjectError: ``subject`` is not a valid literal subject.
+            TypeError: ``subject`` is not a ``str``.
+        """
+        return self._retained.discard(subject, parse_subject(subject))
 
     # -- the rest -------------------------------------------------------------
 
@@ -412,6 +551,8 @@ class Broker(Generic[T]):
             cache_hits=self._cache_hits,
             cache_misses=self._cache_misses,
             cache_size=len(self._trie.cache),
+            retained=len(self._retained),
+            retained_evicted=self._retained.evicted,
         )
 
     async def aclose(self) -> None:
@@ -425,6 +566,7 @@ class Broker(Generic[T]):
 
         The broker is closed even if this call is cancelled.
         """
+        self._learn_run()
         if not self._closed:
             self._closed = True
             # (the trie holds inboxes only; GroupTargets live in its cache)
@@ -435,6 +577,7 @@ class Broker(Generic[T]):
         await trio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> Broker[T]:
+        self._learn_run()
         await trio.lowlevel.checkpoint()
         return self
 

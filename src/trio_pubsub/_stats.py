@@ -37,6 +37,10 @@ class BrokerStatistics:
     """Publishes whose subject had to be parsed and matched against the trie."""
     cache_size: int = attrs.field(default=0, eq=False)
     """Subjects in the match cache now."""
+    retained: int = attrs.field(default=0, eq=False)
+    """Subjects whose last message is retained now."""
+    retained_evicted: int = attrs.field(default=0, eq=False)
+    """Retained messages evicted because the store was full (``max_retained``)."""
 
 
 @typing.final

@@ -10,7 +10,9 @@ sending side, and the end of the stream depends on who ended it.
 Invariants (no checkpoint between any check and the mutation that follows it;
 ``put`` and ``receive`` are the only methods of ``_Inbox`` that wait):
 
-* ``len(buffer) <= max_buffer_size``, and ``limit`` is ``max_buffer_size``
+* ``len(buffer) <= max_buffer_size``, except in a ``BLOCK`` inbox that took more
+  retained messages on entry than it holds (see ``take_retained``); ``limit`` is
+  ``max_buffer_size``
   except while receivers wait or before the first message is buffered: then 0.
 * ``buffer`` is the shared, always empty ``_NO_BUFFER`` until a message is
   buffered: an idle subscription owns no deque.
@@ -246,6 +248,22 @@ class _Inbox(Generic[T]):
             and len(self.buffer) >= self.max_buffer_size
         )
 
+    def take_retained(self, messages: list[Message[T]]) -> None:
+        """Receive the retained messages its pattern matches, on entry.
+
+        Each goes through the policy as a published message would, except that a
+        ``BLOCK`` inbox takes them all, beyond its size if need be: nobody can
+        wait at entry, and none may be lost. Publishers then wait until the
+        consumer has brought the buffer back under its size.
+        """
+        for message in messages:
+            if self.state is not _State.OPEN:
+                return  # cut off by DISCONNECT: the rest are not routed to it
+            if self.policy is OverflowPolicy.BLOCK:
+                self._accept(message)
+            else:
+                self.offer(message)
+
     def offer(self, message: Message[T]) -> bool:
         """Offer a message without waiting; return whether it was accepted.
 
@@ -369,8 +387,9 @@ class _Inbox(Generic[T]):
         if self.buffer:
             message = self.buffer.popleft()
             self.received += 1
-            if self.senders:
+            if self.senders and len(self.buffer) < self.max_buffer_size:
                 # Room just appeared: it belongs to the longest-waiting publisher.
+                # (A buffer holding more retained messages than its size has none.)
                 task = next(iter(self.senders))
                 self._accept(self.senders.pop(task))
                 self.tally.put_results[task] = _Put.DELIVERED

@@ -1,5 +1,8 @@
-"""Retained messages: stored by publish(retain=True), served first to new
-subscriptions, read by retained(), bounded, and cleared by clear_retained()."""
+"""Retained messages, rule by rule.
+
+Stored by publish(retain=True), served first to new subscriptions, read by
+retained(), bounded, and cleared by clear_retained().
+"""
 
 from __future__ import annotations
 

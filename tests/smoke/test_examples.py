@@ -64,6 +64,21 @@ EXPECTED: dict[str, list[str]] = {
         "each job done exactly once: True (120 of 120)",
         "audit saw 120 of 120 jobs",
     ],
+    "threads.py": [
+        "readings: 10 of 10, in order: True",
+        "first and last: 20.0 ... 20.9 °C",
+        "resize jobs done: [640.0]",
+        "dropped: 0",
+        "from the trio thread itself: RuntimeError: publish_from_thread() was called",
+    ],
+    "retained_state.py": [
+        "config.db.host     = db1.internal",
+        "config.db.port     = 5432",
+        "config.log.level   = info",
+        "config.log.level   = debug",
+        "retained now: [('config.log.level', 'debug')]",
+        "subjects retained: 3, evicted: 0",
+    ],
     "quickstart.py": [
         "orders.42.created: order 42 was created",
         "SubscriptionStatistics(delivered=1, received=1, pending=0, dropped=0,",

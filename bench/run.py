@@ -337,6 +337,45 @@ async def main(quick: bool) -> int:
         )
     await ours.close()
 
+    # W8 -------------------------------------------------------------------------------
+    print("W8 threads and retained messages", flush=True)
+    report.section(
+        "W8a: publish_from_thread (µs per call; each waits for its publish)",
+        ["case", "µs per publish", "ratio to `await publish` in trio"],
+    )
+    count = 2_000 if quick else 10_000
+    t_loop = statistics.median([await w.loop_publishes(count) for _ in range(REPEATS)])
+    t_cross = statistics.median(
+        [await w.thread_crossings(count) for _ in range(REPEATS)]
+    )
+    report.row("`await publish` in a trio task", fmt(t_loop), "1.00x")
+    report.row(
+        "bare `trio.from_thread.run` round trip",
+        fmt(t_cross),
+        f"{t_cross / t_loop:.1f}x",
+    )
+    thread_cost = {}
+    for threads in (1, 4):
+        thread_cost[threads] = t = statistics.median(
+            [
+                await w.thread_publishes(threads, count // threads)
+                for _ in range(REPEATS)
+            ]
+        )
+        report.row(
+            f"publish_from_thread, {threads} thread(s)", fmt(t), f"{t / t_loop:.1f}x"
+        )
+    report.section(
+        "W8b: entering a subscription that matches 10 of R retained subjects "
+        "(µs, match cache off; the naive scan checks every retained subject)",
+        ["R", "enter + leave", "naive scan", "scan / enter"],
+    )
+    entry_cost = {}
+    for stored in (1_000, 10_000, 100_000):
+        entry, scan = await w.retained_entry(stored, 200 if quick else 1_000)
+        entry_cost[stored] = entry
+        report.row(f"{stored:,}", fmt(entry), fmt(scan), f"{scan / entry:,.0f}x")
+
     # output ---------------------------------------------------------------------------
     machine = (
         f"{platform.machine()}, {platform.python_implementation()} "

@@ -252,6 +252,77 @@ async def group_with_full_members(subjects: list[str], members: int) -> float:
     return statistics.median(times[1:]) / len(subjects) * 1e6
 
 
+async def thread_publishes(threads: int, per_thread: int) -> float:
+    """µs per publish_from_thread call, ``threads`` worker threads at once."""
+    broker = Broker[int](max_buffer_size=BIG)
+
+    def worker(number: int) -> None:
+        for i in range(per_thread):
+            broker.publish_from_thread(f"t.{number}", i)
+
+    async with broker.subscribe("t.*"):
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for number in range(threads):
+                nursery.start_soon(trio.to_thread.run_sync, worker, number)
+        elapsed = time.perf_counter() - start
+    return elapsed / (threads * per_thread) * 1e6
+
+
+async def loop_publishes(count: int) -> float:
+    """µs per ``await publish`` from a trio task, for comparison."""
+    broker = Broker[int](max_buffer_size=BIG)
+    async with broker.subscribe("t.*"):
+        start = time.perf_counter()
+        for i in range(count):
+            await broker.publish("t.0", i)
+        elapsed = time.perf_counter() - start
+    return elapsed / count * 1e6
+
+
+async def thread_crossings(count: int) -> float:
+    """µs per bare ``trio.from_thread.run`` round trip: the floor of a call."""
+
+    def worker() -> None:
+        for _ in range(count):
+            trio.from_thread.run(trio.lowlevel.checkpoint)
+
+    start = time.perf_counter()
+    await trio.to_thread.run_sync(worker)
+    return (time.perf_counter() - start) / count * 1e6
+
+
+def retained_subjects(stored: int) -> list[str]:
+    """``stored`` subjects, ten per device: ``dev.<n>.temp.<k>``."""
+    return [f"dev.{i // 10}.temp.{i % 10}" for i in range(stored)]
+
+
+async def retained_entry(stored: int, rounds: int) -> tuple[float, float]:
+    """µs to enter and leave a subscription matching 10 retained subjects.
+
+    Also µs for a naive scan of every stored subject for the same 10.
+    """
+    # The match cache off: with it on, the publishes below would fill it, and
+    # entering a wildcard subscription would then be timed scanning the cache.
+    broker = Broker[int](max_retained=stored, match_cache_size=0)
+    subjects = retained_subjects(stored)
+    for i, subject in enumerate(subjects):
+        broker.publish_nowait(subject, i, retain=True)
+    pattern = "dev.7.temp.*"
+    start = time.perf_counter()
+    for _ in range(rounds):
+        async with broker.subscribe(pattern) as sub:
+            assert sub.statistics().pending == 10
+    entry = (time.perf_counter() - start) / rounds * 1e6
+    scans = max(1, rounds // 20)
+    start = time.perf_counter()
+    for _ in range(scans):
+        found = [s for s in subjects if subject_matches(pattern, s)]
+        assert len(found) == 10
+    scan = (time.perf_counter() - start) / scans * 1e6
+    return entry, scan
+
+
 # -- peers: they call handlers synchronously instead of enqueueing ------------------
 
 

@@ -19,6 +19,11 @@ value updates only the entries it affects (one dict lookup for a literal pattern
 a scan of the cache for a wildcard one), and when the cache is full the oldest
 entry is evicted, so a stream of distinct subjects cannot grow memory.
 
+The broker may set ``arrange``, which turns the values a subject matches into
+what its cache entry holds (queue-group members gathered into one target);
+values inserted or removed with ``regroup=True`` make the entries they affect be
+matched and arranged again.
+
 Pure and synchronous (no trio import), so that Hypothesis can compare it, with
 the cache on and off, with a naive matcher.
 """

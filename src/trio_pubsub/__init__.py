@@ -1,8 +1,8 @@
 """trio_pubsub: an in-process, typed publish/subscribe broker for trio.
 
-Modules import one way only: _errors -> _subject -> _trie, _retained -> _policy
--> _stats -> _message -> _subscription -> _queue -> _broker. Only _subscription and _broker import trio's
-scheduling machinery.
+Modules import one way only: _errors -> _subject -> _trie, _retained
+-> _policy -> _stats -> _message -> _subscription -> _queue -> _broker. Only
+_subscription, _queue and _broker import trio.
 """
 
 from ._broker import Broker as Broker

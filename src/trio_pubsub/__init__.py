@@ -2,7 +2,7 @@
 
 Modules import one way only: _errors -> _subject -> _trie, _retained
 -> _policy -> _stats -> _message -> _subscription -> _queue -> _broker. Only
-_subscription, _queue and _broker import trio.
+_subscription, _queue and _broker deal with trio's scheduling.
 """
 
 from ._broker import Broker as Broker

@@ -9,6 +9,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.helpers import drain
 from trio_pubsub import (
     Broker,
     BrokerClosedError,
@@ -22,16 +23,6 @@ from trio_pubsub import (
 )
 
 T = TypeVar("T")
-
-
-def drain(sub: Subscription[T]) -> list[T]:
-    """Receive every pending message without waiting, up to the end of the stream."""
-    out: list[T] = []
-    while True:
-        try:
-            out.append(sub.receive_nowait().payload)
-        except (trio.WouldBlock, trio.EndOfChannel, SlowConsumerError):
-            return out
 
 
 def delivery_counters(broker: Broker[T]) -> tuple[int, ...]:

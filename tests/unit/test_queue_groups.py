@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.helpers import drain
 from trio_pubsub import (
     Broker,
     BrokerClosedError,
@@ -22,15 +23,6 @@ from trio_pubsub import (
 )
 
 T = TypeVar("T")
-
-
-def drain(sub: Subscription[T]) -> list[T]:
-    out: list[T] = []
-    while True:
-        try:
-            out.append(sub.receive_nowait().payload)
-        except (trio.WouldBlock, trio.EndOfChannel, SlowConsumerError):
-            return out
 
 
 def law_holds(sub: Subscription[T], routed: int) -> bool:

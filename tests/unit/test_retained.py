@@ -13,6 +13,7 @@ import trio
 import trio.testing
 from hypothesis import given, strategies as st
 
+from tests.helpers import drain
 from tests.model import model_patterns, model_subjects
 from trio_pubsub import (
     Broker,
@@ -20,7 +21,6 @@ from trio_pubsub import (
     InvalidSubjectError,
     OverflowPolicy,
     SlowConsumerError,
-    Subscription,
     subject_matches,
 )
 from trio_pubsub._retained import RetainedStore
@@ -34,15 +34,6 @@ STATE = {
     "status.api": "up",
     "status.worker.3": "busy",
 }
-
-
-def drain(sub: Subscription[T]) -> list[T]:
-    out: list[T] = []
-    while True:
-        try:
-            out.append(sub.receive_nowait().payload)
-        except (trio.WouldBlock, trio.EndOfChannel, SlowConsumerError):
-            return out
 
 
 def retain_all(broker: Broker[str]) -> None:

@@ -6,8 +6,6 @@ retained(), bounded, and cleared by clear_retained().
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 import pytest
 import trio
 import trio.testing
@@ -24,8 +22,6 @@ from trio_pubsub import (
     subject_matches,
 )
 from trio_pubsub._retained import RetainedStore
-
-T = TypeVar("T")
 
 STATE = {
     "config.db.host": "db1",

@@ -270,6 +270,9 @@ def test_the_store_matches_what_a_scan_would(
     expected = [reference[s] for s in sorted(reference) if subject_matches(pattern, s)]
     assert store.matching(parse_pattern(pattern)) == expected
     assert len(store) == len(reference)
+    # a root, and at least one node per token of the longest stored subject
+    longest = max((len(s.split(".")) for s in reference), default=0)
+    assert store.node_count() >= 1 + longest
     for subject in list(reference):
         store.discard(subject, parse_subject(subject))
     assert store.node_count() == 1

@@ -166,6 +166,21 @@ def test_the_broker_learns_its_run_at_first_async_use_and_forgets_it_at_the_end(
         broker.publish_from_thread("a", 2)
 
 
+def test_an_await_publish_also_teaches_the_broker_its_run() -> None:
+    broker = Broker(int)  # created outside trio.run, and no subscription
+
+    async def main() -> int:
+        await broker.publish("a", 0)  # the first async use
+
+        def late() -> int:
+            return broker.publish_from_thread("a", 1)
+
+        return await trio.to_thread.run_sync(late)
+
+    assert trio.run(main) == 0  # published in that run, to no subscription
+    assert broker.statistics().published == 2
+
+
 async def test_after_aclose_a_thread_gets_broker_closed_error() -> None:
     broker = Broker(int)  # created inside trio.run: it knows its run
     await broker.aclose()

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from ._subject import ONE, REST, SEPARATOR, tokens_match
+from ._subject import ONE, REST, SEPARATOR, pattern_regex
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -104,11 +104,9 @@ class SubjectTrie(Generic[V]):
         return [subject] if subject in self.cache else []
 
     def _subjects_matching(self, pattern: tuple[str, ...]) -> list[str]:
-        return [
-            subject
-            for subject in self.cache
-            if tokens_match(pattern, tuple(subject.split(SEPARATOR)))
-        ]
+        """The cached subjects a wildcard ``pattern`` matches (a scan)."""
+        matches = pattern_regex(pattern).fullmatch
+        return [subject for subject in self.cache if matches(subject)]
 
     def _rearrange(self, subjects: list[str]) -> None:
         cache = self.cache

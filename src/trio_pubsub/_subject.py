@@ -83,24 +83,6 @@ def parse_queue(queue: object) -> str | None:
     return queue
 
 
-def pattern_regex(pattern: tuple[str, ...]) -> re.Pattern[str]:
-    """A regex whose ``fullmatch`` tells whether ``pattern`` matches a subject.
-
-    Only for valid literal subjects (no empty token, no whitespace): then
-    ``[^.]+`` is exactly one token and ``.+`` one or more. Scanning many
-    subjects this way runs in C, where :func:`tokens_match` splits each one.
-    """
-    parts = []
-    for token in pattern:
-        if token == ONE:
-            parts.append(r"[^.]+")
-        elif token == REST:
-            parts.append(r".+")
-        else:
-            parts.append(re.escape(token))
-    return re.compile(re.escape(SEPARATOR).join(parts))
-
-
 def tokens_match(pattern: tuple[str, ...], subject: tuple[str, ...]) -> bool:
     """Match parsed tokens directly: the reference the trie is tested against."""
     for index, token in enumerate(pattern):

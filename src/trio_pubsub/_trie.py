@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from ._subject import ONE, REST, SEPARATOR, pattern_regex
+from ._subject import ONE, REST, SEPARATOR, tokens_match
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -104,9 +104,33 @@ class SubjectTrie(Generic[V]):
         return [subject] if subject in self.cache else []
 
     def _subjects_matching(self, pattern: tuple[str, ...]) -> list[str]:
-        """The cached subjects a wildcard ``pattern`` matches (a scan)."""
-        matches = pattern_regex(pattern).fullmatch
-        return [subject for subject in self.cache if matches(subject)]
+        """The cached subjects a wildcard ``pattern`` matches (a scan).
+
+        Two string tests that run in C (the literal tokens before the first
+        wildcard, and the number of separators) rule out most subjects before
+        the few left are split and matched token by token.
+        """
+        head: list[str] = []
+        for token in pattern:
+            if token in (ONE, REST):
+                break
+            head.append(token)
+        prefix = SEPARATOR.join(head)
+        if head and len(head) < len(pattern):
+            prefix += SEPARATOR
+        dots = len(pattern) - 1
+        open_ended = pattern[-1] == REST
+        return [
+            subject
+            for subject in self.cache
+            if subject.startswith(prefix)
+            and (
+                subject.count(SEPARATOR) >= dots
+                if open_ended
+                else subject.count(SEPARATOR) == dots
+            )
+            and tokens_match(pattern, tuple(subject.split(SEPARATOR)))
+        ]
 
     def _rearrange(self, subjects: list[str]) -> None:
         cache = self.cache

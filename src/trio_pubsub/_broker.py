@@ -535,7 +535,8 @@ class Broker(Generic[T]):
             InvalidSubjectError: ``subject`` is not a valid literal subject.
             TypeError: ``subject`` is not a ``str``.
         """
-        return self._retained.discard(subject, parse_subject(subject))
+        parse_subject(subject)  # the store takes valid subjects only
+        return self._retained.discard(subject)
 
     # -- the rest -------------------------------------------------------------
 

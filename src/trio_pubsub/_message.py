@@ -75,11 +75,9 @@ class Message(Generic[T_co]):
     def __new__(
         cls, subject: str, payload: T, headers: Mapping[str, str] | None = None
     ) -> Message[T]:
-        if headers is not None:
-            frozen = freeze_headers(headers)
-            if frozen:
-                return make_headed_message(subject, payload, frozen)
-        return make_message(subject, payload)
+        if headers is None:
+            return make_message(subject, payload)
+        return build_message(subject, payload, headers)
 
     def __init__(
         self, subject: str, payload: T_co, headers: Mapping[str, str] | None = None

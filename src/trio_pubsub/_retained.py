@@ -59,7 +59,7 @@ class RetainedStore(Generic[M]):
             return
         if len(stored) >= self._limit:
             oldest, _ = stored.popitem(last=False)
-            self._unlink(tuple(oldest.split(SEPARATOR)))
+            self._unlink(oldest)
             self.evicted += 1
         stored[subject] = message
         node = self._root
@@ -72,17 +72,18 @@ class RetainedStore(Generic[M]):
             node = child
         node.subject = subject
 
-    def discard(self, subject: str, tokens: tuple[str, ...]) -> bool:
-        """Drop the message of ``subject``; return whether there was one."""
+    def discard(self, subject: str) -> bool:
+        """Drop the message of the valid literal ``subject``; say if there was one."""
         if self._by_subject.pop(subject, None) is None:
             return False
-        self._unlink(tokens)
+        self._unlink(subject)
         return True
 
-    def _unlink(self, tokens: tuple[str, ...]) -> None:
+    def _unlink(self, subject: str) -> None:
+        """Remove a stored subject's end mark and prune the nodes left empty."""
         path: list[tuple[_Node[M], str]] = []
         node = self._root
-        for token in tokens:
+        for token in subject.split(SEPARATOR):
             assert node.children is not None
             path.append((node, token))
             node = node.children[token]

@@ -251,7 +251,7 @@ def test_the_store_matches_what_a_scan_would(
     stored: list[str], cleared: list[str], pattern: str, limit: int
 ) -> None:
     """RetainedStore against a plain dict scanned with subject_matches."""
-    from trio_pubsub._subject import parse_pattern, parse_subject
+    from trio_pubsub._subject import parse_pattern
 
     store: RetainedStore[int] = RetainedStore(limit)
     reference: dict[str, int] = {}
@@ -264,9 +264,7 @@ def test_the_store_matches_what_a_scan_would(
         elif len(reference) > limit:
             del reference[next(iter(reference))]
     for subject in cleared:
-        assert store.discard(subject, parse_subject(subject)) == (
-            reference.pop(subject, None) is not None
-        )
+        assert store.discard(subject) == (reference.pop(subject, None) is not None)
     expected = [reference[s] for s in sorted(reference) if subject_matches(pattern, s)]
     assert store.matching(parse_pattern(pattern)) == expected
     assert len(store) == len(reference)
@@ -274,5 +272,5 @@ def test_the_store_matches_what_a_scan_would(
     longest = max((len(s.split(".")) for s in reference), default=0)
     assert store.node_count() >= 1 + longest
     for subject in list(reference):
-        store.discard(subject, parse_subject(subject))
+        store.discard(subject)
     assert store.node_count() == 1

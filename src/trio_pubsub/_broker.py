@@ -18,7 +18,7 @@ import functools
 import typing
 
 # Runtime imports, so that the API reference can resolve the annotations.
-from collections.abc import Mapping  # noqa: TC003
+from collections.abc import Mapping, Sequence  # noqa: TC003
 from contextlib import AbstractAsyncContextManager
 from typing import Generic, TypeVar
 
@@ -30,8 +30,8 @@ from ._policy import OverflowPolicy
 from ._queue import GroupTarget, Target, _Group
 from ._retained import RetainedStore
 from ._stats import BrokerStatistics
-from ._subject import parse_pattern, parse_queue, parse_subject
-from ._subscription import Subscription, _Inbox, _Tally
+from ._subject import SEPARATOR, parse_pattern, parse_queue, parse_subject
+from ._subscription import Subscription, _Inbox, _State, _Tally
 from ._trie import SubjectTrie
 
 if typing.TYPE_CHECKING:
@@ -106,6 +106,7 @@ class Broker(Generic[T]):
         "_cache_misses",
         "_closed",
         "_disconnect_after",
+        "_extra_entries",
         "_groups",
         "_max_buffer_size",
         "_message_type",
@@ -152,6 +153,8 @@ class Broker(Generic[T]):
         self._cache_hits = 0
         self._cache_misses = 0
         self._blocking = 0  # BLOCK subscriptions registered now
+        # Trie entries beyond one per subscription (inboxes on several patterns).
+        self._extra_entries = 0
         self._closed = False
 
     def __repr__(self) -> str:
@@ -227,6 +230,45 @@ class Broker(Generic[T]):
         self._check_open()
         return _SubscriptionScope(self, inbox)
 
+    def _subscribe_many(
+        self,
+        patterns: Sequence[str],
+        *,
+        max_buffer_size: int,
+        policy: OverflowPolicy,
+    ) -> AbstractAsyncContextManager[Subscription[T]]:
+        """One subscription on several patterns, each message once, in order.
+
+        Private, for :mod:`trio_pubsub.nats`: a bridge exports what its patterns
+        match as one ordered stream, and a subject matching two of them must go
+        out once. Such a subscription gets no retained messages.
+        """
+        parsed = list(dict.fromkeys(parse_pattern(p) for p in patterns))
+        if not parsed:
+            raise ValueError("at least one pattern is needed")
+        inbox: _Inbox[T] = _Inbox(
+            ", ".join(SEPARATOR.join(tokens) for tokens in parsed),
+            parsed[0],
+            policy=_check_policy(policy),
+            max_buffer_size=_check_count("max_buffer_size", max_buffer_size),
+            disconnect_after=self._disconnect_after,
+            tally=self._tally,
+        )
+        inbox.also = tuple(parsed[1:])
+        self._check_open()
+        return _SubscriptionScope(self, inbox)
+
+    def _stop_routing(self, subscription: Subscription[T]) -> None:
+        """Route nothing more to ``subscription``; it keeps what it holds.
+
+        Private, for :mod:`trio_pubsub.nats`: a draining bridge exports what its
+        subscription holds, and then sees ``trio.EndOfChannel``.
+        """
+        inbox = subscription._inbox
+        if inbox.state is _State.OPEN:
+            self._detach(inbox)
+            inbox.end()
+
     def _learn_run(self) -> None:
         """Remember the trio run this is called from, for publish_from_thread."""
         with contextlib.suppress(RuntimeError):  # outside trio.run: keep it
@@ -235,7 +277,14 @@ class Broker(Generic[T]):
     def _attach(self, inbox: _Inbox[T]) -> None:
         self._check_open()
         self._learn_run()
-        if inbox.queue is None:
+        if inbox.also:
+            # Matched and arranged again on every change, so that _arrange can
+            # keep one entry of it per subject.
+            self._trie.arrange = self._arrange
+            for tokens in (inbox.tokens, *inbox.also):
+                self._trie.insert(tokens, inbox, regroup=True)
+            self._extra_entries += len(inbox.also)
+        elif inbox.queue is None:
             self._trie.insert(inbox.tokens, inbox)
             if self._retained:
                 # No checkpoint since the insert: retained messages come first,
@@ -253,7 +302,11 @@ class Broker(Generic[T]):
 
     def _detach(self, inbox: _Inbox[T]) -> None:
         group = inbox.group
-        if group is None:
+        if inbox.also:
+            for tokens in (inbox.tokens, *inbox.also):
+                self._trie.remove(tokens, inbox, regroup=True)
+            self._extra_entries -= len(inbox.also)
+        elif group is None:
             self._trie.remove(inbox.tokens, inbox)
         else:
             group.leave(inbox)
@@ -267,7 +320,7 @@ class Broker(Generic[T]):
         """Turn the inboxes a subject matches into the targets of a publish.
 
         Members of one queue group become one GroupTarget, at the place of the
-        first of them.
+        first of them; an inbox on several patterns appears once.
         """
         slots: list[Target[T] | _Group] = []  # a group where its target goes
         members: dict[_Group, list[_Inbox[T]]] = {}
@@ -275,7 +328,8 @@ class Broker(Generic[T]):
             inbox = typing.cast("_Inbox[T]", target)  # the trie holds inboxes only
             group = inbox.group
             if group is None:
-                slots.append(inbox)
+                if not inbox.also or inbox not in slots:
+                    slots.append(inbox)
             elif group in members:
                 members[group].append(inbox)
             else:
@@ -406,6 +460,38 @@ class Broker(Generic[T]):
             for inbox in full:
                 accepted += await inbox.put(message)
         else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        self._published += 1
+        return accepted
+
+    async def _publish_except(
+        self,
+        skip: Subscription[T],
+        subject: str,
+        payload: T,
+        headers: Mapping[str, str] | None,
+    ) -> int:
+        """:meth:`publish` to every matching subscription but ``skip``.
+
+        Private, for :mod:`trio_pubsub.nats`: what a bridge imports must not
+        reach its own export (no echo). Kept apart from :meth:`publish`, whose
+        hot path should not pay for a test that only bridges need.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        message = (
+            make_message(subject, payload)
+            if headers is None
+            else build_message(subject, payload, headers)
+        )
+        targets = self._snapshot(subject, payload)
+        left_out = skip._inbox
+        if left_out in targets:
+            targets = tuple(target for target in targets if target is not left_out)
+        full: list[Target[T]] = []
+        accepted = self._deliver(message, targets, full)
+        for inbox in full:
+            accepted += await inbox.put(message)
+        if not full:
             await trio.lowlevel.cancel_shielded_checkpoint()
         self._published += 1
         return accepted
@@ -548,7 +634,7 @@ class Broker(Generic[T]):
             delivered=tally.delivered,
             dropped=tally.dropped,
             disconnected=tally.disconnected,
-            subscriptions=len(self._trie),
+            subscriptions=len(self._trie) - self._extra_entries,
             cache_hits=self._cache_hits,
             cache_misses=self._cache_misses,
             cache_size=len(self._trie.cache),
@@ -571,7 +657,9 @@ class Broker(Generic[T]):
         if not self._closed:
             self._closed = True
             # (the trie holds inboxes only; GroupTargets live in its cache)
-            inboxes = typing.cast("list[_Inbox[T]]", list(self._trie.values()))
+            inboxes = typing.cast(
+                "list[_Inbox[T]]", list(dict.fromkeys(self._trie.values()))
+            )
             self._trie = SubjectTrie()  # no cache: every publish now checks _closed
             for inbox in inboxes:
                 inbox.end()

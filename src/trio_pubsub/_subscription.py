@@ -73,15 +73,16 @@ class _RateLimitedWarning:
     the next one that is logged, so a flood of drops costs a few lines per second.
     """
 
-    __slots__ = ("_interval", "_next", "_suppressed")
+    __slots__ = ("_interval", "_logger", "_next", "_suppressed")
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, log: logging.Logger = logger) -> None:
         self._interval = interval
+        self._logger = log
         self._next = -math.inf
         self._suppressed = 0
 
     def __call__(self, fmt: str, *args: object) -> None:
-        if not logger.isEnabledFor(logging.WARNING):
+        if not self._logger.isEnabledFor(logging.WARNING):
             return
         now = _now()
         if now < self._next:
@@ -90,7 +91,7 @@ class _RateLimitedWarning:
         if self._suppressed:
             fmt += " (%d similar warnings suppressed since the last one)"
             args = (*args, self._suppressed)
-        logger.warning(fmt, *args)
+        self._logger.warning(fmt, *args)
         self._next = now + self._interval
         self._suppressed = 0
 
@@ -171,6 +172,7 @@ class _Inbox(Generic[T]):
     __slots__ = (  # noqa: RUF023
         "buffer",
         "limit",
+        "also",
         "disconnect_after",
         "dropped",
         "group",
@@ -206,6 +208,9 @@ class _Inbox(Generic[T]):
         # Set while it is a member of its queue group (see _queue.py).
         self.group: _Group | None = None
         self.tokens = tokens
+        # The parsed patterns after the first of an inbox that listens on several
+        # (one ordered stream for a NATS bridge's export); () for a subscription.
+        self.also: tuple[tuple[str, ...], ...] = ()
         self.policy = policy
         self.max_buffer_size = max_buffer_size
         self.disconnect_after = disconnect_after

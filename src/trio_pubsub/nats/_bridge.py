@@ -1,0 +1,543 @@
+"""open_bridge: a broker's subjects to and from a NATS server.
+
+Two trio tasks move messages: the export task reads one subscription of the
+broker on all the outbound patterns (so a subject that two of them match goes
+out once, and in order), encodes, and hands batches to the link; the import
+task takes batches from the link, decodes, and publishes into the broker past
+that same subscription (so nothing imported goes back out). The link
+(``_link.py``) runs nats-py on its own asyncio loop in a thread.
+
+Every message the export subscription was routed ends in exactly one counter
+once the bridge is closed: exported (confirmed by the server), unconfirmed
+(sent as the connection broke), or one of the causes of ``outbound_dropped``.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+
+# Runtime imports, so that the API reference can resolve the annotations.
+from collections.abc import (  # noqa: TC003
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import attrs
+import trio
+
+from .._broker import Broker  # noqa: TC001
+from .._errors import BrokerClosedError, InvalidSubjectError
+from .._policy import OverflowPolicy
+from .._subject import SEPARATOR, parse_pattern, parse_queue, parse_subject
+from .._subscription import LOG_INTERVAL, Subscription, _RateLimitedWarning
+from ._link import Link, logger
+
+if TYPE_CHECKING:
+    from .._message import Message
+    from ._link import Incoming, Outgoing
+
+T = TypeVar("T")
+
+MAX_BATCH = 1024
+"""Most messages the export task hands to the link at once."""
+
+FLUSH_TIMEOUT = 10
+"""Seconds to wait for the server's PONG that confirms what was sent before."""
+
+
+@attrs.frozen(kw_only=True)
+class BridgeStatistics:
+    """A snapshot of a bridge's counters (:meth:`Bridge.statistics`)."""
+
+    exported: int
+    """Messages sent to NATS and confirmed by the server (a PING/PONG after them)."""
+    imported: int
+    """Messages from NATS published into the broker."""
+    dropped: int
+    """Messages lost, both ways: ``outbound_dropped + inbound_dropped``."""
+    reconnects: int
+    """Times the connection was restored after a break."""
+    connected: bool
+    """Whether the connection is up now."""
+    outbound_dropped: int
+    """Local messages not exported: the outbound queue overflowed (its policy),
+    ``encode`` failed, a header is not valid in NATS, the server refused it, the
+    connection was closed for good, or the bridge closed before sending it."""
+    inbound_dropped: int
+    """Messages from NATS not imported: the inbound queue was full, ``decode``
+    failed, the subject or payload is not valid in the broker, the broker is
+    closed, or the bridge closed before importing it."""
+    unconfirmed: int
+    """Messages sent as the connection broke: they may or may not have reached
+    the server (core NATS delivers at most once)."""
+    outbound_pending: int
+    """Local messages waiting in the outbound queue now."""
+
+
+class Bridge(Generic[T]):
+    """A running bridge, as :func:`open_bridge` yields it."""
+
+    def __init__(
+        self,
+        broker: Broker[T],
+        *,
+        encode: Callable[[T], bytes],
+        decode: Callable[[bytes], T],
+        outbound: list[str],
+        inbound: list[str],
+        prefix: str | None,
+        queue: str | None,
+        max_outbound: int,
+        outbound_policy: OverflowPolicy,
+        drain: bool,
+        drain_timeout: float,
+    ) -> None:
+        self._broker = broker
+        self._encode = encode
+        self._decode = decode
+        self._outbound = outbound
+        self._inbound = inbound
+        self._head = "" if prefix is None else prefix + SEPARATOR
+        self._queue = queue
+        self._max_outbound = max_outbound
+        self._outbound_policy = outbound_policy
+        self._drain = drain
+        self._drain_timeout = drain_timeout
+        self._link: Link | None = None
+        self._export_sub: Subscription[T] | None = None
+        # The export and import tasks' cancel scopes, and whether to start none.
+        self._pumps: list[trio.CancelScope] = []
+        self._pumps_stopped = False
+        self._importing = False
+        self._export_done = trio.Event()
+        self._closing = False
+        self._closed = trio.Event()
+        # trio-side counters
+        self._imported = 0
+        self._out_lost = 0  # encode, headers, not handed over
+        self._in_lost = 0  # decode, grammar, type, closed broker, left at close
+        self._warn_out = _RateLimitedWarning(LOG_INTERVAL, logger)
+        self._warn_in = _RateLimitedWarning(LOG_INTERVAL, logger)
+
+    def statistics(self) -> BridgeStatistics:
+        """Return a snapshot of the bridge's counters."""
+        link = self._link
+        assert link is not None
+        counters = link.counters
+        sub = self._export_sub
+        sub_dropped = pending = 0
+        if sub is not None:
+            stats = sub.statistics()
+            sub_dropped, pending = stats.dropped, stats.pending
+        outbound_dropped = self._out_lost + counters.refused + sub_dropped
+        inbound_dropped = self._in_lost + counters.slow_consumer
+        return BridgeStatistics(
+            exported=counters.exported,
+            imported=self._imported,
+            dropped=outbound_dropped + inbound_dropped,
+            reconnects=counters.reconnects,
+            connected=counters.connected,
+            outbound_dropped=outbound_dropped,
+            inbound_dropped=inbound_dropped,
+            unconfirmed=counters.unconfirmed,
+            outbound_pending=pending,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closing else "open"
+        return (
+            f"<trio_pubsub.nats.Bridge {state}, outbound={self._outbound!r}, "
+            f"inbound={self._inbound!r}>"
+        )
+
+    # -- opening and closing -----------------------------------------------------
+
+    async def _open(
+        self, nursery: trio.Nursery, connect_options: dict[str, Any], max_inbound: int
+    ) -> None:
+        link = self._link = Link(
+            trio.lowlevel.current_trio_token(),
+            max_inbound=max_inbound,
+            connect_options=connect_options,
+            flush_timeout=FLUSH_TIMEOUT,
+        )
+        link.start()
+        try:
+            try:
+                await link.connect()
+            except Exception as error:
+                raise ConnectionError(
+                    f"could not connect to NATS at {connect_options['servers']}: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+            if self._outbound:
+                self._export_sub = await self._broker._subscribe_many(
+                    self._outbound,
+                    max_buffer_size=self._max_outbound,
+                    policy=self._outbound_policy,
+                ).__aenter__()
+                nursery.start_soon(self._export)
+            else:
+                self._export_done.set()
+            if self._inbound:
+                nursery.start_soon(self._import)
+                await link.subscribe(
+                    [self._head + pattern for pattern in self._inbound],
+                    self._queue or "",
+                )
+        except BaseException:
+            self._closing = True
+            with trio.CancelScope(shield=True):
+                await self._shut(drain=False)
+            raise
+
+    async def aclose(self) -> None:
+        """Close the bridge: stop both ways, close the connection, end the thread.
+
+        With ``drain=True`` (and not cancelled) it first exports what is
+        queued and imports what NATS still holds for it, for at most
+        ``drain_timeout`` seconds. What is left is counted as dropped.
+        Idempotent; the bridge is closed even if this call is cancelled.
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        with trio.CancelScope(shield=True):
+            await self._shut(drain=self._drain)
+
+    async def _abort(self) -> None:
+        """Close without draining: the body was cancelled or raised."""
+        if not self._closing:
+            self._closing = True
+            with trio.CancelScope(shield=True):
+                await self._shut(drain=False)
+        else:
+            with trio.CancelScope(shield=True):
+                await self._closed.wait()
+
+    async def _shut(self, *, drain: bool) -> None:
+        link = self._link
+        assert link is not None
+        try:
+            if drain:
+                with trio.move_on_after(self._drain_timeout):
+                    await self._drain_all(link)
+            self._pumps_stopped = True
+            for scope in self._pumps:
+                scope.cancel()
+            if self._export_sub is not None:
+                self._export_sub.close()  # what it still holds: dropped, counted
+            # nats-py's close is quick on loopback and bounded elsewhere by its
+            # own timeouts; the limit here guards against a wedged connection.
+            with trio.move_on_after(10):
+                await link.close(drain=False)
+            self._in_lost += link.queued_inbound()
+        finally:
+            await link.stop()
+            self._closed.set()
+
+    async def _drain_all(self, link: Link) -> None:
+        if self._export_sub is not None:
+            self._broker._stop_routing(self._export_sub)
+            await self._export_done.wait()
+        await link.wait_sent()
+        # nats-py's drain: the inbound subscriptions stop, what they hold still
+        # comes in (the import task is running), publishes are flushed.
+        await link.close(drain=True)
+        while link.queued_inbound() or self._importing:  # noqa: ASYNC110
+            await trio.sleep(0.005)  # polls a deque the loop's thread fills
+
+    # -- export ----------------------------------------------------------------------
+
+    async def _export(self) -> None:
+        sub = self._export_sub
+        link = self._link
+        assert sub is not None
+        assert link is not None
+        with trio.CancelScope() as scope:
+            self._pumps.append(scope)
+            if self._pumps_stopped:
+                scope.cancel()
+            try:
+                while True:
+                    try:
+                        messages = [await sub.receive()]
+                    except (trio.EndOfChannel, trio.ClosedResourceError):
+                        return
+                    while len(messages) < MAX_BATCH:
+                        try:
+                            messages.append(sub.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    batch = self._outgoing(messages)
+                    try:
+                        handed = await link.send(batch)
+                    except BaseException:
+                        self._out_lost += len(batch)
+                        raise
+                    if not handed:
+                        self._out_lost += len(batch)
+            finally:
+                self._export_done.set()
+
+    def _outgoing(self, messages: list[Message[T]]) -> list[Outgoing]:
+        batch: list[Outgoing] = []
+        encode = self._encode
+        head = self._head
+        for message in messages:
+            try:
+                data = encode(message.payload)
+                if not isinstance(data, bytes):
+                    raise TypeError(f"encode returned {type(data).__name__}, not bytes")
+            except Exception as error:
+                self._out_lost += 1
+                self._warn_out(
+                    "NATS bridge: a message on %s was not exported: "
+                    "encode failed: %s: %s",
+                    message.subject,
+                    type(error).__name__,
+                    error,
+                )
+                continue
+            headers = None
+            if message.headers:
+                problem = _header_problem(message.headers)
+                if problem is not None:
+                    self._out_lost += 1
+                    self._warn_out(
+                        "NATS bridge: a message on %s was not exported: %s",
+                        message.subject,
+                        problem,
+                    )
+                    continue
+                headers = dict(message.headers)
+            batch.append((head + message.subject, data, headers))
+        return batch
+
+    # -- import ----------------------------------------------------------------------
+
+    async def _import(self) -> None:
+        link = self._link
+        assert link is not None
+        with trio.CancelScope() as scope:
+            self._pumps.append(scope)
+            if self._pumps_stopped:
+                scope.cancel()
+            while True:
+                batch = await link.incoming()
+                self._importing = True
+                try:
+                    for index, item in enumerate(batch):
+                        try:
+                            await self._import_one(item)
+                        except BaseException:
+                            self._in_lost += len(batch) - index
+                            raise
+                finally:
+                    self._importing = False
+
+    async def _import_one(self, item: Incoming) -> None:
+        remote, data, headers = item
+        subject = remote[len(self._head) :]
+        try:
+            payload = self._decode(data)
+        except Exception as error:
+            self._in_lost += 1
+            self._warn_in(
+                "NATS bridge: a message on %s was not imported: decode failed: %s: %s",
+                remote,
+                type(error).__name__,
+                error,
+            )
+            return
+        assert self._export_sub is not None or not self._outbound
+        try:
+            if self._export_sub is None:
+                await self._broker.publish(subject, payload, headers=headers)
+            else:
+                await self._broker._publish_except(
+                    self._export_sub, subject, payload, headers
+                )
+        except (InvalidSubjectError, TypeError, BrokerClosedError) as error:
+            self._in_lost += 1
+            self._warn_in(
+                "NATS bridge: a message on %s was not imported: %s",
+                remote,
+                error,
+            )
+            return
+        self._imported += 1
+
+
+def _header_problem(headers: Mapping[str, str]) -> str | None:
+    """Why ``headers`` cannot travel as NATS headers, or None."""
+    for name, value in headers.items():
+        if not name or not all(33 <= ord(c) <= 126 and c != ":" for c in name):
+            return (
+                f"header name {name!r} is not valid in NATS (printable ASCII "
+                "without ':' or spaces)"
+            )
+        if "\r" in value or "\n" in value:
+            return f"the value of header {name!r} holds a line break"
+    return None
+
+
+def _patterns(kind: str, patterns: Iterable[str]) -> list[str]:
+    if isinstance(patterns, str):
+        raise TypeError(
+            f"{kind} must be a list of patterns, not a str: write [{patterns!r}]"
+        )
+    out = []
+    for pattern in patterns:
+        parse_pattern(pattern)
+        out.append(pattern)
+    return list(dict.fromkeys(out))
+
+
+def _servers(servers: str | Sequence[str]) -> list[str]:
+    listed: list[object] = [servers] if isinstance(servers, str) else list(servers)
+    if not listed:
+        raise ValueError("servers must name at least one NATS server URL")
+    for url in listed:
+        if not isinstance(url, str) or not url:
+            raise TypeError(f"a server must be a non-empty str URL, not {url!r}")
+    return typing.cast("list[str]", listed)
+
+
+def _positive(name: str, value: object, *, integer: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if integer and not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"{name} must be > 0 and finite, not {value!r}")
+
+
+@asynccontextmanager
+async def open_bridge(
+    broker: Broker[T],
+    servers: str | Sequence[str],
+    *,
+    encode: Callable[[T], bytes],
+    decode: Callable[[bytes], T],
+    outbound: Iterable[str] = (),
+    inbound: Iterable[str] = (),
+    prefix: str | None = None,
+    queue: str | None = None,
+    max_outbound: int = 10_000,
+    outbound_policy: OverflowPolicy = OverflowPolicy.DROP_NEWEST,
+    max_inbound: int = 10_000,
+    drain: bool = False,
+    drain_timeout: float = 30.0,
+    name: str | None = None,
+    connect_timeout: float = 2.0,
+    reconnect_time_wait: float = 0.5,
+    max_reconnect_attempts: int = -1,
+) -> AsyncIterator[Bridge[T]]:
+    """Bridge ``broker`` to a NATS server for the body of an ``async with`` block.
+
+    Messages published in ``broker`` on a subject matching an ``outbound``
+    pattern are sent to NATS; messages from NATS on an ``inbound`` pattern are
+    published into ``broker``, through its subscriptions' policies (a ``BLOCK``
+    subscription slows the import down). A message imported is never exported
+    again. Once the block is entered, the inbound subscriptions are active on
+    the server and the outbound one in the broker.
+
+    Args:
+        broker: The broker to bridge.
+        servers: A NATS URL (``"nats://127.0.0.1:4222"``) or a list of them.
+        encode: Turns a payload into ``bytes`` (see :func:`encode_json`).
+        decode: Turns ``bytes`` into a payload (see :func:`decode_json`).
+        outbound: Patterns of local subjects to export.
+        inbound: Patterns of NATS subjects to import (without ``prefix``).
+        prefix: A literal subject put before every subject on the NATS side:
+            local ``a.b`` is ``PREFIX.a.b`` there, and back.
+        queue: Import as a NATS queue group: each message on ``inbound`` goes
+            to one of the bridges with this queue name, across processes.
+        max_outbound: Capacity of the outbound queue (an int >= 1).
+        outbound_policy: What a full outbound queue does: ``DROP_NEWEST``,
+            ``DROP_OLDEST`` or ``BLOCK`` (local publishers wait).
+        max_inbound: Capacity of the inbound queue between NATS and the broker,
+            and of nats-py's queue behind it (an int >= 1).
+        drain: On a normal exit, first export what is queued and import what
+            NATS still holds for the bridge.
+        drain_timeout: The most seconds a drain takes.
+        name: The connection's name, as the NATS server shows it.
+        connect_timeout: Seconds to wait for each connection attempt.
+        reconnect_time_wait: Seconds between two attempts to reconnect.
+        max_reconnect_attempts: Attempts before giving up for good; -1: never.
+
+    Raises:
+        ConnectionError: no server could be reached on entry.
+        InvalidSubjectError: a pattern or ``prefix`` breaks the subject grammar.
+        TypeError: an argument has the wrong type.
+        ValueError: an argument is out of range, or there is nothing to bridge.
+    """
+    outbound_list = _patterns("outbound", outbound)
+    inbound_list = _patterns("inbound", inbound)
+    if not outbound_list and not inbound_list:
+        raise ValueError("nothing to bridge: give outbound or inbound patterns")
+    if prefix is not None:
+        parse_subject(prefix)
+    queue = parse_queue(queue)
+    if outbound_policy not in (
+        OverflowPolicy.DROP_NEWEST,
+        OverflowPolicy.DROP_OLDEST,
+        OverflowPolicy.BLOCK,
+    ):
+        raise ValueError(
+            f"outbound_policy must be DROP_NEWEST, DROP_OLDEST or BLOCK, not "
+            f"{outbound_policy!r} (a bridge that disconnected would stop exporting)"
+        )
+    _positive("max_outbound", max_outbound, integer=True)
+    _positive("max_inbound", max_inbound, integer=True)
+    _positive("drain_timeout", drain_timeout)
+    _positive("connect_timeout", connect_timeout)
+    _positive("reconnect_time_wait", reconnect_time_wait)
+    if isinstance(max_reconnect_attempts, bool) or not isinstance(
+        max_reconnect_attempts, int
+    ):
+        raise TypeError("max_reconnect_attempts must be an int (-1: forever)")
+    if max_reconnect_attempts < -1:
+        raise ValueError(
+            f"max_reconnect_attempts must be >= -1, not {max_reconnect_attempts}"
+        )
+    if not (callable(typing.cast("object", encode)) and callable(decode)):
+        raise TypeError("encode and decode must be callables")
+    connect_options: dict[str, Any] = {
+        "servers": _servers(servers),
+        "name": name,
+        "no_echo": True,  # what the bridge sends never comes back to it
+        "allow_reconnect": True,
+        "connect_timeout": connect_timeout,
+        "reconnect_time_wait": reconnect_time_wait,
+        "max_reconnect_attempts": max_reconnect_attempts,
+    }
+    bridge = Bridge(
+        broker,
+        encode=encode,
+        decode=decode,
+        outbound=outbound_list,
+        inbound=inbound_list,
+        prefix=prefix,
+        queue=queue,
+        max_outbound=max_outbound,
+        outbound_policy=outbound_policy,
+        drain=drain,
+        drain_timeout=drain_timeout,
+    )
+    async with trio.open_nursery() as nursery:
+        await bridge._open(nursery, connect_options, max_inbound)
+        try:
+            yield bridge
+        except BaseException:
+            await bridge._abort()
+            raise
+        await bridge.aclose()

@@ -1,0 +1,408 @@
+"""The asyncio side of a bridge: nats-py on its own event loop, in a thread.
+
+A :class:`Link` owns the thread, the loop and the NATS connection. Methods whose
+names start with ``_`` run in the loop's thread; the others are called from
+the trio side. The two sides share no lock: each counter is written by one
+thread only, and work crosses in batches, one thread hop per batch:
+
+* out: the trio side hands a list of encoded messages to :meth:`Link.send`
+  (``call_soon_threadsafe``); a sender task publishes it, then confirms it
+  with a PING/PONG round trip, then gives the trio side its credit back
+  (``TrioToken.run_sync_soon``).
+* in: the subscription callbacks append to a deque that the trio side empties
+  in one go (:meth:`Link.incoming`); the first message after it was emptied
+  wakes the trio side. When it is full, the callbacks wait, nats-py's own
+  bounded queue fills behind them, and what it then refuses is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import nats
+import nats.errors
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+
+logger = logging.getLogger("trio_pubsub.nats")
+
+R = TypeVar("R")
+
+# (remote subject, data, headers or None): one message ready for NATS.
+Outgoing = tuple[str, bytes, dict[str, str] | None]
+# (remote subject, data, headers or None): one message as NATS delivered it.
+Incoming = tuple[str, bytes, dict[str, str] | None]
+
+
+class Counters:
+    """The link's counters. Each is written by one thread only."""
+
+    def __init__(self) -> None:
+        # written in the loop's thread
+        self.exported = 0
+        self.unconfirmed = 0
+        self.refused = 0  # NATS refused it, or the connection was closed for good
+        self.slow_consumer = 0
+        self.reconnects = 0
+        self.connected = False
+        self.closed = False
+
+
+class Link:
+    """nats-py in a thread of its own, driven from trio."""
+
+    def __init__(
+        self,
+        token: trio.lowlevel.TrioToken,
+        *,
+        max_inbound: int,
+        connect_options: dict[str, Any],
+        flush_timeout: int,
+    ) -> None:
+        self.counters = Counters()
+        self._token = token
+        self._max_inbound = max_inbound
+        self._connect_options = connect_options
+        self._flush_timeout = flush_timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._run, name="trio-pubsub-nats", daemon=True
+        )
+        self._finished = trio.Event()
+        self._nc: Client | None = None
+        # in: filled here, emptied by the trio side
+        self._incoming: deque[Incoming] = deque()
+        self._wake = trio.Event()  # trio side: set when _incoming gets a message
+        self._inbound_full = False  # loop side waits for room
+        self._room: asyncio.Event | None = None
+        # out: batches handed over and not yet sent
+        self._outbox: asyncio.Queue[list[Outgoing]] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._up: asyncio.Event | None = None  # set while connected
+        # Disconnections so far: a batch sent across one is unconfirmed.
+        self._breaks = 0
+        self._closing = False  # the bridge is closing the connection itself
+        self._credit = trio.Semaphore(4)  # batches handed over and not yet done
+
+    # -- the thread ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread and its event loop."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            # What is left (nats-py's own tasks after a failed close) is cancelled
+            # and awaited, so that closing the loop warns about nothing.
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+            asyncio.set_event_loop(None)
+            loop.close()
+            self._to_trio(self._finished.set)
+
+    def _to_trio(self, function: Callable[[], object]) -> None:
+        # After the trio run has ended there is nobody to tell.
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(function)
+
+    async def call(self, coroutine: Coroutine[Any, Any, R]) -> R:
+        """Run ``coroutine`` on the loop and wait for it from trio."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        done = trio.Event()
+        future.add_done_callback(lambda _: self._to_trio(done.set))
+        try:
+            await done.wait()
+        except BaseException:
+            future.cancel()
+            raise
+        return future.result()
+
+    async def stop(self) -> None:
+        """Stop the loop and wait for the thread to end."""
+        if self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop is closed already
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            await self._finished.wait()
+        self._thread.join()
+
+    # -- connecting ---------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        self._room = asyncio.Event()
+        self._up = asyncio.Event()
+        self._outbox = asyncio.Queue()
+        self._nc = await nats.connect(
+            **self._connect_options,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
+        )
+        self.counters.connected = True
+        self._up.set()
+        self._sender = asyncio.ensure_future(self._send_batches())
+
+    async def connect(self) -> None:
+        """Connect to NATS (nats-py's own connect, its errors included)."""
+        await self.call(self._connect())
+
+    async def _subscribe(self, subjects: list[str], queue: str) -> None:
+        assert self._nc is not None
+        for subject in subjects:
+            await self._nc.subscribe(
+                subject,
+                queue=queue,
+                cb=self._on_message,
+                pending_msgs_limit=self._max_inbound,
+            )
+        # After the PONG, the server has the subscriptions.
+        await self._nc.flush(timeout=self._flush_timeout)
+
+    async def subscribe(self, subjects: list[str], queue: str) -> None:
+        """Subscribe to ``subjects`` (``queue``: a queue group, or "") and confirm."""
+        await self.call(self._subscribe(subjects, queue))
+
+    async def _on_error(self, error: Exception) -> None:
+        if isinstance(error, nats.errors.SlowConsumerError):
+            self.counters.slow_consumer += 1
+            logger.warning(
+                "NATS bridge: a message on %s was dropped: the bridge's inbound "
+                "queue is full (the broker takes messages more slowly than NATS "
+                "brings them)",
+                error.subject,
+            )
+        else:
+            logger.warning("NATS bridge: %s: %s", type(error).__name__, error)
+
+    async def _on_disconnected(self) -> None:
+        self._breaks += 1
+        self.counters.connected = False
+        if self._up is not None:
+            self._up.clear()
+        if self._closing:
+            return
+        logger.warning(
+            "NATS bridge: disconnected; messages to export wait in its queue"
+        )
+
+    async def _on_reconnected(self) -> None:
+        self.counters.reconnects += 1
+        self.counters.connected = True
+        assert self._nc is not None
+        logger.warning("NATS bridge: reconnected to %s", self._nc.connected_url)
+        assert self._up is not None
+        self._up.set()
+
+    async def _on_closed(self) -> None:
+        self.counters.connected = False
+        self.counters.closed = True
+        # Wake the sender: it counts every batch left as refused.
+        if self._up is not None:
+            self._up.set()
+        if self._room is not None:
+            self._room.set()
+        if self._closing:
+            logger.info("NATS bridge: connection closed")
+        else:
+            logger.warning(
+                "NATS bridge: connection closed for good (no reconnect attempt "
+                "left); what is left to export is dropped"
+            )
+
+    # -- out ------------------------------------------------------------------------
+
+    async def send(self, batch: list[Outgoing]) -> bool:
+        """Hand ``batch`` to the loop; wait first while 4 batches are in flight.
+
+        Returns False if the loop has stopped: the caller counts the batch lost.
+        """
+        await self._credit.acquire()
+        assert self._outbox is not None
+        try:
+            self._loop.call_soon_threadsafe(self._outbox.put_nowait, batch)
+        except RuntimeError:  # the loop is closed
+            self._credit.release()
+            return False
+        return True
+
+    async def wait_sent(self) -> None:
+        """Wait until every batch handed over is done with."""
+        for _ in range(4):
+            await self._credit.acquire()
+        for _ in range(4):
+            self._credit.release()
+
+    def _done(self) -> None:
+        self._to_trio(self._credit.release)
+
+    async def _send_batches(self) -> None:
+        assert self._outbox is not None
+        assert self._up is not None
+        while True:
+            batch = await self._outbox.get()
+            try:
+                await self._send(batch)
+            finally:
+                self._done()
+
+    async def _send(self, batch: list[Outgoing]) -> None:
+        nc = self._nc
+        assert nc is not None
+        assert self._up is not None
+        counters = self.counters
+        sent = 0
+        while True:
+            # Publish only while connected: during an outage the batch waits
+            # here, and those after it in the bridge's own bounded queue.
+            await self._up.wait()
+            if counters.closed:
+                self._refuse(len(batch) - sent, "the connection is closed")
+                return
+            if not nc.is_connected:  # broken, and nats-py has not said so yet
+                await asyncio.sleep(0.01)
+                continue
+            breaks = self._breaks
+            published = 0
+            for subject, data, headers in batch[sent:]:
+                if not _is_up(nc):  # (it may break during an await below)
+                    break
+                sent += 1
+                try:
+                    await nc.publish(subject, data, headers=headers)
+                except nats.errors.MaxPayloadError:
+                    self._refuse(1, f"larger than the server's limit on {subject}")
+                except nats.errors.Error as error:
+                    self._refuse(1, f"{type(error).__name__} on {subject}")
+                else:
+                    published += 1
+            if await self._confirm(breaks):
+                counters.exported += published
+            elif published:
+                counters.unconfirmed += published
+                logger.warning(
+                    "NATS bridge: %d message(s) were sent as the connection broke "
+                    "and may not have reached the server",
+                    published,
+                )
+            if sent == len(batch):
+                return
+
+    async def _confirm(self, breaks: int) -> bool:
+        """Whether the server has processed all sent before (a PING/PONG).
+
+        A flush is never cancelled (nats-py would then resolve a cancelled
+        future); one outlived by a disconnection finishes, or times out, alone.
+        """
+        nc = self._nc
+        assert nc is not None
+        if self._breaks != breaks or not nc.is_connected:
+            return False
+        flush = asyncio.ensure_future(nc.flush(timeout=self._flush_timeout))
+        flush.add_done_callback(_consume)
+        assert self._up is not None
+        while not flush.done():
+            if self._breaks != breaks:
+                return False
+            # Wake up on the PONG, or every 50 ms to look for a disconnection.
+            await asyncio.wait([flush], timeout=0.05)
+        return flush.exception() is None and self._breaks == breaks
+
+    def _refuse(self, count: int, why: str) -> None:
+        if count:
+            self.counters.refused += count
+            logger.warning("NATS bridge: %d message(s) not exported: %s", count, why)
+
+    async def _close(self, *, drain: bool) -> None:
+        self._closing = True
+        nc = self._nc
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+        assert self._outbox is not None
+        while not self._outbox.empty():
+            batch = self._outbox.get_nowait()
+            self._refuse(len(batch), "the bridge closed before sending them")
+            self._done()
+        if nc is not None and not nc.is_closed:
+            if drain:
+                with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                    await nc.drain()
+            if not nc.is_closed:
+                await nc.close()
+        if self._room is not None:
+            self._room.set()
+
+    async def close(self, *, drain: bool) -> None:
+        """Close the connection (draining its subscriptions first if asked)."""
+        await self.call(self._close(drain=drain))
+
+    # -- in -------------------------------------------------------------------------
+
+    async def _on_message(self, msg: Msg) -> None:
+        incoming = self._incoming
+        room = self._room
+        assert room is not None
+        while len(incoming) >= self._max_inbound and not self.counters.closed:
+            room.clear()
+            self._inbound_full = True
+            if len(incoming) < self._max_inbound:  # emptied meanwhile
+                break
+            await room.wait()
+        incoming.append((msg.subject, msg.data, msg.headers))
+        if len(incoming) == 1:
+            self._to_trio(self._poke)
+
+    def _poke(self) -> None:
+        self._wake.set()
+
+    async def incoming(self) -> list[Incoming]:
+        """Wait for messages from NATS and take all of them (trio side)."""
+        incoming = self._incoming
+        while not incoming:
+            self._wake = trio.Event()
+            if incoming:
+                break
+            await self._wake.wait()
+        batch = []
+        with contextlib.suppress(IndexError):
+            while True:
+                batch.append(incoming.popleft())
+        if self._inbound_full:
+            self._inbound_full = False
+            assert self._room is not None
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._room.set)
+        return batch
+
+    def queued_inbound(self) -> int:
+        """Messages taken from NATS and not yet given to the trio side."""
+        return len(self._incoming)
+
+
+def _is_up(nc: Client) -> bool:
+    return nc.is_connected
+
+
+def _consume(task: asyncio.Future[None]) -> None:
+    """Retrieve a background flush's outcome, so that asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()

@@ -158,9 +158,7 @@ class Bridge(Generic[T]):
 
     # -- opening and closing -----------------------------------------------------
 
-    async def _open(
-        self, nursery: trio.Nursery, connect_options: dict[str, Any], max_inbound: int
-    ) -> None:
+    async def _connect(self, connect_options: dict[str, Any], max_inbound: int) -> None:
         link = self._link = Link(
             trio.lowlevel.current_trio_token(),
             max_inbound=max_inbound,
@@ -169,13 +167,22 @@ class Bridge(Generic[T]):
         )
         link.start()
         try:
-            try:
-                await link.connect()
-            except Exception as error:
+            await link.connect()
+        except BaseException as error:
+            self._closing = True
+            with trio.CancelScope(shield=True):
+                await self._shut(drain=False)
+            if isinstance(error, Exception):
                 raise ConnectionError(
                     f"could not connect to NATS at {connect_options['servers']}: "
                     f"{type(error).__name__}: {error}"
                 ) from error
+            raise
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        link = self._link
+        assert link is not None
+        try:
             if self._outbound:
                 self._export_sub = await self._broker._subscribe_many(
                     self._outbound,
@@ -533,11 +540,19 @@ async def open_bridge(
         drain=drain,
         drain_timeout=drain_timeout,
     )
-    async with trio.open_nursery() as nursery:
-        await bridge._open(nursery, connect_options, max_inbound)
-        try:
-            yield bridge
-        except BaseException:
-            await bridge._abort()
-            raise
-        await bridge.aclose()
+    await bridge._connect(connect_options, max_inbound)
+    try:
+        async with trio.open_nursery() as nursery:
+            await bridge._start(nursery)
+            try:
+                yield bridge
+            except BaseException:
+                await bridge._abort()
+                raise
+            await bridge.aclose()
+    except BaseExceptionGroup as group:
+        # The two tasks raise nothing of their own: what the group holds is the
+        # body's exception (or the start's), which the caller should see as is.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise  # pragma: no cover - never more than one

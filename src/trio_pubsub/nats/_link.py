@@ -149,13 +149,20 @@ class Link:
         self._room = asyncio.Event()
         self._up = asyncio.Event()
         self._outbox = asyncio.Queue()
+        options = dict(self._connect_options)
+        # On the first connect nats-py would retry forever with -1: try each
+        # server twice and fail, then reconnect as asked (it reads its options
+        # dict when it reconnects).
+        attempts = options.pop("max_reconnect_attempts")
         self._nc = await nats.connect(
-            **self._connect_options,
+            **options,
+            max_reconnect_attempts=1,
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
             closed_cb=self._on_closed,
         )
+        self._nc.options["max_reconnect_attempts"] = attempts
         self.counters.connected = True
         self._up.set()
         self._sender = asyncio.ensure_future(self._send_batches())

@@ -122,8 +122,11 @@ class Bridge(Generic[T]):
         self._imported = 0
         self._out_lost = 0  # encode, headers, not handed over
         self._in_lost = 0  # decode, grammar, type, closed broker, left at close
-        self._warn_out = _RateLimitedWarning(LOG_INTERVAL, logger)
-        self._warn_in = _RateLimitedWarning(LOG_INTERVAL, logger)
+        # one rate-limited warning per cause, so that each cause is named
+        self._warn_encode = _RateLimitedWarning(LOG_INTERVAL, logger)
+        self._warn_headers = _RateLimitedWarning(LOG_INTERVAL, logger)
+        self._warn_decode = _RateLimitedWarning(LOG_INTERVAL, logger)
+        self._warn_import = _RateLimitedWarning(LOG_INTERVAL, logger)
 
     def statistics(self) -> BridgeStatistics:
         """Return a snapshot of the bridge's counters."""
@@ -281,7 +284,11 @@ class Bridge(Generic[T]):
                     while len(messages) < MAX_BATCH:
                         try:
                             messages.append(sub.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
+                        except (
+                            trio.WouldBlock,
+                            trio.EndOfChannel,
+                            trio.ClosedResourceError,
+                        ):
                             break
                     batch = self._outgoing(messages)
                     try:
@@ -305,7 +312,7 @@ class Bridge(Generic[T]):
                     raise TypeError(f"encode returned {type(data).__name__}, not bytes")
             except Exception as error:
                 self._out_lost += 1
-                self._warn_out(
+                self._warn_encode(
                     "NATS bridge: a message on %s was not exported: "
                     "encode failed: %s: %s",
                     message.subject,
@@ -318,7 +325,7 @@ class Bridge(Generic[T]):
                 problem = _header_problem(message.headers)
                 if problem is not None:
                     self._out_lost += 1
-                    self._warn_out(
+                    self._warn_headers(
                         "NATS bridge: a message on %s was not exported: %s",
                         message.subject,
                         problem,
@@ -357,7 +364,7 @@ class Bridge(Generic[T]):
             payload = self._decode(data)
         except Exception as error:
             self._in_lost += 1
-            self._warn_in(
+            self._warn_decode(
                 "NATS bridge: a message on %s was not imported: decode failed: %s: %s",
                 remote,
                 type(error).__name__,
@@ -374,7 +381,7 @@ class Bridge(Generic[T]):
                 )
         except (InvalidSubjectError, TypeError, BrokerClosedError) as error:
             self._in_lost += 1
-            self._warn_in(
+            self._warn_import(
                 "NATS bridge: a message on %s was not imported: %s",
                 remote,
                 error,

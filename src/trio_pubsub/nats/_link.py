@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 from collections import deque
@@ -27,6 +28,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import nats
 import nats.errors
 import trio
+
+from .._subject import subject_matches
+from .._subscription import LOG_INTERVAL, _RateLimitedWarning
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -92,6 +96,7 @@ class Link:
         # Disconnections so far: a batch sent across one is unconfirmed.
         self._breaks = 0
         self._closing = False  # the bridge is closing the connection itself
+        self._warn_slow = _RateLimitedWarning(LOG_INTERVAL, logger)
         self._credit = trio.Semaphore(4)  # batches handed over and not yet done
 
     # -- the thread ---------------------------------------------------------------
@@ -173,11 +178,15 @@ class Link:
 
     async def _subscribe(self, subjects: list[str], queue: str) -> None:
         assert self._nc is not None
-        for subject in subjects:
+        for index, subject in enumerate(subjects):
+            # NATS sends a message once per subscription it matches, so with
+            # overlapping patterns it is taken from the first of them only. A
+            # queue group gets one copy in all, through any of them.
+            earlier = [] if queue else subjects[:index]
             await self._nc.subscribe(
                 subject,
                 queue=queue,
-                cb=self._on_message,
+                cb=functools.partial(self._on_message, earlier),
                 pending_msgs_limit=self._max_inbound,
             )
         # After the PONG, the server has the subscriptions.
@@ -190,7 +199,7 @@ class Link:
     async def _on_error(self, error: Exception) -> None:
         if isinstance(error, nats.errors.SlowConsumerError):
             self.counters.slow_consumer += 1
-            logger.warning(
+            self._warn_slow(
                 "NATS bridge: a message on %s was dropped: the bridge's inbound "
                 "queue is full (the broker takes messages more slowly than NATS "
                 "brings them)",
@@ -364,7 +373,10 @@ class Link:
 
     # -- in -------------------------------------------------------------------------
 
-    async def _on_message(self, msg: Msg) -> None:
+    async def _on_message(self, earlier: list[str], msg: Msg) -> None:
+        for pattern in earlier:
+            if subject_matches(pattern, msg.subject):
+                return  # the subscription on ``pattern`` has its own copy
         incoming = self._incoming
         room = self._room
         assert room is not None

@@ -77,7 +77,8 @@ class BridgeStatistics:
     """Messages sent as the connection broke: they may or may not have reached
     the server (core NATS delivers at most once)."""
     outbound_pending: int
-    """Local messages waiting in the outbound queue now."""
+    """Local messages waiting to be exported now: in the outbound queue, or
+    handed to the connection's thread and not yet sent and confirmed."""
 
 
 class Bridge(Generic[T]):
@@ -120,6 +121,8 @@ class Bridge(Generic[T]):
         self._closed = trio.Event()
         # trio-side counters
         self._imported = 0
+        self._handed = 0  # messages handed to the link (see Counters.settled)
+        self._in_hand = 0  # taken from the subscription, not yet handed
         self._out_lost = 0  # encode, headers, not handed over
         self._in_lost = 0  # decode, grammar, type, closed broker, left at close
         # one rate-limited warning per cause, so that each cause is named
@@ -149,7 +152,9 @@ class Bridge(Generic[T]):
             outbound_dropped=outbound_dropped,
             inbound_dropped=inbound_dropped,
             unconfirmed=counters.unconfirmed,
-            outbound_pending=pending,
+            outbound_pending=(
+                pending + self._in_hand + self._handed - counters.settled
+            ),
         )
 
     def __repr__(self) -> str:
@@ -291,12 +296,17 @@ class Bridge(Generic[T]):
                         ):
                             break
                     batch = self._outgoing(messages)
+                    self._in_hand = len(batch)  # waiting for the link's credit
                     try:
                         handed = await link.send(batch)
                     except BaseException:
                         self._out_lost += len(batch)
                         raise
-                    if not handed:
+                    finally:
+                        self._in_hand = 0
+                    if handed:
+                        self._handed += len(batch)
+                    else:
                         self._out_lost += len(batch)
             finally:
                 self._export_done.set()

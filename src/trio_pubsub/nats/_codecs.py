@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 
-def encode_bytes(payload: bytes) -> bytes:
+def encode_bytes(payload: bytes | bytearray | memoryview) -> bytes:
     """Send a ``bytes`` payload as it is (``bytearray`` and ``memoryview`` too)."""
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise TypeError(f"expected bytes, not {type(payload).__name__}")

@@ -54,6 +54,7 @@ class Counters:
     def __init__(self) -> None:
         # written in the loop's thread
         self.exported = 0
+        self.settled = 0  # messages of batches done with, whatever their fate
         self.unconfirmed = 0
         self.refused = 0  # NATS refused it, or the connection was closed for good
         self.slow_consumer = 0
@@ -277,6 +278,7 @@ class Link:
             try:
                 await self._send(batch)
             finally:
+                self.counters.settled += len(batch)
                 self._done()
 
     async def _send(self, batch: list[Outgoing]) -> None:
@@ -357,6 +359,7 @@ class Link:
         while not self._outbox.empty():
             batch = self._outbox.get_nowait()
             self._refuse(len(batch), "the bridge closed before sending them")
+            self.counters.settled += len(batch)
             self._done()
         if nc is not None and not nc.is_closed:
             if drain:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
 import trio
 
 from trio_pubsub import Broker, OverflowPolicy
-from trio_pubsub.nats import decode_json, encode_json, open_bridge
+from trio_pubsub.nats import Bridge, decode_json, encode_json, open_bridge
 
 from .server import NatsServer
 from .test_bridge import JSON, take, wait_until
+
+
+def exported(bridge: Bridge[Any], count: int) -> bool:
+    return bridge.statistics().exported == count
 
 
 async def test_killed_and_restarted_server(
@@ -41,7 +46,7 @@ async def test_killed_and_restarted_server(
     ):
         for i in range(50):  # paced, as the queue of 20 would overflow
             await here.publish("k", i)
-            await wait_until(lambda i=i: out.statistics().exported == i + 1)
+            await wait_until(functools.partial(exported, out, i + 1))
         assert [m.payload for m in await take(sub, 50)] == list(range(50))
         await wait_until(lambda: out.statistics().exported == 50)
 

@@ -79,6 +79,12 @@ EXPECTED: dict[str, list[str]] = {
         "retained now: [('config.log.level', 'debug')]",
         "subjects retained: 3, evicted: 0",
     ],
+    "two_processes.py": [
+        "shop heard billing.1.charged: {'charged': 10}",
+        "shop heard billing.5.charged: {'charged': 50}",
+        "shop bridge: exported 5, imported 5, dropped 0",
+        "billing process exited with code 0",
+    ],
     "quickstart.py": [
         "orders.42.created: order 42 was created",
         "SubscriptionStatistics(delivered=1, received=1, pending=0, dropped=0,",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from trio_pubsub import Broker
 from trio_pubsub.nats import decode_json, encode_json, open_bridge
 
 from .server import NatsServer
-from .test_bridge import GUARD
+from .test_bridge import GUARD, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 JSON: dict[str, Any] = {"encode": encode_json, "decode": decode_json}
@@ -28,13 +29,13 @@ async def start_child(
     nursery: trio.Nursery, *args: str
 ) -> trio.Process:
     process: trio.Process = await nursery.start(
-        lambda task_status: trio.run_process(
+        functools.partial(
+            trio.run_process,
             [sys.executable, "-W", "always", "-m", "tests.bridge.child", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=ROOT,
             check=False,
-            task_status=task_status,
         )
     )
     return process
@@ -64,8 +65,7 @@ async def test_queue_group_shares_work_across_processes(
             nursery.start_soon(read_lines, child.stdout, out)
             children.append(child)
         with trio.fail_after(GUARD):
-            while not all("ready" in out for out in outputs):
-                await trio.sleep(0.01)
+            await wait_until(lambda: all("ready" in out for out in outputs))
             for i in range(400):
                 await source.publish(f"jobs.{i % 7}", i)
             await trio.sleep(0.5)  # let the jobs reach the workers first
@@ -90,8 +90,7 @@ async def test_sigint_exits_cleanly(nats_server: NatsServer) -> None:
             nursery.start_soon(read_lines, child.stdout, out)
             nursery.start_soon(read_lines, child.stderr, err)
             with trio.fail_after(GUARD):
-                while "ready" not in out:
-                    await trio.sleep(0.01)
+                await wait_until(lambda: "ready" in out)
                 await trio.sleep(0.2)  # ticks flow both ways
                 child.send_signal(signal.SIGINT)
                 await child.wait()

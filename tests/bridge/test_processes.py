@@ -25,9 +25,7 @@ JSON: dict[str, Any] = {"encode": encode_json, "decode": decode_json}
 UNCLEAN = ("Traceback", "Exception ignored", "Unclosed", "never awaited", "destroyed")
 
 
-async def start_child(
-    nursery: trio.Nursery, *args: str
-) -> trio.Process:
+async def start_child(nursery: trio.Nursery, *args: str) -> trio.Process:
     process: trio.Process = await nursery.start(
         functools.partial(
             trio.run_process,
@@ -90,7 +88,7 @@ async def test_sigint_exits_cleanly(nats_server: NatsServer) -> None:
             nursery.start_soon(read_lines, child.stdout, out)
             nursery.start_soon(read_lines, child.stderr, err)
             with trio.fail_after(GUARD):
-                await wait_until(lambda: "ready" in out)
+                await wait_until(functools.partial(list.__contains__, out, "ready"))
                 await trio.sleep(0.2)  # ticks flow both ways
                 child.send_signal(signal.SIGINT)
                 await child.wait()

@@ -1,0 +1,111 @@
+"""The broker's private hooks for the NATS bridge, without a server."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from trio_pubsub import Broker, OverflowPolicy
+
+from ..helpers import drain
+
+
+@pytest.fixture
+def broker(cache_size: int) -> Broker[int]:
+    return Broker[int](match_cache_size=cache_size)
+
+
+async def test_one_subscription_on_several_patterns_gets_each_message_once(
+    broker: Broker[int],
+) -> None:
+    async with (
+        broker.subscribe("a.*", queue="g") as member,
+        broker._subscribe_many(
+            ["a.>", "a.*", "*.b", "a.>"],
+            max_buffer_size=100,
+            policy=OverflowPolicy.DROP_NEWEST,
+        ) as many,
+    ):
+        assert many.pattern == "a.>, a.*, *.b"
+        assert broker.statistics().subscriptions == 2
+        for i, subject in enumerate(["a.b", "a.c", "x.b", "a.b.c", "x.y"]):
+            broker.publish_nowait(subject, i)
+        assert drain(many) == [0, 1, 2, 3]
+        assert drain(member) == [0, 1]
+    assert broker.statistics().subscriptions == 0
+    broker.publish_nowait("a.b", 9)  # nothing left in the trie or the cache
+
+
+async def test_no_patterns_is_an_error(broker: Broker[int]) -> None:
+    with pytest.raises(ValueError, match="at least one pattern"):
+        broker._subscribe_many([], max_buffer_size=1, policy=OverflowPolicy.BLOCK)
+
+
+async def test_several_patterns_get_no_retained_messages(broker: Broker[int]) -> None:
+    broker.publish_nowait("a.b", 1, retain=True)
+    async with broker._subscribe_many(
+        ["a.*", "a.>"], max_buffer_size=4, policy=OverflowPolicy.DROP_NEWEST
+    ) as many:
+        assert drain(many) == []
+
+
+async def test_publish_except_leaves_one_subscription_out(broker: Broker[int]) -> None:
+    async with (
+        broker._subscribe_many(
+            ["e.>"], max_buffer_size=4, policy=OverflowPolicy.DROP_NEWEST
+        ) as left_out,
+        broker.subscribe("e.*") as other,
+    ):
+        assert await broker._publish_except(left_out, "e.x", 1, None) == 1
+        assert await broker._publish_except(left_out, "e.y", 2, {"h": "v"}) == 1
+        assert drain(left_out) == []
+        first, second = other.receive_nowait(), other.receive_nowait()
+        assert (first.payload, dict(first.headers)) == (1, {})
+        assert (second.payload, dict(second.headers)) == (2, {"h": "v"})
+        # a subscription not among the matches: published as usual
+        async with broker.subscribe("z") as elsewhere:
+            assert await broker._publish_except(elsewhere, "e.z", 3, None) == 2
+        assert broker.statistics().published == 3
+
+
+async def test_publish_except_waits_for_block_subscribers(broker: Broker[int]) -> None:
+    async with (
+        broker._subscribe_many(
+            ["w"], max_buffer_size=4, policy=OverflowPolicy.DROP_NEWEST
+        ) as left_out,
+        broker.subscribe("w", policy=OverflowPolicy.BLOCK, max_buffer_size=1) as sub,
+    ):
+        broker.publish_nowait("w", 0)
+        drain(left_out)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(broker._publish_except, left_out, "w", 1, None)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await sub.receive()).payload == 0
+        assert (await sub.receive()).payload == 1
+        assert drain(left_out) == []
+
+
+async def test_stop_routing_keeps_what_is_held(broker: Broker[int]) -> None:
+    async with broker._subscribe_many(
+        ["s.>"], max_buffer_size=4, policy=OverflowPolicy.BLOCK
+    ) as many:
+        broker.publish_nowait("s.a", 1)
+        broker._stop_routing(many)
+        broker._stop_routing(many)  # idempotent
+        broker.publish_nowait("s.a", 2)  # no longer routed, nothing blocks
+        assert (await many.receive()).payload == 1
+        with pytest.raises(trio.EndOfChannel):
+            await many.receive()
+        assert broker.statistics().subscriptions == 0
+
+
+async def test_aclose_ends_a_subscription_on_several_patterns_once() -> None:
+    broker = Broker[int]()
+    async with broker._subscribe_many(
+        ["c.*", "c.>"], max_buffer_size=4, policy=OverflowPolicy.DROP_NEWEST
+    ) as many:
+        broker.publish_nowait("c.x", 1)
+        await broker.aclose()
+        assert (await many.receive()).payload == 1
+        with pytest.raises(trio.EndOfChannel):
+            await many.receive()

@@ -29,7 +29,7 @@ napoleon_use_rtype = False
 # project must resolve.
 nitpick_ignore_regex = [
     (r"py:.*", r"(trio|attrs|typing|collections|contextlib|types)\..*"),
-    (r"py:.*", r"(trio_pubsub\._\w+\.)?(T|T_co)"),
+    (r"py:.*", r"(trio_pubsub(\.\w+)*\.)?(T|T_co)"),
     (
         r"py:.*",
         r"(int|str|bool|object|None|type|list|tuple|dict|Exception|ValueError"

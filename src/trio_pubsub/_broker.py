@@ -464,37 +464,43 @@ class Broker(Generic[T]):
         self._published += 1
         return accepted
 
-    async def _publish_except(
+    def _publish_except(
         self,
-        skip: Subscription[T],
+        skip: Subscription[T] | None,
         subject: str,
         payload: T,
         headers: Mapping[str, str] | None,
-    ) -> int:
-        """:meth:`publish` to every matching subscription but ``skip``.
+    ) -> tuple[Message[T], list[Target[T]]]:
+        """Publish to every matching subscription but ``skip``, without waiting.
 
         Private, for :mod:`trio_pubsub.nats`: what a bridge imports must not
         reach its own export (no echo). Kept apart from :meth:`publish`, whose
         hot path should not pay for a test that only bridges need.
+
+        Returns the message and the full ``BLOCK`` subscriptions still to get
+        it; if there are any, :meth:`_publish_rest` waits for them. Takes no
+        checkpoint: the bridge imports batches and takes one per batch.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
         message = (
             make_message(subject, payload)
             if headers is None
             else build_message(subject, payload, headers)
         )
         targets = self._snapshot(subject, payload)
-        left_out = skip._inbox
-        if left_out in targets:
+        if skip is not None and skip._inbox in targets:
+            left_out = skip._inbox
             targets = tuple(target for target in targets if target is not left_out)
         full: list[Target[T]] = []
-        accepted = self._deliver(message, targets, full)
-        for inbox in full:
-            accepted += await inbox.put(message)
+        self._deliver(message, targets, full)
         if not full:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            self._published += 1
+        return message, full
+
+    async def _publish_rest(self, message: Message[T], full: list[Target[T]]) -> None:
+        """Wait for room in each of ``full``, as :meth:`publish` does."""
+        for inbox in full:
+            await inbox.put(message)
         self._published += 1
-        return accepted
 
     def publish_nowait(
         self,

@@ -379,9 +379,9 @@ async def test_queue_group_shares_the_work_in_one_process(
         open_bridge(workers[0], nats_server.url, inbound=["job.>"], queue="w", **JSON),
         open_bridge(workers[1], nats_server.url, inbound=["job.>"], queue="w", **JSON),
         open_bridge(workers[2], nats_server.url, inbound=["job.>"], queue="w", **JSON),
-        workers[0].subscribe("job.>") as a,
-        workers[1].subscribe("job.>") as b,
-        workers[2].subscribe("job.>") as c,
+        workers[0].subscribe("job.>", max_buffer_size=1000) as a,
+        workers[1].subscribe("job.>", max_buffer_size=1000) as b,
+        workers[2].subscribe("job.>", max_buffer_size=1000) as c,
     ):
         for i in range(300):
             await source.publish(f"job.{i}", i)

@@ -56,19 +56,24 @@ async def test_publish_except_leaves_one_subscription_out(broker: Broker[int]) -
         ) as left_out,
         broker.subscribe("e.*") as other,
     ):
-        assert await broker._publish_except(left_out, "e.x", 1, None) == 1
-        assert await broker._publish_except(left_out, "e.y", 2, {"h": "v"}) == 1
+        message, full = broker._publish_except(left_out, "e.x", 1, None)
+        assert (message.payload, full) == (1, [])
+        broker._publish_except(left_out, "e.y", 2, {"h": "v"})
         assert drain(left_out) == []
         first, second = other.receive_nowait(), other.receive_nowait()
         assert (first.payload, dict(first.headers)) == (1, {})
         assert (second.payload, dict(second.headers)) == (2, {"h": "v"})
-        # a subscription not among the matches: published as usual
+        # None, or a subscription not among the matches: published as usual
+        broker._publish_except(None, "e.z", 3, None)
         async with broker.subscribe("z") as elsewhere:
-            assert await broker._publish_except(elsewhere, "e.z", 3, None) == 2
-        assert broker.statistics().published == 3
+            broker._publish_except(elsewhere, "e.z", 4, None)
+        assert drain(left_out) == [3, 4]
+        assert broker.statistics().published == 4
 
 
-async def test_publish_except_waits_for_block_subscribers(broker: Broker[int]) -> None:
+async def test_publish_except_leaves_waiting_to_the_caller(
+    broker: Broker[int],
+) -> None:
     async with (
         broker._subscribe_many(
             ["w"], max_buffer_size=4, policy=OverflowPolicy.DROP_NEWEST
@@ -77,12 +82,16 @@ async def test_publish_except_waits_for_block_subscribers(broker: Broker[int]) -
     ):
         broker.publish_nowait("w", 0)
         drain(left_out)
+        message, full = broker._publish_except(left_out, "w", 1, None)
+        assert len(full) == 1
+        assert broker.statistics().published == 1  # not yet
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(broker._publish_except, left_out, "w", 1, None)
+            nursery.start_soon(broker._publish_rest, message, full)
             await trio.testing.wait_all_tasks_blocked()
             assert (await sub.receive()).payload == 0
         assert (await sub.receive()).payload == 1
         assert drain(left_out) == []
+        assert broker.statistics().published == 2
 
 
 async def test_stop_routing_keeps_what_is_held(broker: Broker[int]) -> None:

@@ -40,6 +40,7 @@ from ._link import Link, logger
 
 if TYPE_CHECKING:
     from .._message import Message
+    from .._queue import Target
     from ._link import Incoming, Outgoing
 
 T = TypeVar("T")
@@ -60,24 +61,24 @@ class BridgeStatistics:
     imported: int
     """Messages from NATS published into the broker."""
     dropped: int
-    """Messages lost, both ways: ``outbound_dropped + inbound_dropped``."""
+    """Messages lost both ways (``outbound_dropped + inbound_dropped``)."""
     reconnects: int
     """Times the connection was restored after a break."""
     connected: bool
     """Whether the connection is up now."""
     outbound_dropped: int
-    """Local messages not exported: the outbound queue overflowed (its policy),
+    """Local messages not exported, because the outbound queue overflowed (its policy),
     ``encode`` failed, a header is not valid in NATS, the server refused it, the
     connection was closed for good, or the bridge closed before sending it."""
     inbound_dropped: int
-    """Messages from NATS not imported: the inbound queue was full, ``decode``
+    """Messages from NATS not imported, because the inbound queue was full, ``decode``
     failed, the subject or payload is not valid in the broker, the broker is
     closed, or the bridge closed before importing it."""
     unconfirmed: int
-    """Messages sent as the connection broke: they may or may not have reached
+    """Messages sent as the connection broke, which may or may not have reached
     the server (core NATS delivers at most once)."""
     outbound_pending: int
-    """Local messages waiting to be exported now: in the outbound queue, or
+    """Local messages waiting to be exported now, in the outbound queue or
     handed to the connection's thread and not yet sent and confirmed."""
 
 
@@ -355,21 +356,43 @@ class Bridge(Generic[T]):
             if self._pumps_stopped:
                 scope.cancel()
             while True:
+                # incoming() waits only when nothing is there: a checkpoint per
+                # batch keeps a steady stream from starving the other tasks.
+                await trio.lowlevel.checkpoint()
                 batch = await link.incoming()
                 self._importing = True
                 try:
                     for index, item in enumerate(batch):
                         try:
-                            await self._import_one(item)
+                            waiting = self._import_one(item)
+                            if waiting is not None:
+                                await self._import_rest(*waiting)
                         except BaseException:
                             self._in_lost += len(batch) - index
                             raise
                 finally:
                     self._importing = False
 
-    async def _import_one(self, item: Incoming) -> None:
+    async def _import_rest(self, message: Message[T], full: list[Target[T]]) -> None:
+        try:
+            await self._broker._publish_rest(message, full)
+        except BrokerClosedError as error:
+            self._in_lost += 1
+            self._warn_import(
+                "NATS bridge: a message on %s was not imported: %s",
+                message.subject,
+                error,
+            )
+        else:
+            self._imported += 1
+
+    def _import_one(self, item: Incoming) -> tuple[Message[T], list[Target[T]]] | None:
+        """Publish ``item`` into the broker, or count it as dropped.
+
+        Returns what is left to wait for, if anything: a message and the full
+        ``BLOCK`` subscriptions it is still to go to.
+        """
         remote, data, headers = item
-        subject = remote[len(self._head) :]
         try:
             payload = self._decode(data)
         except Exception as error:
@@ -380,15 +403,12 @@ class Bridge(Generic[T]):
                 type(error).__name__,
                 error,
             )
-            return
-        assert self._export_sub is not None or not self._outbound
+            return None
+        subject = remote[len(self._head) :]
         try:
-            if self._export_sub is None:
-                await self._broker.publish(subject, payload, headers=headers)
-            else:
-                await self._broker._publish_except(
-                    self._export_sub, subject, payload, headers
-                )
+            message, full = self._broker._publish_except(
+                self._export_sub, subject, payload, headers
+            )
         except (InvalidSubjectError, TypeError, BrokerClosedError) as error:
             self._in_lost += 1
             self._warn_import(
@@ -396,8 +416,11 @@ class Bridge(Generic[T]):
                 remote,
                 error,
             )
-            return
+            return None
+        if full:
+            return message, full
         self._imported += 1
+        return None
 
 
 def _header_problem(headers: Mapping[str, str]) -> str | None:

@@ -31,7 +31,7 @@ def decode_str(data: bytes) -> str:
 
 
 def encode_json(payload: Any) -> bytes:
-    """Send a payload as compact JSON in UTF-8 (what :func:`json.dumps` takes)."""
+    """Send a payload as compact JSON in UTF-8 (what ``json.dumps`` takes)."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -88,6 +88,8 @@ class Link:
         # in: filled here, emptied by the trio side
         self._incoming: deque[Incoming] = deque()
         self._wake = trio.Event()  # trio side: set when _incoming gets a message
+        self._trio_waits = False  # trio side: waiting for _wake (loop side reads)
+        self._tell_scheduled = False  # loop side: _tell_trio is due
         self._inbound_full = False  # loop side waits for room
         self._room: asyncio.Event | None = None
         # out: batches handed over and not yet sent
@@ -390,7 +392,16 @@ class Link:
                 break
             await room.wait()
         incoming.append((msg.subject, msg.data, msg.headers))
-        if len(incoming) == 1:
+        if not self._tell_scheduled:
+            # Once per turn of the loop, after nats-py has handed over every
+            # message of what it read: one crossing for the lot.
+            self._tell_scheduled = True
+            self._loop.call_soon(self._tell_trio)
+
+    def _tell_trio(self) -> None:
+        self._tell_scheduled = False
+        if self._trio_waits:
+            self._trio_waits = False
             self._to_trio(self._poke)
 
     def _poke(self) -> None:
@@ -401,7 +412,8 @@ class Link:
         incoming = self._incoming
         while not incoming:
             self._wake = trio.Event()
-            if incoming:
+            self._trio_waits = True
+            if incoming:  # came before the flag was up: it may not be told
                 break
             await self._wake.wait()
         batch = []

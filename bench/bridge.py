@@ -1,0 +1,155 @@
+"""W9: messages per second through the NATS bridge, against plain nats-py.
+
+Both run against the same nats-server, started here on a free loopback port,
+with 16-byte payloads. One way: one connection (or bridge) publishes N
+messages, another receives them; the time runs from the first publish to the
+last receipt. Round trip: each message is also sent back by the receiving side
+(a relay), and the time runs until the first side has received all of them.
+Plain nats-py runs both connections on one asyncio loop of its own, in a
+worker thread; the bridges run in this trio run, each with its own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.bridge.server import NatsServer
+
+from trio_pubsub import Broker, OverflowPolicy, Subscription
+from trio_pubsub.nats import decode_bytes, encode_bytes, open_bridge
+
+PAYLOAD = b"0123456789abcdef"
+BYTES: dict[str, Any] = {"encode": encode_bytes, "decode": decode_bytes}
+
+
+def start_server() -> NatsServer:
+    server = NatsServer()
+    server.start()
+    return server
+
+
+# -- plain nats-py, on its own asyncio loop ------------------------------------------
+
+
+async def _plain(url: str, count: int, *, round_trip: bool) -> float:
+    import nats
+
+    sender = await nats.connect(url)
+    receiver = await nats.connect(url)
+    done = asyncio.Event()
+    received = 0
+
+    async def on_back(_msg: Any) -> None:
+        nonlocal received
+        received += 1
+        if received == count:
+            done.set()
+
+    if round_trip:
+
+        async def relay(msg: Any) -> None:
+            await receiver.publish("rt.b", msg.data)
+
+        await receiver.subscribe("rt.a", cb=relay, pending_msgs_limit=count)
+        await sender.subscribe("rt.b", cb=on_back, pending_msgs_limit=count)
+        subject = "rt.a"
+    else:
+        await receiver.subscribe("ow", cb=on_back, pending_msgs_limit=count)
+        subject = "ow"
+    await sender.flush()
+    await receiver.flush()
+    start = time.perf_counter()
+    for _ in range(count):
+        await sender.publish(subject, PAYLOAD)
+    await sender.flush()
+    await asyncio.wait_for(done.wait(), 120)
+    elapsed = time.perf_counter() - start
+    await sender.close()
+    await receiver.close()
+    return count / elapsed
+
+
+async def plain_rate(url: str, count: int, *, round_trip: bool) -> float:
+    """Messages per second with plain nats-py, on a loop in a worker thread."""
+    return await trio.to_thread.run_sync(
+        lambda: asyncio.run(_plain(url, count, round_trip=round_trip))
+    )
+
+
+# -- through two bridges ----------------------------------------------------------
+
+
+async def give_all(broker: Broker[bytes], subject: str, count: int) -> None:
+    """Publish ``count`` messages as a fast producer does.
+
+    No checkpoint each while there is room (the plain baseline's publish does
+    not yield either), one every 256 so that the bridge's tasks run.
+    """
+    for i in range(count):
+        try:
+            broker.publish_nowait(subject, PAYLOAD)
+        except trio.WouldBlock:
+            await broker.publish(subject, PAYLOAD)
+        if i % 256 == 255:
+            await trio.lowlevel.checkpoint()
+
+
+async def take_all(sub: Subscription[bytes], count: int) -> None:
+    """Receive ``count`` messages as a fast consumer does.
+
+    In runs, without waiting while some are there (the plain baseline's
+    callback only counts them).
+    """
+    while count:
+        await sub.receive()
+        count -= 1
+        while count:
+            try:
+                sub.receive_nowait()
+            except trio.WouldBlock:
+                break
+            count -= 1
+
+
+async def bridge_rate(url: str, count: int, *, round_trip: bool) -> float:
+    """Messages per second from one broker to another through two bridges."""
+    near, far = Broker[bytes](max_buffer_size=count), Broker[bytes]()
+    queues: dict[str, Any] = {
+        "max_outbound": 10_000,
+        "outbound_policy": OverflowPolicy.BLOCK,
+        "max_inbound": 10_000,
+    }
+    there, back = ("rt.a", "rt.b") if round_trip else ("ow", "unused")
+    async with (
+        open_bridge(
+            near, url, outbound=[there], inbound=[back], **queues, **BYTES
+        ) as near_bridge,
+        open_bridge(far, url, outbound=[back], inbound=[there], **queues, **BYTES),
+        far.subscribe(there, max_buffer_size=count) as arrivals,
+        near.subscribe(back, max_buffer_size=count) as returns,
+        trio.open_nursery() as nursery,
+    ):
+        if round_trip:
+
+            async def relay() -> None:
+                async for message in arrivals:
+                    far.publish_nowait(back, message.payload)
+
+            nursery.start_soon(relay)
+        finish = returns if round_trip else arrivals
+        start = time.perf_counter()
+        await give_all(near, there, count)
+        with trio.fail_after(120):
+            await take_all(finish, count)
+        elapsed = time.perf_counter() - start
+        assert near_bridge.statistics().dropped == 0
+        nursery.cancel_scope.cancel()
+    return count / elapsed

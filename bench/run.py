@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import workloads as w
 
+import bridge
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.md"
 PLOT = ROOT / "docs" / "_static" / "publish-vs-patterns.png"
@@ -375,6 +377,45 @@ async def main(quick: bool) -> int:
         entry, scan = await w.retained_entry(stored, 200 if quick else 1_000)
         entry_cost[stored] = entry
         report.row(f"{stored:,}", fmt(entry), fmt(scan), f"{scan / entry:,.0f}x")
+
+    # W9 -------------------------------------------------------------------------------
+    print("W9 NATS bridge", flush=True)
+    report.section(
+        "W9: messages per second through NATS (16-byte payloads), two bridges "
+        "against plain nats-py, same server",
+        ["path", "plain nats-py", "trio-pubsub bridges", "bridges / plain"],
+    )
+    server = bridge.start_server()
+    try:
+        count = 5_000 if quick else 20_000
+        for round_trip in (False, True):
+            rates = {}
+            for name, measure in (
+                ("plain", bridge.plain_rate),
+                ("bridge", bridge.bridge_rate),
+            ):
+                rates[name] = statistics.median(
+                    [
+                        await measure(server.url, count, round_trip=round_trip)
+                        for _ in range(REPEATS)
+                    ]
+                )
+            ratio = rates["bridge"] / rates["plain"]
+            label = "round trip" if round_trip else "one way"
+            report.row(
+                label,
+                f"{rates['plain']:,.0f}",
+                f"{rates['bridge']:,.0f}",
+                f"{ratio:.2f}x",
+            )
+            if not round_trip:
+                report.target(
+                    "NATS bridge one way: >= 0.5x plain nats-py",
+                    f"{ratio:.2f}x",
+                    ratio >= 0.5,
+                )
+    finally:
+        server.stop()
 
     # output ---------------------------------------------------------------------------
     machine = (

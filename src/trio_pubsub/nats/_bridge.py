@@ -178,9 +178,7 @@ class Bridge(Generic[T]):
         try:
             await link.connect()
         except BaseException as error:
-            self._closing = True
-            with trio.CancelScope(shield=True):
-                await self._shut(drain=False)
+            await self._close(drain=False)
             if isinstance(error, Exception):
                 raise ConnectionError(
                     f"could not connect to NATS at {connect_options['servers']}: "
@@ -208,9 +206,7 @@ class Bridge(Generic[T]):
                     self._queue or "",
                 )
         except BaseException:
-            self._closing = True
-            with trio.CancelScope(shield=True):
-                await self._shut(drain=False)
+            await self._close(drain=False)
             raise
 
     async def aclose(self) -> None:
@@ -221,22 +217,20 @@ class Bridge(Generic[T]):
         ``drain_timeout`` seconds. What is left is counted as dropped.
         Idempotent; the bridge is closed even if this call is cancelled.
         """
-        if self._closing:
-            await self._closed.wait()
-            return
-        self._closing = True
-        with trio.CancelScope(shield=True):
-            await self._shut(drain=self._drain)
+        await self._close(drain=self._drain)
 
-    async def _abort(self) -> None:
-        """Close without draining: the body was cancelled or raised."""
-        if not self._closing:
-            self._closing = True
-            with trio.CancelScope(shield=True):
-                await self._shut(drain=False)
-        else:
-            with trio.CancelScope(shield=True):
+    async def _close(self, *, drain: bool) -> None:
+        """Close once, shielded; a later call waits for the first to finish.
+
+        Without ``drain`` when the block was cancelled or raised, or opening
+        failed.
+        """
+        with trio.CancelScope(shield=True):
+            if self._closing:
                 await self._closed.wait()
+                return
+            self._closing = True
+            await self._shut(drain=drain)
 
     async def _shut(self, *, drain: bool) -> None:
         link = self._link
@@ -587,7 +581,7 @@ async def open_bridge(
             try:
                 yield bridge
             except BaseException:
-                await bridge._abort()
+                await bridge._close(drain=False)
                 raise
             await bridge.aclose()
     except BaseExceptionGroup as group:

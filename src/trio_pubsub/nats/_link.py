@@ -42,6 +42,9 @@ logger = logging.getLogger("trio_pubsub.nats")
 
 R = TypeVar("R")
 
+IN_FLIGHT = 4
+"""Most batches handed to the loop and not yet done with."""
+
 # (remote subject, data, headers or None): one message ready for NATS.
 Outgoing = tuple[str, bytes, dict[str, str] | None]
 # (remote subject, data, headers or None): one message as NATS delivered it.
@@ -100,7 +103,7 @@ class Link:
         self._breaks = 0
         self._closing = False  # the bridge is closing the connection itself
         self._warn_slow = _RateLimitedWarning(LOG_INTERVAL, logger)
-        self._credit = trio.Semaphore(4)  # batches handed over and not yet done
+        self._credit = trio.Semaphore(IN_FLIGHT)  # batches handed over and not yet done
 
     # -- the thread ---------------------------------------------------------------
 
@@ -249,7 +252,7 @@ class Link:
     # -- out ------------------------------------------------------------------------
 
     async def send(self, batch: list[Outgoing]) -> bool:
-        """Hand ``batch`` to the loop; wait first while 4 batches are in flight.
+        """Hand ``batch`` to the loop, once fewer than IN_FLIGHT are in flight.
 
         Returns False if the loop has stopped: the caller counts the batch lost.
         """
@@ -264,9 +267,9 @@ class Link:
 
     async def wait_sent(self) -> None:
         """Wait until every batch handed over is done with."""
-        for _ in range(4):
+        for _ in range(IN_FLIGHT):
             await self._credit.acquire()
-        for _ in range(4):
+        for _ in range(IN_FLIGHT):
             self._credit.release()
 
     def _done(self) -> None:

@@ -277,6 +277,11 @@ class _Inbox(Generic[T]):
         """
         if self.state is not _State.OPEN:
             return False  # left, or cut off, after the publisher's snapshot
+        if len(self.buffer) < self.max_buffer_size:
+            # Room (a receiver may be waiting): what decide() would say at once,
+            # without working out the drop streak it does not need here.
+            self._accept(message)
+            return True
         action = decide(
             self.policy,
             pending=len(self.buffer),
@@ -343,11 +348,13 @@ class _Inbox(Generic[T]):
             # Hand it straight to the longest-waiting receiver, as a trio memory
             # channel does: a waiting receiver is room, and the buffer stays empty.
             task = next(iter(self.receivers))
-            # (the receiver restores ``limit`` when it resumes, if it was last)
             del self.receivers[task]
             self.tally.handed[task] = message
             self.received += 1
             trio.lowlevel.reschedule(task)
+            if not self.receivers and self.buffer is not _NO_BUFFER:
+                # The last one: what comes before it resumes takes the fast path.
+                self.limit = self.max_buffer_size
         else:
             if self.buffer is _NO_BUFFER:
                 self.buffer = deque()

@@ -185,6 +185,9 @@ def test_codecs_refuse_the_wrong_type() -> None:
         encode_str(b"bytes")  # type: ignore[arg-type]
     assert decode_json(encode_json({"a": [1, "é"]})) == {"a": [1, "é"]}
     assert encode_bytes(bytearray(b"x")) == b"x"
+    assert encode_bytes(memoryview(b"xy")[1:]) == b"y"
+    data = b"as is"
+    assert encode_bytes(data) is data  # immutable: not copied
 
 
 async def test_what_cannot_travel_is_dropped_counted_and_logged(

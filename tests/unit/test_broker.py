@@ -318,6 +318,47 @@ async def test_waiting_receiver_takes_message_directly() -> None:
     assert got == [1]
 
 
+@pytest.mark.parametrize(
+    ("policy", "fourth", "expected"),
+    [
+        (OverflowPolicy.DROP_NEWEST, 0, [1, 2, 3]),
+        (OverflowPolicy.DROP_OLDEST, 1, [1, 3, 4]),
+        (OverflowPolicy.BLOCK, None, [1, 2, 3]),
+    ],
+)
+async def test_publishes_before_the_handed_receiver_resumes(
+    policy: OverflowPolicy, fourth: int | None, expected: list[int]
+) -> None:
+    """After a hand-off, the buffer fills to its size, in order, then the policy.
+
+    The buffer already exists (earlier traffic) and the receiver has been handed
+    the first message but has not run yet when the next three are published.
+    """
+    broker = Broker(int, max_buffer_size=2)
+    got: list[int] = []
+    async with broker.subscribe("a", policy=policy) as sub, trio.open_nursery() as n:
+        broker.publish_nowait("a", 0)
+        assert sub.receive_nowait().payload == 0  # the deque now exists
+
+        async def consumer() -> None:
+            got.append((await sub.receive()).payload)
+
+        n.start_soon(consumer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [broker.publish_nowait("a", i) for i in (1, 2, 3)] == [1, 1, 1]
+        if fourth is None:
+            with pytest.raises(trio.WouldBlock):
+                broker.publish_nowait("a", 4)
+        else:
+            assert broker.publish_nowait("a", 4) == fourth
+        await trio.testing.wait_all_tasks_blocked()
+        got += [sub.receive_nowait().payload for _ in range(2)]
+        stats = sub.statistics()
+        dropped = 0 if fourth is None else 1
+        assert (stats.received, stats.pending, stats.dropped) == (4, 0, dropped)
+    assert got == expected
+
+
 async def test_async_for_yields_messages() -> None:
     """Async for yields Message objects until the broker closes."""
     broker = Broker(int)

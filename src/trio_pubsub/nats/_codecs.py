@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
 
 def encode_bytes(payload: bytes | bytearray | memoryview) -> bytes:
     """Send a ``bytes`` payload as it is (``bytearray`` and ``memoryview`` too)."""
-    if not isinstance(payload, bytes | bytearray | memoryview):
+    if type(payload) is bytes:
+        return payload  # immutable: no copy needed
+    if not isinstance(payload, _BYTES_LIKE):
         raise TypeError(f"expected bytes, not {type(payload).__name__}")
     return bytes(payload)
 

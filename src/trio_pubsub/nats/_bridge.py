@@ -386,9 +386,9 @@ class Bridge(Generic[T]):
         Returns what is left to wait for, if anything: a message and the full
         ``BLOCK`` subscriptions it is still to go to.
         """
-        remote, data, headers = item
+        remote = item.subject
         try:
-            payload = self._decode(data)
+            payload = self._decode(item.data)
         except Exception as error:
             self._in_lost += 1
             self._warn_decode(
@@ -401,7 +401,7 @@ class Bridge(Generic[T]):
         subject = remote[len(self._head) :]
         try:
             message, full = self._broker._publish_except(
-                self._export_sub, subject, payload, headers
+                self._export_sub, subject, payload, item.headers
             )
         except (InvalidSubjectError, TypeError, BrokerClosedError) as error:
             self._in_lost += 1

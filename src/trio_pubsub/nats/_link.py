@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import nats
 import nats.errors
 import trio
+from nats.aio.msg import Msg
 
 from .._subject import subject_matches
 from .._subscription import LOG_INTERVAL, _RateLimitedWarning
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
     from nats.aio.client import Client
-    from nats.aio.msg import Msg
 
 logger = logging.getLogger("trio_pubsub.nats")
 
@@ -47,8 +47,9 @@ IN_FLIGHT = 4
 
 # (remote subject, data, headers or None): one message ready for NATS.
 Outgoing = tuple[str, bytes, dict[str, str] | None]
-# (remote subject, data, headers or None): one message as NATS delivered it.
-Incoming = tuple[str, bytes, dict[str, str] | None]
+# One message as NATS delivered it: nats-py's own, with its subject, data and
+# headers (a dict, or None), handed over as it is.
+Incoming = Msg
 
 
 class Counters:
@@ -394,7 +395,7 @@ class Link:
             if len(incoming) < self._max_inbound:  # emptied meanwhile
                 break
             await room.wait()
-        incoming.append((msg.subject, msg.data, msg.headers))
+        incoming.append(msg)
         if not self._tell_scheduled:
             # Once per turn of the loop, after nats-py has handed over every
             # message of what it read: one crossing for the lot.

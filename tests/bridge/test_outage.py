@@ -75,7 +75,7 @@ async def test_killed_and_restarted_server(
         await here.publish("k", 100)
         assert [m.payload for m in await take(sub, 1)] == [100]
     assert "disconnected" in caplog.text
-    assert "reconnected" in caplog.text
+    assert f"reconnected to {own_server.url}" in caplog.text
 
 
 async def test_kill_during_a_stream_keeps_the_ledger_exact(

@@ -230,7 +230,10 @@ class Link:
         self.counters.reconnects += 1
         self.counters.connected = True
         assert self._nc is not None
-        logger.warning("NATS bridge: reconnected to %s", self._nc.connected_url)
+        url = self._nc.connected_url  # a ParseResult, or None if it broke again
+        logger.warning(
+            "NATS bridge: reconnected to %s", url.geturl() if url else "the server"
+        )
         assert self._up is not None
         self._up.set()
 

@@ -356,9 +356,12 @@ async def test_cancellation_closes_cleanly(nats_server: NatsServer) -> None:
 async def test_aclose_inside_the_block_and_again(nats_server: NatsServer) -> None:
     here = Broker[Any]()
     async with open_bridge(here, nats_server.url, outbound=["c"], **JSON) as bridge:
+        stats = bridge.statistics()
+        assert (stats.connected, stats.closed) == (True, False)
         await bridge.aclose()
         await bridge.aclose()
-        assert not bridge.statistics().connected
+        stats = bridge.statistics()
+        assert (stats.connected, stats.closed) == (False, True)
         assert "closed" in repr(bridge)
         here.publish_nowait("c", 1)  # no longer exported, nothing waits
     assert no_bridge_threads()

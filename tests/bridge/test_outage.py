@@ -58,6 +58,7 @@ async def test_killed_and_restarted_server(
         # The queue of 20 and the batches handed to the connection's thread
         # hold some; DROP_NEWEST dropped the rest.
         stats = out.statistics()
+        assert not stats.closed  # down, and reconnecting
         held = stats.outbound_pending
         assert 20 <= held < 50
         assert stats.outbound_dropped == 50 - held
@@ -141,8 +142,9 @@ async def test_closed_for_good_counts_everything_after(
             await here.publish("g", i)
         await wait_until(lambda: out.statistics().outbound_dropped == 10)
         stats = out.statistics()
-        assert (stats.exported, stats.connected, stats.outbound_pending) == (
-            1,
-            False,
-            0,
-        )
+        assert (
+            stats.exported,
+            stats.connected,
+            stats.closed,
+            stats.outbound_pending,
+        ) == (1, False, True, 0)

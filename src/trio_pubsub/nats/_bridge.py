@@ -80,6 +80,9 @@ class BridgeStatistics:
     outbound_pending: int
     """Local messages waiting to be exported now, in the outbound queue or
     handed to the connection's thread and not yet sent and confirmed."""
+    closed: bool
+    """Whether the connection is closed for good: no reconnect attempt was left,
+    or the bridge has closed. Then nothing more is exported or imported."""
 
 
 class Bridge(Generic[T]):
@@ -156,6 +159,7 @@ class Bridge(Generic[T]):
             outbound_pending=(
                 pending + self._in_hand + self._handed - counters.settled
             ),
+            closed=counters.closed,
         )
 
     def __repr__(self) -> str:

@@ -81,8 +81,8 @@ class BridgeStatistics:
     """Local messages waiting to be exported now, in the outbound queue or
     handed to the connection's thread and not yet sent and confirmed."""
     closed: bool
-    """Whether the connection is closed for good: no reconnect attempt was left,
-    or the bridge has closed. Then nothing more is exported or imported."""
+    """Whether the connection is closed for good (no reconnect attempt was left,
+    or the bridge has closed); then nothing more is exported or imported."""
 
 
 class Bridge(Generic[T]):

@@ -81,9 +81,9 @@ class Broker(Generic[T]):
         policy: Default :class:`OverflowPolicy` of a subscription.
         disconnect_after: Default number of consecutive drops after which a
             ``DISCONNECT`` subscription is cut off (int >= 1).
-        match_cache_size: How many subjects the match cache remembers (int >= 0;
-            0 turns it off). A cached subject is routed with one dict lookup; the
-            oldest entry makes way when it is full.
+        match_cache_size: How many subjects the match cache remembers at most
+            (int >= 0; 0 turns it off). A cached subject is routed with one dict
+            lookup; when the cache is full, its oldest quarter makes way.
         max_retained: How many subjects' retained messages it keeps (int >= 0;
             see ``publish(..., retain=True)``); beyond it, the least recently
             updated subject's message is evicted and counted in

@@ -16,8 +16,8 @@ Invariants:
 A bounded match cache maps literal subjects to the tuple of values that match
 them, as nats-server's Sublist does. It is kept exact: inserting or removing a
 value updates only the entries it affects (one dict lookup for a literal pattern,
-a scan of the cache for a wildcard one), and when the cache is full the oldest
-entry is evicted, so a stream of distinct subjects cannot grow memory.
+a scan of the cache for a wildcard one), and when the cache is full its oldest
+quarter is evicted, so a stream of distinct subjects cannot grow memory.
 
 The broker may set ``arrange``, which turns the values a subject matches into
 what its cache entry holds (queue-group members gathered into one target);
@@ -30,7 +30,7 @@ the cache on and off, with a naive matcher.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from itertools import islice
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ._subject import ONE, REST, SEPARATOR, tokens_match
@@ -71,10 +71,11 @@ class SubjectTrie(Generic[V]):
         self._len = 0
         self._cache_size = cache_size
         # Literal subject -> the values matching it. The broker reads it directly
-        # on its hot path; only this class writes it. An OrderedDict, because
-        # popping its oldest entry is O(1), where a plain dict's next(iter())
-        # slows down as deleted slots pile up at its front.
-        self.cache: OrderedDict[str, tuple[V, ...]] = OrderedDict()
+        # on its hot path; only this class writes it. A plain dict, in insertion
+        # order, evicted a quarter at a time: cheaper per miss than an
+        # OrderedDict's linked list, and the deleted slots at its front are
+        # skipped once per eviction, not once per miss.
+        self.cache: dict[str, tuple[V, ...]] = {}
         # What lookup() makes of the values a subject matches before caching
         # them: None keeps them as they are. Values inserted or removed with
         # ``regroup=True`` make their cache entries be arranged again.
@@ -86,9 +87,15 @@ class SubjectTrie(Generic[V]):
         if self._cache_size:
             cache = self.cache
             if len(cache) >= self._cache_size:
-                cache.popitem(last=False)  # the oldest entry
+                self._evict()
             cache[subject] = found
         return found
+
+    def _evict(self) -> None:
+        """Drop the oldest quarter of the cache (at least one entry)."""
+        cache = self.cache
+        for subject in list(islice(cache, max(1, self._cache_size // 4))):
+            del cache[subject]
 
     def _entry(self, tokens: tuple[str, ...]) -> tuple[V, ...]:
         """What the cache holds for a subject: the matches, arranged if asked."""

@@ -154,3 +154,17 @@ def test_cache_is_bounded(make: Make, cache_size: int) -> None:
         # the newest subjects are the ones kept
         assert f"s.{2999}" in trie.cache
         assert "s.0" not in trie.cache
+
+
+@pytest.mark.parametrize(("size", "evicted"), [(1, 1), (3, 1), (8, 2), (10, 2)])
+def test_a_full_cache_evicts_its_oldest_quarter(size: int, evicted: int) -> None:
+    """The oldest quarter (at least one) makes way; the rest stay, in order."""
+    trie: SubjectTrie[str] = SubjectTrie(cache_size=size)
+    trie.insert(parse_pattern("s.*"), "v")
+    first = [f"s.{i}" for i in range(size)]
+    for subject in first:
+        match(trie, subject)
+    assert list(trie.cache) == first  # full, nothing evicted yet
+    match(trie, "s.new")
+    assert list(trie.cache) == [*first[evicted:], "s.new"]
+    assert trie.cache["s.new"] == ("v",)

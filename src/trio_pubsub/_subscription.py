@@ -352,14 +352,19 @@ class _Inbox(Generic[T]):
             self.tally.handed[task] = message
             self.received += 1
             trio.lowlevel.reschedule(task)
-            if not self.receivers and self.buffer is not _NO_BUFFER:
-                # The last one: what comes before it resumes takes the fast path.
-                self.limit = self.max_buffer_size
+            # If it was the last one, what comes before it resumes takes the
+            # fast path.
+            self._reopen_fast_path()
         else:
             if self.buffer is _NO_BUFFER:
                 self.buffer = deque()
                 self.limit = self.max_buffer_size  # no receiver waits: see above
             self.buffer.append(message)
+
+    def _reopen_fast_path(self) -> None:
+        """Let the broker append directly again once no receiver waits."""
+        if not self.receivers and self.buffer is not _NO_BUFFER:
+            self.limit = self.max_buffer_size
 
     def _count_drops(self, count: int) -> None:
         self.dropped += count
@@ -432,9 +437,8 @@ class _Inbox(Generic[T]):
         try:
             task = await _park(self.receivers, None)
         finally:
-            # the last receiver left, handed a message or cancelled
-            if not self.receivers and self.buffer is not _NO_BUFFER:
-                self.limit = self.max_buffer_size
+            # the last receiver may have left, cancelled or woken by the end
+            self._reopen_fast_path()
         handed = self.tally.handed.pop(task, None)
         if handed is None:
             # Woken because the stream ended: take() raises the reason.

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from trio_pubsub import Broker, OverflowPolicy
-from trio_pubsub.nats import Bridge, decode_json, encode_json, open_bridge
+from trio_pubsub.nats import Bridge, open_bridge
 
 from .server import NatsServer
 from .test_bridge import JSON, take, wait_until
@@ -131,8 +131,7 @@ async def test_closed_for_good_counts_everything_after(
         outbound=["g"],
         max_reconnect_attempts=1,
         reconnect_time_wait=0.05,
-        encode=encode_json,
-        decode=decode_json,
+        **JSON,
     ) as out:
         await here.publish("g", 0)
         await wait_until(lambda: out.statistics().exported == 1)

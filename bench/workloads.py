@@ -183,8 +183,8 @@ def _naive_match(pattern: list[str], subject: list[str]) -> bool:
 class Ours:
     """A Broker with one subscription per pattern, held open by an exit stack."""
 
-    def __init__(self, **options: int) -> None:
-        self.broker = Broker[int](max_buffer_size=BIG, **options)
+    def __init__(self) -> None:
+        self.broker = Broker[int](max_buffer_size=BIG)
         self.stack = AsyncExitStack()
         self.subs: list[Subscription[int]] = []
 

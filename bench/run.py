@@ -48,36 +48,30 @@ def median_us(batch: Callable[[list[str]], float], subjects: list[str]) -> float
     return statistics.median(times) / len(subjects) * 1e6
 
 
-def paired_misses(
-    reference: w.Ours,
-    reference_chunks: Iterator[list[str]],
-    ours: w.Ours,
-    chunks: Iterator[list[str]],
-) -> tuple[float, float, float]:
-    """W3 for one N, each batch right after a batch of the N=10 reference.
+def in_turn(
+    first: Callable[[list[str]], float],
+    first_chunks: Iterator[list[str]],
+    second: Callable[[list[str]], float],
+    second_chunks: Iterator[list[str]],
+) -> tuple[list[float], list[float]]:
+    """µs per subject of two batches taken in turn, REPEATS times after a warm-up.
 
-    Returns the median µs per publish of ``ours``, of the reference, and the
-    median of the pairs' ratios. Pairing keeps slow drift of the machine out of
-    the ratio: both figures of a pair are taken seconds apart.
+    Pairing keeps the machine's drift out of the ratio of the two: both figures
+    of a pair are taken seconds apart.
     """
 
-    def timed(broker: w.Ours, subjects: list[str]) -> float:
+    def timed(batch: Callable[[list[str]], float], chunk: list[str]) -> float:
         gc.collect()
-        return broker.batch(subjects) / len(subjects) * 1e6
+        return batch(chunk) / len(chunk) * 1e6
 
-    ours_us, reference_us, ratios = [], [], []
+    firsts, seconds = [], []
     for repeat in range(REPEATS + 1):  # the first pair warms up
-        before = timed(reference, next(reference_chunks))
-        after = timed(ours, next(chunks))
+        before = timed(first, next(first_chunks))
+        after = timed(second, next(second_chunks))
         if repeat:
-            reference_us.append(before)
-            ours_us.append(after)
-            ratios.append(after / before)
-    return (
-        statistics.median(ours_us),
-        statistics.median(reference_us),
-        statistics.median(ratios),
-    )
+            firsts.append(before)
+            seconds.append(after)
+    return firsts, seconds
 
 
 def miss_stages(
@@ -86,11 +80,10 @@ def miss_stages(
     """Median µs per miss up to each stage, for the N=10 reference and ``ours``.
 
     A diagnostic: it calls the broker's internals (the subject parser and the
-    trie behind the match cache) to time a miss stage by stage. As in
-    paired_misses, each batch of ``ours`` runs right after the same stage's batch
-    on the reference, and every subject is new to both.
+    trie behind the match cache) to time a miss stage by stage, both brokers in
+    turn, every subject new to both.
     """
-    batches = (REPEATS + 1) * 8  # a warm-up round, then REPEATS; 4 stages, 2 sides
+    batches = (REPEATS + 1) * 8  # 4 stages, 2 brokers
     subjects = iter(
         w.fresh_subjects(messages * batches, seed=2)[i::batches] for i in range(batches)
     )
@@ -120,23 +113,11 @@ def miss_stages(
         "+ cache the result",
         "the whole publish_nowait (+ checks, message, delivery)",
     ]
-    times: dict[tuple[int, int], list[float]] = {}
-    for repeat in range(REPEATS + 1):
-        for stage, pair in enumerate(zip(stages(reference), stages(ours), strict=True)):
-            for side, batch in enumerate(pair):
-                chunk = next(subjects)
-                gc.collect()
-                elapsed = batch(chunk) / len(chunk) * 1e6
-                if repeat:
-                    times.setdefault((stage, side), []).append(elapsed)
-    return [
-        (
-            label,
-            statistics.median(times[stage, 0]),
-            statistics.median(times[stage, 1]),
-        )
-        for stage, label in enumerate(labels)
-    ]
+    rows = []
+    for label, small, big in zip(labels, stages(reference), stages(ours), strict=True):
+        small_us, big_us = in_turn(small, subjects, big, subjects)
+        rows.append((label, statistics.median(small_us), statistics.median(big_us)))
+    return rows
 
 
 class Report:
@@ -258,7 +239,7 @@ async def main(quick: bool) -> int:
     deliveries: dict[int, float] = {}
     stages: list[tuple[str, float, float]] = []
     naive_speedup_10k = 0.0
-    # W3's reference: N=10, measured in turn with every N (see paired_misses).
+    # W3's reference: N=10, measured in turn with every N (see in_turn).
     reference = w.Ours()
     await reference.open(w.make_patterns(10).patterns)
     reference_misses = w.fresh_subjects(messages * (REPEATS + 1) * len(sizes), seed=1)
@@ -278,7 +259,13 @@ async def main(quick: bool) -> int:
         misses = w.fresh_subjects(messages * (REPEATS + 1), seed=n)
         chunks = iter(misses[i :: REPEATS + 1] for i in range(REPEATS + 1))
         delivered = ours.broker.statistics().delivered
-        t_misses, _, growth = paired_misses(reference, reference_chunks, ours, chunks)
+        reference_us, misses_us = in_turn(
+            reference.batch, reference_chunks, ours.batch, chunks
+        )
+        t_misses = statistics.median(misses_us)
+        growth = statistics.median(
+            [m / r for r, m in zip(reference_us, misses_us, strict=True)]
+        )
         per_miss = (ours.broker.statistics().delivered - delivered) / len(misses)
         deliveries[n] = per_miss
         if n == sizes[-1]:

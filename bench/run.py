@@ -234,7 +234,6 @@ async def main(quick: bool) -> int:
         ],
     )
     worst_hit_ratio = float("inf")
-    miss_cost: dict[int, float] = {}
     miss_growth: dict[int, float] = {}
     deliveries: dict[int, float] = {}
     stages: list[tuple[str, float, float]] = []
@@ -279,7 +278,6 @@ async def main(quick: bool) -> int:
         t_pymitter = median_us(w.peer_pymitter(pattern_set.patterns), few)
         ratio = t_floor / t_hits
         worst_hit_ratio = min(worst_hit_ratio, ratio)
-        miss_cost[n] = t_misses
         miss_growth[n] = growth
         if n == 10_000:
             naive_speedup_10k = t_naive / t_hits

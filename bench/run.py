@@ -27,6 +27,7 @@ from trio_pubsub._subject import parse_subject
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import misses as w3b
 import workloads as w
 
 import bridge
@@ -89,7 +90,7 @@ def miss_stages(
     )
 
     def stages(ours: w.Ours) -> list[Callable[[list[str]], float]]:
-        trie = ours.broker._trie
+        routes = ours.broker._routes
 
         def loop(step: Callable[[str], object]) -> Callable[[list[str]], float]:
             def batch(chunk: list[str]) -> float:
@@ -102,8 +103,8 @@ def miss_stages(
 
         return [
             loop(parse_subject),
-            loop(lambda s: trie.match(parse_subject(s))),
-            loop(lambda s: trie.lookup(s, parse_subject(s))),
+            loop(lambda s: routes._trie.match(parse_subject(s))),
+            loop(lambda s: routes.targets(s, parse_subject(s))),
             ours.batch,
         ]
 
@@ -236,6 +237,8 @@ async def main(quick: bool) -> int:
     worst_hit_ratio = float("inf")
     miss_growth: dict[int, float] = {}
     deliveries: dict[int, float] = {}
+    over_hit: dict[int, tuple[float, float, float]] = {}
+    nodes: dict[int, float] = {}
     stages: list[tuple[str, float, float]] = []
     naive_speedup_10k = 0.0
     # W3's reference: N=10, measured in turn with every N (see in_turn).
@@ -267,6 +270,10 @@ async def main(quick: bool) -> int:
         )
         per_miss = (ours.broker.statistics().delivered - delivered) / len(misses)
         deliveries[n] = per_miss
+        over_hit[n] = w3b.paired_growth(
+            reference, ours, REPEATS, chunk=min(2_000, messages), seed=n + 1
+        )
+        nodes[n] = w3b.nodes_per_miss(ours, w.fresh_subjects(5_000, seed=n + 2))
         if n == sizes[-1]:
             stages = miss_stages(reference, ours, messages)
         await ours.close()
@@ -317,6 +324,24 @@ async def main(quick: bool) -> int:
         f"{deliveries[10]:.2f}",
         f"{deliveries[biggest]:.2f}",
         "",
+    )
+    report.section(
+        "W3b: a miss minus a hit on the same subjects (what routing a new subject "
+        "costs, deliveries cancelled out), µs, N=10 and N in turn",
+        [
+            "N",
+            "miss - hit at N=10",
+            "miss - hit at N",
+            "ratio (paired)",
+            "trie nodes visited per miss",
+        ],
+    )
+    for n, (small, big, ratio) in over_hit.items():
+        report.row(f"{n:,}", fmt(small), fmt(big), f"{ratio:.2f}x", f"{nodes[n]:.2f}")
+    report.target(
+        f"W3b miss minus hit: cost at N={biggest:,} <= 3.0x the cost at N=10",
+        f"{over_hit[biggest][2]:.2f}x (paired)",
+        over_hit[biggest][2] <= 3.0,
     )
     growth = miss_growth[biggest]
     report.target(

@@ -1,8 +1,10 @@
 """trio_pubsub: an in-process, typed publish/subscribe broker for trio.
 
-Modules import one way only: _errors -> _subject -> _trie, _retained
--> _policy -> _stats -> _message -> _subscription -> _queue -> _broker. Only
-_subscription, _queue and _broker deal with trio's scheduling.
+Modules import one way only, each from those before it in this list:
+_errors, _subject, _trie, _retained, _policy, _options, _stats, _message,
+_log, _inbox, _groups, _routes, _subscription, _threads, _broker, _port; and
+nats/ imports the public API, _port and _log. Only _inbox parks and wakes
+tasks. See the module map in docs/explanation/design.md.
 """
 
 from ._broker import Broker as Broker

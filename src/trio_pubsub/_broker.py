@@ -1,41 +1,52 @@
-"""Broker: publish, publish_nowait, subscribe and aclose, wiring the rest together.
+"""Broker: the public API, validation, publish sequencing, retained, stats, close.
 
-Publishing is snapshot-then-deliver: the trie is matched once, synchronously,
-and the message is then offered to each inbox of that snapshot. Every inbox with
-room, or whose policy does not wait, gets it at once; only then does ``publish``
-wait, in snapshot order, for the ``BLOCK`` inboxes that were full. Inboxes that
-leave meanwhile are skipped (``_Inbox.offer`` and ``_Inbox.put`` check their
-state); inboxes that enter meanwhile are not in the snapshot.
+Publishing is snapshot-then-deliver: the routes are asked once, synchronously,
+for the targets of the subject, and the message is then offered to each. Every
+target with room, or whose policy does not wait, gets it at once; only then
+does ``publish`` wait, in snapshot order, for the ``BLOCK`` targets that were
+full. Targets that leave meanwhile are skipped (``_Inbox.offer`` and
+``_Inbox.put`` check their state); inboxes that enter meanwhile are not in the
+snapshot.
 
 No checkpoint lies between validating a call and changing state, so a rejected
-call leaves the broker as it was.
+call leaves the broker as it was; and every method that changes state is
+protected from ``KeyboardInterrupt``, so a Ctrl-C is delivered at a checkpoint,
+never between two mutations that belong together.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import types  # noqa: TC003 (the API reference resolves it)
 import typing
 
 # Runtime imports, so that the API reference can resolve the annotations.
-from collections.abc import Mapping, Sequence  # noqa: TC003
-from contextlib import AbstractAsyncContextManager
-from typing import Generic, TypeVar
+from collections.abc import Mapping  # noqa: TC003
+from contextlib import AbstractAsyncContextManager  # noqa: TC003
+from typing import Generic, TypeVar, overload
 
 import trio
+from trio.lowlevel import enable_ki_protection
 
 from ._errors import BrokerClosedError
-from ._message import Message, build_message, make_message
+from ._inbox import Tally, _Inbox
+from ._message import Message, new_message
+from ._options import (
+    check_int,
+    check_message_type,
+    check_policy,
+    retain_error,
+)
 from ._policy import OverflowPolicy
-from ._queue import GroupTarget, Target, _Group
 from ._retained import RetainedStore
+from ._routes import RouteTable
 from ._stats import BrokerStatistics
-from ._subject import SEPARATOR, parse_pattern, parse_queue, parse_subject
-from ._subscription import Subscription, _Inbox, _State, _Tally
-from ._trie import SubjectTrie
+from ._subject import parse_pattern, parse_queue, parse_subject
+from ._subscription import Subscription, SubscriptionScope
+from ._threads import TrioRun
 
 if typing.TYPE_CHECKING:
-    from types import TracebackType
+    from ._groups import Target
 
 T = TypeVar("T")
 
@@ -43,27 +54,16 @@ DEFAULT_MAX_BUFFER_SIZE: typing.Final = 64
 DEFAULT_POLICY: typing.Final = OverflowPolicy.DROP_NEWEST
 DEFAULT_DISCONNECT_AFTER: typing.Final = 1
 DEFAULT_MATCH_CACHE_SIZE: typing.Final = 8192
+DEFAULT_MATCH_CACHE_BYTES: typing.Final = 8 << 20
 DEFAULT_MAX_RETAINED: typing.Final = 10_000
 
 
-def _check_count(name: str, value: object, *, minimum: int = 1) -> int:
-    # bool is an int, but True as a buffer size is always a mistake.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(
-            f"{name} must be an int >= {minimum}, not {type(value).__name__}: {value!r}"
-        )
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_policy(value: object) -> OverflowPolicy:
-    if not isinstance(value, OverflowPolicy):
-        raise TypeError(
-            f"policy must be an OverflowPolicy member, not {type(value).__name__}: "
-            f"{value!r}"
-        )
-    return value
+def _type_name(message_type: object) -> str:
+    if isinstance(message_type, tuple):
+        return " | ".join(_type_name(t) for t in message_type)
+    if isinstance(message_type, type):
+        return message_type.__qualname__
+    return str(message_type)
 
 
 @typing.final
@@ -76,7 +76,8 @@ class Broker(Generic[T]):
 
     Args:
         message_type: If given, every payload must be an instance of it
-            (``TypeError`` otherwise).
+            (``TypeError`` otherwise): a class, a union such as ``int | str``,
+            or a tuple of classes, as ``isinstance`` takes them.
         max_buffer_size: Default buffer capacity of a subscription (int >= 1).
         policy: Default :class:`OverflowPolicy` of a subscription.
         disconnect_after: Default number of consecutive drops after which a
@@ -84,13 +85,18 @@ class Broker(Generic[T]):
         match_cache_size: How many subjects the match cache remembers at most
             (int >= 0; 0 turns it off). A cached subject is routed with one dict
             lookup; when the cache is full, its oldest quarter makes way.
+        match_cache_bytes: How many bytes the match cache's subjects and
+            routes may take (int >= 0, default 8 MiB; 0 turns it off). A subject
+            whose entry would take more than an eighth of it is not cached.
         max_retained: How many subjects' retained messages it keeps (int >= 0;
             see ``publish(..., retain=True)``); beyond it, the least recently
             updated subject's message is evicted and counted in
             :meth:`statistics` as ``retained_evicted``.
 
     Raises:
-        TypeError: ``message_type`` is not a class, or an option has the wrong type.
+        TypeError: ``message_type`` is not something ``isinstance`` accepts (a
+            Protocol that is not runtime-checkable, ``list[int]``), or an
+            option has the wrong type.
         ValueError: an option is out of range.
 
     The broker is bound to no trio run: create it anywhere, use it from tasks of
@@ -101,68 +107,91 @@ class Broker(Generic[T]):
 
     __slots__ = (
         "__weakref__",
-        "_blocking",
+        "_cache",
         "_cache_hits",
         "_cache_misses",
         "_closed",
         "_disconnect_after",
-        "_extra_entries",
-        "_groups",
         "_max_buffer_size",
         "_message_type",
         "_policy",
         "_published",
         "_retained",
+        "_routes",
+        "_run",
         "_tally",
-        "_token",
-        "_trie",
     )
+
+    @overload
+    def __init__(
+        self: Broker[T],
+        message_type: type[T],
+        /,
+        *,
+        max_buffer_size: int = ...,
+        policy: OverflowPolicy = ...,
+        disconnect_after: int = ...,
+        match_cache_size: int = ...,
+        match_cache_bytes: int = ...,
+        max_retained: int = ...,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        message_type: types.UnionType | tuple[type[object], ...] | None = None,
+        /,
+        *,
+        max_buffer_size: int = ...,
+        policy: OverflowPolicy = ...,
+        disconnect_after: int = ...,
+        match_cache_size: int = ...,
+        match_cache_bytes: int = ...,
+        max_retained: int = ...,
+    ) -> None: ...
 
     def __init__(
         self,
-        message_type: type[T] | None = None,
+        message_type: type[T] | types.UnionType | tuple[type[object], ...] | None = (
+            None
+        ),
         /,
         *,
         max_buffer_size: int = DEFAULT_MAX_BUFFER_SIZE,
         policy: OverflowPolicy = DEFAULT_POLICY,
         disconnect_after: int = DEFAULT_DISCONNECT_AFTER,
         match_cache_size: int = DEFAULT_MATCH_CACHE_SIZE,
+        match_cache_bytes: int = DEFAULT_MATCH_CACHE_BYTES,
         max_retained: int = DEFAULT_MAX_RETAINED,
     ) -> None:
-        if message_type is not None and not isinstance(message_type, type):
-            raise TypeError(
-                f"message_type must be a class usable with isinstance(), "
-                f"not {message_type!r}"
-            )
+        if message_type is not None:
+            check_message_type(message_type)
         self._message_type = message_type
-        self._max_buffer_size = _check_count("max_buffer_size", max_buffer_size)
-        self._policy = _check_policy(policy)
-        self._disconnect_after = _check_count("disconnect_after", disconnect_after)
-        self._trie: SubjectTrie[Target[T]] = SubjectTrie(
-            _check_count("match_cache_size", match_cache_size, minimum=0)
+        self._max_buffer_size = check_int("max_buffer_size", max_buffer_size)
+        self._policy = check_policy(policy)
+        self._disconnect_after = check_int("disconnect_after", disconnect_after)
+        self._routes: RouteTable[T] = RouteTable(
+            check_int("match_cache_size", match_cache_size, minimum=0),
+            check_int("match_cache_bytes", match_cache_bytes, minimum=0),
         )
-        self._groups: dict[str, _Group] = {}  # queue groups with members now
+        # The hot path reads the cache straight from here; it is never replaced.
+        self._cache = self._routes.cache
         self._retained: RetainedStore[Message[T]] = RetainedStore(
-            _check_count("max_retained", max_retained, minimum=0)
+            check_int("max_retained", max_retained, minimum=0)
         )
-        # The trio run to reach from other threads (see _learn_run).
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._learn_run()
-        self._tally = _Tally(detach=self._detach)
+        self._run = TrioRun()
+        self._tally = Tally(detach=self._routes.discard)
         self._published = 0
         self._cache_hits = 0
         self._cache_misses = 0
-        self._blocking = 0  # BLOCK subscriptions registered now
-        # Trie entries beyond one per subscription (inboxes on several patterns).
-        self._extra_entries = 0
         self._closed = False
 
     def __repr__(self) -> str:
-        kind = "" if self._message_type is None else self._message_type.__qualname__
+        kind = "" if self._message_type is None else _type_name(self._message_type)
         state = "closed" if self._closed else "open"
         return (
             f"<trio_pubsub.Broker[{kind}] {state}, "
-            f"{len(self._trie)} subscriptions, {self._published} published>"
+            f"{len(self._routes)} subscriptions, {self._published} published>"
         )
 
     # -- subscribing ----------------------------------------------------------
@@ -180,9 +209,9 @@ class Broker(Generic[T]):
 
         ``async with broker.subscribe("orders.>") as sub:`` registers the
         subscription on entry and removes it before control leaves the block,
-        whatever the exit (normal, exception, cancellation); its pending messages
-        are then discarded and counted as dropped. Messages published after entry
-        are routed to it.
+        whatever the exit (normal, exception, cancellation, Ctrl-C); its pending
+        messages are then discarded and counted as dropped. Messages published
+        after entry are routed to it.
 
         Args:
             pattern: A subject in which ``*`` matches one token and a final ``>``
@@ -198,7 +227,8 @@ class Broker(Generic[T]):
         Returns:
             An async context manager yielding the :class:`Subscription`. Entering
             it is a trio checkpoint, taken before registering: a cancelled entry
-            leaves nothing behind. It may be entered once.
+            leaves nothing behind, and an entry that raises for any reason
+            leaves nothing registered. It may be entered once.
 
         Raises:
             InvalidSubjectError: ``pattern`` breaks the subject grammar.
@@ -209,138 +239,65 @@ class Broker(Generic[T]):
 
         Everything is checked here, at the call, before anything changes.
         """
-        tokens = parse_pattern(pattern)
-        inbox: _Inbox[T] = _Inbox(
+        inbox = self._inbox(
+            pattern,
+            parse_pattern(pattern),
+            queue=parse_queue(queue),
+            policy=self._policy if policy is None else check_policy(policy),
+            max_buffer_size=max_buffer_size,
+            disconnect_after=disconnect_after,
+        )
+        self._check_open()
+        return SubscriptionScope(inbox, self._attach)
+
+    def _inbox(
+        self,
+        pattern: str,
+        tokens: tuple[str, ...],
+        *,
+        policy: OverflowPolicy,
+        max_buffer_size: int | None,
+        disconnect_after: int | None,
+        queue: str | None = None,
+        also: tuple[tuple[str, ...], ...] = (),
+    ) -> _Inbox[T]:
+        """A new inbox with the broker's defaults where an option is ``None``."""
+        return _Inbox(
             pattern,
             tokens,
-            queue=parse_queue(queue),
-            policy=self._policy if policy is None else _check_policy(policy),
+            queue=queue,
+            also=also,
+            policy=policy,
             max_buffer_size=(
                 self._max_buffer_size
                 if max_buffer_size is None
-                else _check_count("max_buffer_size", max_buffer_size)
+                else check_int("max_buffer_size", max_buffer_size)
             ),
             disconnect_after=(
                 self._disconnect_after
                 if disconnect_after is None
-                else _check_count("disconnect_after", disconnect_after)
+                else check_int("disconnect_after", disconnect_after)
             ),
             tally=self._tally,
         )
-        self._check_open()
-        return _SubscriptionScope(self, inbox)
-
-    def _subscribe_many(
-        self,
-        patterns: Sequence[str],
-        *,
-        max_buffer_size: int,
-        policy: OverflowPolicy,
-    ) -> AbstractAsyncContextManager[Subscription[T]]:
-        """One subscription on several patterns, each message once, in order.
-
-        Private, for :mod:`trio_pubsub.nats`: a bridge exports what its patterns
-        match as one ordered stream, and a subject matching two of them must go
-        out once. Such a subscription gets no retained messages.
-        """
-        parsed = list(dict.fromkeys(parse_pattern(p) for p in patterns))
-        if not parsed:
-            raise ValueError("at least one pattern is needed")
-        inbox: _Inbox[T] = _Inbox(
-            ", ".join(SEPARATOR.join(tokens) for tokens in parsed),
-            parsed[0],
-            policy=_check_policy(policy),
-            max_buffer_size=_check_count("max_buffer_size", max_buffer_size),
-            disconnect_after=self._disconnect_after,
-            tally=self._tally,
-        )
-        inbox.also = tuple(parsed[1:])
-        self._check_open()
-        return _SubscriptionScope(self, inbox)
-
-    def _stop_routing(self, subscription: Subscription[T]) -> None:
-        """Route nothing more to ``subscription``; it keeps what it holds.
-
-        Private, for :mod:`trio_pubsub.nats`: a draining bridge exports what its
-        subscription holds, and then sees ``trio.EndOfChannel``.
-        """
-        inbox = subscription._inbox
-        if inbox.state is _State.OPEN:
-            self._detach(inbox)
-            inbox.end()
-
-    def _learn_run(self) -> None:
-        """Remember the trio run this is called from, for publish_from_thread."""
-        with contextlib.suppress(RuntimeError):  # outside trio.run: keep it
-            self._token = trio.lowlevel.current_trio_token()
 
     def _attach(self, inbox: _Inbox[T]) -> None:
-        self._check_open()
-        self._learn_run()
-        if inbox.also:
-            # Matched and arranged again on every change, so that _arrange can
-            # keep one entry of it per subject.
-            self._trie.arrange = self._arrange
-            for tokens in (inbox.tokens, *inbox.also):
-                self._trie.insert(tokens, inbox, regroup=True)
-            self._extra_entries += len(inbox.also)
-        elif inbox.queue is None:
-            self._trie.insert(inbox.tokens, inbox)
-            if self._retained:
-                # No checkpoint since the insert: retained messages come first,
-                # live ones after, none missed and none twice.
-                inbox.take_retained(self._retained.matching(inbox.tokens))
-        else:
-            group = self._groups.get(inbox.queue)
-            if group is None:
-                group = self._groups[inbox.queue] = _Group(inbox.queue)
-            group.join(inbox)
-            # From the first member on, the match cache holds GroupTargets.
-            self._trie.arrange = self._arrange
-            self._trie.insert(inbox.tokens, inbox, regroup=True)
-        self._blocking += inbox.policy is OverflowPolicy.BLOCK
+        """Register ``inbox`` and hand it its retained messages, in one step.
 
-    def _detach(self, inbox: _Inbox[T]) -> None:
-        group = inbox.group
-        if inbox.also:
-            for tokens in (inbox.tokens, *inbox.also):
-                self._trie.remove(tokens, inbox, regroup=True)
-            self._extra_entries -= len(inbox.also)
-        elif group is None:
-            self._trie.remove(inbox.tokens, inbox)
-        else:
-            group.leave(inbox)
-            if not group.order:
-                del self._groups[group.name]
-            self._trie.remove(inbox.tokens, inbox, regroup=True)
-        self._blocking -= inbox.policy is OverflowPolicy.BLOCK
-
-    @staticmethod
-    def _arrange(matched: list[Target[T]]) -> tuple[Target[T], ...]:
-        """Turn the inboxes a subject matches into the targets of a publish.
-
-        Members of one queue group become one GroupTarget, at the place of the
-        first of them; an inbox on several patterns appears once.
+        Everything that can raise comes before registering, so an entry that
+        raises leaves nothing behind. No checkpoint lies between registering
+        and the retained messages: they come first, live ones after, none missed
+        and none twice.
         """
-        slots: list[Target[T] | _Group] = []  # a group where its target goes
-        members: dict[_Group, list[_Inbox[T]]] = {}
-        for target in matched:
-            inbox = typing.cast("_Inbox[T]", target)  # the trie holds inboxes only
-            group = inbox.group
-            if group is None:
-                if not inbox.also or inbox not in slots:
-                    slots.append(inbox)
-            elif group in members:
-                members[group].append(inbox)
-            else:
-                members[group] = [inbox]
-                slots.append(group)
-        return tuple(
-            GroupTarget(slot, frozenset(members[slot]))
-            if isinstance(slot, _Group)
-            else slot
-            for slot in slots
+        self._check_open()
+        self._run.learn()
+        retained = (
+            self._retained.matching(inbox.tokens)
+            if self._retained and inbox.queue is None and not inbox.also
+            else []
         )
+        self._routes.add(inbox)
+        inbox.take_retained(retained)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -348,35 +305,39 @@ class Broker(Generic[T]):
 
     # -- publishing -----------------------------------------------------------
 
-    def _snapshot(self, subject: str, payload: T) -> tuple[Target[T], ...]:
-        """Check the call and return the inboxes that ``subject`` reaches now."""
+    def _snapshot(
+        self, subject: str, payload: T, headers: Mapping[str, str] | None
+    ) -> tuple[Message[T], tuple[Target[T], ...]]:
+        """Check the call; return its message and the targets ``subject`` reaches.
+
+        Checks come in this order: subject, payload, headers, then whether the
+        broker is closed.
+        """
         try:
-            # Only valid subjects are ever cached, so a hit needs no parsing.
-            targets = self._trie.cache.get(subject)
+            # Only valid subjects are ever cached, so a hit needs no parsing,
+            # once the subject is known to be a str (an object that merely
+            # compares equal to one is not).
+            targets = self._cache.get(subject)
         except TypeError:  # not even hashable: let parsing say what is wrong
             targets = None
-        tokens = None
-        if targets is None:  # a miss (get, not [], because raising costs more)
+        if targets is None or type(subject) is not str:
             tokens = parse_subject(subject)
+            targets = None
         else:
             self._cache_hits += 1
         message_type = self._message_type
         if message_type is not None and not isinstance(payload, message_type):
-            raise self._payload_error(payload)
-        if targets is not None:
-            return targets
-        assert tokens is not None
-        # A closed broker has an empty trie without a cache: every call ends here.
-        self._check_open()
-        self._cache_misses += 1
-        return self._trie.lookup(subject, tokens)
-
-    def _payload_error(self, payload: object) -> TypeError:
-        assert self._message_type is not None
-        return TypeError(
-            f"payload must be an instance of {self._message_type.__qualname__}, "
-            f"not {type(payload).__name__}: {payload!r}"
-        )
+            raise TypeError(
+                f"payload must be an instance of {_type_name(message_type)}, "
+                f"not {type(payload).__name__}: {payload!r}"
+            )
+        message = new_message(subject, payload, headers)
+        if targets is None:
+            # A closed broker caches nothing: every call on it gets here.
+            self._check_open()
+            self._cache_misses += 1
+            targets = self._routes.targets(subject, tokens)
+        return message, targets
 
     def _deliver(
         self,
@@ -404,6 +365,7 @@ class Broker(Generic[T]):
         self._tally.delivered += appended
         return accepted + appended
 
+    @enable_ki_protection
     async def publish(
         self,
         subject: str,
@@ -436,7 +398,8 @@ class Broker(Generic[T]):
             InvalidSubjectError: ``subject`` breaks the grammar or has a wildcard.
             TypeError: ``subject`` is not a ``str``, the payload is not of the
                 broker's ``message_type``, ``headers`` is not a mapping of
-                ``str`` to ``str``, or ``retain`` is not a ``bool``.
+                ``str`` to ``str``, or ``retain`` is not a ``bool`` (checked
+                first of all, before the checkpoint).
             BrokerClosedError: the broker is closed, or was closed while this
                 call waited for room.
 
@@ -444,16 +407,14 @@ class Broker(Generic[T]):
         keep their copy, the one it waited on and those after it get none, and
         every counter stays exact; the call does not count as published.
         """
+        if retain is not False and retain is not True:
+            raise retain_error(retain)
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._token is None:
-            self._learn_run()
-        if headers is None:
-            message = make_message(subject, payload)
-        else:
-            message = build_message(subject, payload, headers)
-        targets = self._snapshot(subject, payload)
+        if self._run.token is None:
+            self._run.learn()
+        message, targets = self._snapshot(subject, payload, headers)
         if retain:
-            self._retain(subject, message, retain)
+            self._retained.put(subject, message)
         full: list[Target[T]] = []
         accepted = self._deliver(message, targets, full)
         if full:
@@ -464,44 +425,7 @@ class Broker(Generic[T]):
         self._published += 1
         return accepted
 
-    def _publish_except(
-        self,
-        skip: Subscription[T] | None,
-        subject: str,
-        payload: T,
-        headers: Mapping[str, str] | None,
-    ) -> tuple[Message[T], list[Target[T]]]:
-        """Publish to every matching subscription but ``skip``, without waiting.
-
-        Private, for :mod:`trio_pubsub.nats`: what a bridge imports must not
-        reach its own export (no echo). Kept apart from :meth:`publish`, whose
-        hot path should not pay for a test that only bridges need.
-
-        Returns the message and the full ``BLOCK`` subscriptions still to get
-        it; if there are any, :meth:`_publish_rest` waits for them. Takes no
-        checkpoint: the bridge imports batches and takes one per batch.
-        """
-        message = (
-            make_message(subject, payload)
-            if headers is None
-            else build_message(subject, payload, headers)
-        )
-        targets = self._snapshot(subject, payload)
-        if skip is not None and skip._inbox in targets:
-            left_out = skip._inbox
-            targets = tuple(target for target in targets if target is not left_out)
-        full: list[Target[T]] = []
-        self._deliver(message, targets, full)
-        if not full:
-            self._published += 1
-        return message, full
-
-    async def _publish_rest(self, message: Message[T], full: list[Target[T]]) -> None:
-        """Wait for room in each of ``full``, as :meth:`publish` does."""
-        for inbox in full:
-            await inbox.put(message)
-        self._published += 1
-
+    @enable_ki_protection
     def publish_nowait(
         self,
         subject: str,
@@ -523,28 +447,28 @@ class Broker(Generic[T]):
             TypeError: as for :meth:`publish`.
             BrokerClosedError: the broker is closed.
         """
-        if headers is None:
-            message = make_message(subject, payload)
-        else:
-            message = build_message(subject, payload, headers)
-        targets = self._snapshot(subject, payload)
-        if self._blocking:
+        if retain is not False and retain is not True:
+            raise retain_error(retain)
+        message, targets = self._snapshot(subject, payload, headers)
+        if self._routes.blocking:
             for inbox in targets:
                 # Below its fast-path limit, an inbox cannot be full.
                 if len(inbox.buffer) >= inbox.limit and inbox.would_block():
                     raise trio.WouldBlock
         if retain:
-            self._retain(subject, message, retain)
-        accepted = self._deliver(message, targets, [])
+            self._retained.put(subject, message)
+        # _deliver(), inlined on the hottest path: no target here can be full.
+        appended = accepted = 0
+        for inbox in targets:
+            buffer = inbox.buffer
+            if len(buffer) < inbox.limit:
+                buffer.append(message)
+                appended += 1
+            else:
+                accepted += inbox.offer(message)
+        self._tally.delivered += appended
         self._published += 1
-        return accepted
-
-    def _retain(self, subject: str, message: Message[T], retain: object) -> None:
-        if retain is not True:
-            raise TypeError(
-                f"retain must be a bool, not {type(retain).__name__}: {retain!r}"
-            )
-        self._retained.put(subject, message)
+        return accepted + appended
 
     def publish_from_thread(
         self,
@@ -579,33 +503,13 @@ class Broker(Generic[T]):
             BrokerClosedError: the broker is closed, or its trio run has ended.
             InvalidSubjectError, TypeError, trio.Cancelled: as for :meth:`publish`.
         """
-        token = self._token
-        try:
-            here = trio.lowlevel.current_trio_token()
-        except RuntimeError:
-            here = None
-        if here is not None and here is token:
-            raise RuntimeError(
-                "publish_from_thread() was called from the broker's own trio "
-                "thread, where it would wait for itself forever; use "
-                "'await broker.publish()' or 'broker.publish_nowait()' there"
-            )
-        if token is None:
-            raise RuntimeError(
-                "the broker has not been used in a trio run yet, so there is no "
-                "trio thread to publish in: create it inside trio.run(), or enter "
-                "a subscription first"
-            )
+        self._run.check_caller("publish_from_thread()")
         self._check_open()
-        publish = functools.partial(
-            self.publish, subject, payload, headers=headers, retain=retain
+        return self._run.call(
+            functools.partial(
+                self.publish, subject, payload, headers=headers, retain=retain
+            )
         )
-        try:
-            return trio.from_thread.run(publish, trio_token=token)
-        except trio.RunFinishedError:
-            raise BrokerClosedError(
-                "the trio run the broker belonged to has ended"
-            ) from None
 
     # -- retained messages ----------------------------------------------------
 
@@ -621,6 +525,7 @@ class Broker(Generic[T]):
         """
         return self._retained.matching(parse_pattern(pattern))
 
+    @enable_ki_protection
     def clear_retained(self, subject: str) -> bool:
         """Forget the retained message of ``subject``; return whether there was one.
 
@@ -641,14 +546,15 @@ class Broker(Generic[T]):
             delivered=tally.delivered,
             dropped=tally.dropped,
             disconnected=tally.disconnected,
-            subscriptions=len(self._trie) - self._extra_entries,
+            subscriptions=len(self._routes),
             cache_hits=self._cache_hits,
             cache_misses=self._cache_misses,
-            cache_size=len(self._trie.cache),
+            cache_size=len(self._cache),
             retained=len(self._retained),
             retained_evicted=self._retained.evicted,
         )
 
+    @enable_ki_protection
     async def aclose(self) -> None:
         """Close the broker. Idempotent, and a trio checkpoint.
 
@@ -660,20 +566,15 @@ class Broker(Generic[T]):
 
         The broker is closed even if this call is cancelled.
         """
-        self._learn_run()
+        self._run.learn()
         if not self._closed:
             self._closed = True
-            # (the trie holds inboxes only; GroupTargets live in its cache)
-            inboxes = typing.cast(
-                "list[_Inbox[T]]", list(dict.fromkeys(self._trie.values()))
-            )
-            self._trie = SubjectTrie()  # no cache: every publish now checks _closed
-            for inbox in inboxes:
+            for inbox in self._routes.close():
                 inbox.end()
         await trio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> Broker[T]:
-        self._learn_run()
+        self._run.learn()
         await trio.lowlevel.checkpoint()
         return self
 
@@ -681,39 +582,6 @@ class Broker(Generic[T]):
         self,
         exc_type: type[BaseException] | None,
         exc_value: BaseException | None,
-        traceback: TracebackType | None,
+        traceback: types.TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-@typing.final
-class _SubscriptionScope(Generic[T]):
-    """What ``subscribe()`` returns: registers on entry, removes on exit."""
-
-    __slots__ = ("_broker", "_entered", "_inbox")
-
-    def __init__(self, broker: Broker[T], inbox: _Inbox[T]) -> None:
-        self._broker = broker
-        self._inbox = inbox
-        self._entered = False
-
-    async def __aenter__(self) -> Subscription[T]:
-        # Checkpoint before registering: a cancellation here leaves nothing behind,
-        # and after registering nothing may raise until the body runs.
-        await trio.lowlevel.checkpoint()
-        if self._entered:
-            raise RuntimeError(
-                f"this subscribe({self._inbox.pattern!r}) was already entered; "
-                "call broker.subscribe() again for a new subscription"
-            )
-        self._broker._attach(self._inbox)
-        self._entered = True
-        return Subscription(self._inbox)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._inbox.close()

@@ -5,7 +5,8 @@ on every publish; ``headers`` is then a class-level empty mapping, so the common
 path sets nothing more than subject and payload. A message published with
 headers is a ``_HeadedMessage``, a private subclass with a third slot. Both
 compare, hash and print as ``Message`` values, and ``Message(subject, payload,
-headers=...)`` builds whichever fits.
+headers=...)`` builds whichever fits, through :func:`new_message`, the one
+constructor.
 """
 
 from __future__ import annotations
@@ -75,9 +76,7 @@ class Message(Generic[T_co]):
     def __new__(
         cls, subject: str, payload: T, headers: Mapping[str, str] | None = None
     ) -> Message[T]:
-        if headers is None:
-            return make_message(subject, payload)
-        return build_message(subject, payload, headers)
+        return new_message(subject, payload, headers)
 
     def __init__(
         self, subject: str, payload: T_co, headers: Mapping[str, str] | None = None
@@ -124,28 +123,27 @@ _set_payload = Message.__dict__["payload"].__set__
 _set_headers = _HeadedMessage.__dict__["_headers"].__set__
 
 
-def make_message(subject: str, payload: T) -> Message[T]:
-    """Return ``Message(subject, payload)``, built the cheap way."""
+def new_message(
+    subject: str, payload: T, headers: Mapping[str, str] | None = None
+) -> Message[T]:
+    """Build the message a publish sends: the one constructor of every message.
+
+    Without headers (the common case) a plain two-slot ``Message``; with
+    headers, checked and copied here, a ``_HeadedMessage`` (or a plain one when
+    the mapping is empty).
+
+    Raises:
+        TypeError: ``headers`` is not a mapping of ``str`` to ``str``.
+    """
+    if headers is not None:
+        frozen = freeze_headers(headers)
+        if frozen:
+            headed: Message[T] = _new_object(_HeadedMessage)
+            _set_subject(headed, subject)
+            _set_payload(headed, payload)
+            _set_headers(headed, frozen)
+            return headed
     message: Message[T] = _new_object(Message)
     _set_subject(message, subject)
     _set_payload(message, payload)
     return message
-
-
-def make_headed_message(
-    subject: str, payload: T, headers: Mapping[str, str]
-) -> Message[T]:
-    """Return a message with ``headers``, already checked by :func:`freeze_headers`."""
-    message: Message[T] = _new_object(_HeadedMessage)
-    _set_subject(message, subject)
-    _set_payload(message, payload)
-    _set_headers(message, headers)
-    return message
-
-
-def build_message(subject: str, payload: T, headers: Mapping[str, str]) -> Message[T]:
-    """The message a publish with ``headers`` sends (checked here)."""
-    frozen = freeze_headers(headers)
-    if frozen:
-        return make_headed_message(subject, payload, frozen)
-    return make_message(subject, payload)

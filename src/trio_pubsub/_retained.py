@@ -7,7 +7,8 @@ pattern over the stored subjects: a literal token follows one child, ``*``
 every child, ``>`` every subject below. Its cost grows with what the pattern
 matches, not with the number of subjects stored.
 
-Pure and synchronous, like the subscription trie.
+Pure and synchronous, like the subscription trie, and iterative: every walk
+is a loop over an explicit stack, since subjects have no length limit.
 """
 
 from __future__ import annotations
@@ -98,9 +99,32 @@ class RetainedStore(Generic[M]):
             node = parent
 
     def matching(self, pattern: tuple[str, ...]) -> list[M]:
-        """The messages of the stored subjects ``pattern`` matches, by subject."""
+        """The messages of the stored subjects ``pattern`` matches, by subject.
+
+        A loop over an explicit stack, not recursion: patterns have no length
+        limit.
+        """
         subjects: list[str] = []
-        _collect(self._root, pattern, 0, subjects)
+        last = len(pattern)
+        stack = [(self._root, 0)]
+        while stack:
+            node, index = stack.pop()
+            if index == last:
+                if node.subject is not None:
+                    subjects.append(node.subject)
+                continue
+            children = node.children
+            if not children:
+                continue
+            token = pattern[index]
+            if token == REST:
+                _below(node, subjects)
+            elif token == ONE:
+                stack.extend((child, index + 1) for child in children.values())
+            else:
+                child = children.get(token)
+                if child is not None:
+                    stack.append((child, index + 1))
         subjects.sort()
         stored = self._by_subject
         return [stored[subject] for subject in subjects]
@@ -117,30 +141,13 @@ class RetainedStore(Generic[M]):
         return count
 
 
-def _collect(
-    node: _Node[M], pattern: tuple[str, ...], index: int, out: list[str]
-) -> None:
-    """Add to ``out`` the subjects below ``node`` that ``pattern[index:]`` matches."""
-    if index == len(pattern):
-        if node.subject is not None:
-            out.append(node.subject)
-        return
-    if not node.children:
-        return
-    token = pattern[index]
-    if token == REST:
-        # one or more tokens: every subject strictly below this node
-        stack = list(node.children.values())
-        while stack:
-            below = stack.pop()
-            if below.subject is not None:
-                out.append(below.subject)
-            if below.children:
-                stack.extend(below.children.values())
-    elif token == ONE:
-        for child in node.children.values():
-            _collect(child, pattern, index + 1, out)
-    else:
-        literal = node.children.get(token)
-        if literal is not None:
-            _collect(literal, pattern, index + 1, out)
+def _below(node: _Node[M], out: list[str]) -> None:
+    """Add to ``out`` every subject strictly below ``node`` (what ``>`` matches)."""
+    assert node.children is not None
+    stack = list(node.children.values())
+    while stack:
+        below = stack.pop()
+        if below.subject is not None:
+            out.append(below.subject)
+        if below.children:
+            stack.extend(below.children.values())

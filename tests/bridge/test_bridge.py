@@ -437,7 +437,7 @@ async def test_connection_refused_on_entry(caplog: pytest.LogCaptureFixture) -> 
         (
             {"outbound": ["a"], "max_reconnect_attempts": -2},
             ValueError,
-            "max_reconnect_attempts must be >= -1",
+            "max_reconnect_attempts must be an int >= -1",
         ),
         (
             {"outbound": ["a"], "max_reconnect_attempts": True},

@@ -21,7 +21,7 @@ from trio_pubsub import (
     OverflowPolicy,
     Subscription,
 )
-from trio_pubsub._subscription import _NO_BUFFER
+from trio_pubsub._inbox import _NO_BUFFER
 
 
 @pytest.mark.parametrize("cache_size", [0, 2, 8192], ids=["no-cache", "tiny", "cache"])

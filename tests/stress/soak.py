@@ -87,7 +87,7 @@ async def _soak(cycles: int, publishes: int, seed: int) -> SoakResult:
     gc.collect()
     end, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    trie_nodes = broker._trie.node_count()
+    trie_nodes = broker._routes.node_count()
     return SoakResult(
         cycles=cycles,
         publishes=sent,

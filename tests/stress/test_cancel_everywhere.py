@@ -84,7 +84,7 @@ async def run_once(step: int) -> bool:
     totals = broker.statistics()
     assert totals.subscriptions == 0, context
     assert totals.published == 1 + len(returned), context
-    assert broker._trie.node_count() == 1, context
+    assert broker._routes.node_count() == 1, context
     return cancelled
 
 

@@ -132,7 +132,7 @@ BAD_OPTIONS = [
 def test_bad_broker_options(options: dict[str, object], error: type, name: str) -> None:
     """Invalid broker options raise ValueError/TypeError naming the option."""
     with pytest.raises(error, match=name):
-        Broker(int, **options)  # type: ignore[arg-type]
+        Broker(int, **options)  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize(("options", "error", "name"), BAD_OPTIONS)
@@ -939,7 +939,7 @@ def test_bad_match_cache_size() -> None:
     with pytest.raises(ValueError, match="match_cache_size must be an int >= 0"):
         Broker(int, match_cache_size=-1)
     with pytest.raises(TypeError, match="match_cache_size"):
-        Broker(int, match_cache_size=None)  # type: ignore[arg-type]
+        Broker(int, match_cache_size=None)  # type: ignore[call-overload]
     Broker(int, match_cache_size=0)
 
 
@@ -982,11 +982,11 @@ async def test_statistics_compare_by_delivery_counters() -> None:
         assert (stats.cache_hits, stats.cache_misses, stats.cache_size) == (1, 1, 1)
 
 
-def test_make_message_builds_the_same_frozen_value() -> None:
+def test_new_message_builds_the_same_frozen_value() -> None:
     """The publish path's message factory gives what Message() gives."""
-    from trio_pubsub._message import make_message
+    from trio_pubsub._message import new_message
 
-    built = make_message("a.b", [1])
+    built = new_message("a.b", [1])
     assert built == Message("a.b", [1])
     assert type(built) is Message
     assert repr(built) == "Message(subject='a.b', payload=[1])"
@@ -996,7 +996,7 @@ def test_make_message_builds_the_same_frozen_value() -> None:
 
 async def test_idle_subscriptions_share_no_buffer_until_a_message() -> None:
     """An idle subscription owns no deque; the shared placeholder stays empty."""
-    from trio_pubsub._subscription import _NO_BUFFER
+    from trio_pubsub._inbox import _NO_BUFFER
 
     broker = Broker(int, max_buffer_size=2)
     async with broker.subscribe("a") as one, broker.subscribe("a") as two:

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from trio_pubsub import Broker, OverflowPolicy
-from trio_pubsub._subscription import _RateLimitedWarning
+from trio_pubsub._log import RateLimitedWarning
 
 
 def records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -81,7 +81,7 @@ def test_rate_limit_outside_trio_uses_the_system_clock(
 ) -> None:
     """Outside a trio run the limiter still works, on the monotonic clock."""
     caplog.set_level(logging.WARNING, logger="trio_pubsub")
-    warn = _RateLimitedWarning(3600.0)
+    warn = RateLimitedWarning(3600.0)
     for i in range(10):
         warn("drop %d", i)
     assert [r.getMessage() for r in records(caplog)] == ["drop 0"]

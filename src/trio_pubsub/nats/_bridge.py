@@ -14,7 +14,6 @@ once the bridge is closed: exported (confirmed by the server), unconfirmed
 
 from __future__ import annotations
 
-import math
 import typing
 
 # Runtime imports, so that the API reference can resolve the annotations.
@@ -31,16 +30,21 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import attrs
 import trio
 
-from .._broker import Broker  # noqa: TC001
-from .._errors import BrokerClosedError, InvalidSubjectError
-from .._policy import OverflowPolicy
-from .._subject import SEPARATOR, parse_pattern, parse_queue, parse_subject
-from .._subscription import LOG_INTERVAL, Subscription, _RateLimitedWarning
+from .. import (
+    Broker,
+    BrokerClosedError,
+    InvalidSubjectError,
+    OverflowPolicy,
+    Subscription,
+    _port,
+    validate_pattern,
+    validate_subject,
+)
+from .._log import RateLimitedWarning
 from ._link import Link, logger
 
 if TYPE_CHECKING:
-    from .._message import Message
-    from .._queue import Target
+    from .. import Message
     from ._link import Incoming, Outgoing
 
 T = TypeVar("T")
@@ -108,7 +112,7 @@ class Bridge(Generic[T]):
         self._decode = decode
         self._outbound = outbound
         self._inbound = inbound
-        self._head = "" if prefix is None else prefix + SEPARATOR
+        self._head = "" if prefix is None else prefix + _port.SEPARATOR
         self._queue = queue
         self._max_outbound = max_outbound
         self._outbound_policy = outbound_policy
@@ -130,10 +134,10 @@ class Bridge(Generic[T]):
         self._out_lost = 0  # encode, headers, not handed over
         self._in_lost = 0  # decode, grammar, type, closed broker, left at close
         # one rate-limited warning per cause, so that each cause is named
-        self._warn_encode = _RateLimitedWarning(LOG_INTERVAL, logger)
-        self._warn_headers = _RateLimitedWarning(LOG_INTERVAL, logger)
-        self._warn_decode = _RateLimitedWarning(LOG_INTERVAL, logger)
-        self._warn_import = _RateLimitedWarning(LOG_INTERVAL, logger)
+        self._warn_encode = RateLimitedWarning(log=logger)
+        self._warn_headers = RateLimitedWarning(log=logger)
+        self._warn_decode = RateLimitedWarning(log=logger)
+        self._warn_import = RateLimitedWarning(log=logger)
 
     def statistics(self) -> BridgeStatistics:
         """Return a snapshot of the bridge's counters."""
@@ -195,7 +199,8 @@ class Bridge(Generic[T]):
         assert link is not None
         try:
             if self._outbound:
-                self._export_sub = await self._broker._subscribe_many(
+                self._export_sub = await _port.export(
+                    self._broker,
                     self._outbound,
                     max_buffer_size=self._max_outbound,
                     policy=self._outbound_policy,
@@ -259,7 +264,7 @@ class Bridge(Generic[T]):
 
     async def _drain_all(self, link: Link) -> None:
         if self._export_sub is not None:
-            self._broker._stop_routing(self._export_sub)
+            _port.stop_routing(self._export_sub)
             await self._export_done.wait()
         await link.wait_sent()
         # nats-py's drain: the inbound subscriptions stop, what they hold still
@@ -362,29 +367,29 @@ class Bridge(Generic[T]):
                 try:
                     for index, item in enumerate(batch):
                         try:
-                            waiting = self._import_one(item)
-                            if waiting is not None:
-                                await self._import_rest(*waiting)
+                            pending = self._import_one(item)
+                            if pending is not None:
+                                await self._import_rest(pending)
                         except BaseException:
                             self._in_lost += len(batch) - index
                             raise
                 finally:
                     self._importing = False
 
-    async def _import_rest(self, message: Message[T], full: list[Target[T]]) -> None:
+    async def _import_rest(self, pending: _port.Pending[T]) -> None:
         try:
-            await self._broker._publish_rest(message, full)
+            await _port.finish(self._broker, pending)
         except BrokerClosedError as error:
             self._in_lost += 1
             self._warn_import(
                 "NATS bridge: a message on %s was not imported: %s",
-                message.subject,
+                pending.message.subject,
                 error,
             )
         else:
             self._imported += 1
 
-    def _import_one(self, item: Incoming) -> tuple[Message[T], list[Target[T]]] | None:
+    def _import_one(self, item: Incoming) -> _port.Pending[T] | None:
         """Publish ``item`` into the broker, or count it as dropped.
 
         Returns what is left to wait for, if anything: a message and the full
@@ -404,8 +409,8 @@ class Bridge(Generic[T]):
             return None
         subject = remote[len(self._head) :]
         try:
-            message, full = self._broker._publish_except(
-                self._export_sub, subject, payload, item.headers
+            pending = _port.inject(
+                self._broker, self._export_sub, subject, payload, item.headers
             )
         except (InvalidSubjectError, TypeError, BrokerClosedError) as error:
             self._in_lost += 1
@@ -415,10 +420,9 @@ class Bridge(Generic[T]):
                 error,
             )
             return None
-        if full:
-            return message, full
-        self._imported += 1
-        return None
+        if pending is None:
+            self._imported += 1
+        return pending
 
 
 def _header_problem(headers: Mapping[str, str]) -> str | None:
@@ -441,7 +445,7 @@ def _patterns(kind: str, patterns: Iterable[str]) -> list[str]:
         )
     out = []
     for pattern in patterns:
-        parse_pattern(pattern)
+        validate_pattern(pattern)
         out.append(pattern)
     return list(dict.fromkeys(out))
 
@@ -454,15 +458,6 @@ def _servers(servers: str | Sequence[str]) -> list[str]:
         if not isinstance(url, str) or not url:
             raise TypeError(f"a server must be a non-empty str URL, not {url!r}")
     return typing.cast("list[str]", listed)
-
-
-def _positive(name: str, value: object, *, integer: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if integer and not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if not value > 0 or math.isinf(value):
-        raise ValueError(f"{name} must be > 0 and finite, not {value!r}")
 
 
 @asynccontextmanager
@@ -530,8 +525,8 @@ async def open_bridge(
     if not outbound_list and not inbound_list:
         raise ValueError("nothing to bridge: give outbound or inbound patterns")
     if prefix is not None:
-        parse_subject(prefix)
-    queue = parse_queue(queue)
+        validate_subject(prefix)
+    queue = _port.parse_queue(queue)
     if outbound_policy not in (
         OverflowPolicy.DROP_NEWEST,
         OverflowPolicy.DROP_OLDEST,
@@ -541,19 +536,12 @@ async def open_bridge(
             f"outbound_policy must be DROP_NEWEST, DROP_OLDEST or BLOCK, not "
             f"{outbound_policy!r} (a bridge that disconnected would stop exporting)"
         )
-    _positive("max_outbound", max_outbound, integer=True)
-    _positive("max_inbound", max_inbound, integer=True)
-    _positive("drain_timeout", drain_timeout)
-    _positive("connect_timeout", connect_timeout)
-    _positive("reconnect_time_wait", reconnect_time_wait)
-    if isinstance(max_reconnect_attempts, bool) or not isinstance(
-        max_reconnect_attempts, int
-    ):
-        raise TypeError("max_reconnect_attempts must be an int (-1: forever)")
-    if max_reconnect_attempts < -1:
-        raise ValueError(
-            f"max_reconnect_attempts must be >= -1, not {max_reconnect_attempts}"
-        )
+    _port.check_int("max_outbound", max_outbound)
+    _port.check_int("max_inbound", max_inbound)
+    _port.check_seconds("drain_timeout", drain_timeout)
+    _port.check_seconds("connect_timeout", connect_timeout)
+    _port.check_seconds("reconnect_time_wait", reconnect_time_wait)
+    _port.check_int("max_reconnect_attempts", max_reconnect_attempts, minimum=-1)
     if not (callable(typing.cast("object", encode)) and callable(decode)):
         raise TypeError("encode and decode must be callables")
     connect_options: dict[str, Any] = {

@@ -30,8 +30,8 @@ import nats.errors
 import trio
 from nats.aio.msg import Msg
 
-from .._subject import subject_matches
-from .._subscription import LOG_INTERVAL, _RateLimitedWarning
+from .. import subject_matches
+from .._log import RateLimitedWarning
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -103,7 +103,7 @@ class Link:
         # Disconnections so far: a batch sent across one is unconfirmed.
         self._breaks = 0
         self._closing = False  # the bridge is closing the connection itself
-        self._warn_slow = _RateLimitedWarning(LOG_INTERVAL, logger)
+        self._warn_slow = RateLimitedWarning(log=logger)
         self._credit = trio.Semaphore(IN_FLIGHT)  # batches handed over and not yet done
 
     # -- the thread ---------------------------------------------------------------

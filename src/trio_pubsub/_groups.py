@@ -1,17 +1,18 @@
 """Queue groups: one member of each group gets a message, as in NATS.
 
 A ``_Group`` is what all members of one queue name share in one broker, whatever
-their patterns. For each subject, the broker's snapshot holds one ``GroupTarget``
-per group with the members that subject reaches; the broker offers a message to
-it as to any subscription, and the target passes it on to one member.
+their patterns. For each subject, the routes hold one ``GroupTarget`` per group
+with the members that subject reaches; the broker offers a message to it as to
+any subscription, and the target passes it on to one member.
 
-Which member: the one that was routed a message least recently among those
-with room; if none has room, the least recently routed one all the same, and
-its own policy decides (a ``BLOCK`` member makes the publisher wait for it, a
-``DROP_NEWEST`` one drops and counts it). A member that joins takes its place
-at the back, as if it had just been routed a message. Over a fixed set of
-members this is round-robin; when the set differs from subject to subject, or
-changes, no member is skipped for longer than the others.
+Which member (:meth:`GroupTarget._choose`, the one chooser): the one that was
+routed a message least recently among those with room; if none has room, the
+least recently routed one all the same, and its own policy decides (a ``BLOCK``
+member makes the publisher wait for it, a ``DROP_NEWEST`` one drops and counts
+it). A member that joins takes its place at the back, as if it had just been
+routed a message. Over a fixed set of members this is round-robin; when the set
+differs from subject to subject, or changes, no member is skipped for longer
+than the others.
 
 A ``GroupTarget`` looks to the broker's fast path like an inbox that is never
 open for a plain append (empty ``buffer``, ``limit`` 0), so every offer to it
@@ -27,8 +28,8 @@ from typing import Generic, Protocol, TypeVar
 import trio
 
 from ._errors import BrokerClosedError
+from ._inbox import _NO_BUFFER, State, _Inbox
 from ._policy import OverflowPolicy
-from ._subscription import _NO_BUFFER, _Inbox, _State
 
 if typing.TYPE_CHECKING:
     from collections import deque
@@ -68,7 +69,6 @@ class _Group:
 
     def join(self, inbox: _Inbox[typing.Any]) -> None:
         self.order[inbox] = None  # at the back: it takes its place in the rotation
-        inbox.group = self
 
     def leave(self, inbox: _Inbox[typing.Any]) -> None:
         del self.order[inbox]
@@ -98,16 +98,13 @@ class GroupTarget(Generic[T]):
         members = self.members
         turn: _Inbox[T] | None = None
         for member in self.group.order:
-            if member not in members or member.state is not _State.OPEN:
+            if member not in members or member.state is not State.OPEN:
                 continue
             if len(member.buffer) < member.max_buffer_size:
                 return member, True
             if turn is None:
                 turn = member
         return turn, False
-
-    def _route_to(self, member: _Inbox[T]) -> None:
-        self.group.order.move_to_end(member)
 
     def would_block(self) -> bool:
         member, roomy = self._choose()
@@ -120,32 +117,13 @@ class GroupTarget(Generic[T]):
             trio.WouldBlock: no member has room and the one whose turn it is
                 has the ``BLOCK`` policy (nothing is routed yet).
         """
-        # _choose(), inlined for the common case of a member with room. Offers
-        # come right after the snapshot, with no checkpoint between: every
-        # member in the group's order is open.
-        members = self.members
-        order = self.group.order
-        turn: _Inbox[T] | None = None
-        for member in order:
-            if member not in members:
-                continue
-            buffer = member.buffer
-            if len(buffer) < member.max_buffer_size:
-                order.move_to_end(member)
-                if len(buffer) < member.limit:
-                    # The broker's fast path, for the chosen member: room, and
-                    # no receiver waiting (see _Inbox).
-                    buffer.append(message)
-                    member.tally.delivered += 1
-                    return True
-                return member.offer(message)
-            if turn is None:
-                turn = member
-        assert turn is not None
-        if turn.policy is OverflowPolicy.BLOCK:
+        member, roomy = self._choose()
+        if member is None:
+            return False
+        if not roomy and member.policy is OverflowPolicy.BLOCK:
             raise trio.WouldBlock
-        order.move_to_end(turn)
-        return turn.offer(message)
+        self.group.order.move_to_end(member)
+        return member.offer(message)
 
     async def put(self, message: Message[T]) -> bool:
         """Route ``message`` to one member, waiting for a full ``BLOCK`` one.
@@ -160,13 +138,13 @@ class GroupTarget(Generic[T]):
         while True:
             member, roomy = self._choose()
             if member is None:
-                if any(m.state is _State.ENDED for m in self.members):
+                if any(m.state is State.ENDED for m in self.members):
                     raise BrokerClosedError(
                         "the broker was closed while a publish waited for room in "
                         f"queue group {self.group.name!r}"
                     )
                 return False
-            self._route_to(member)
+            self.group.order.move_to_end(member)
             if roomy or member.policy is not OverflowPolicy.BLOCK:
                 return member.offer(message)
             if await member.put(message):

@@ -1,11 +1,11 @@
-"""The broker's private hooks for the NATS bridge, without a server."""
+"""The one door for the NATS bridge (_port), without a server."""
 
 from __future__ import annotations
 
 import pytest
 import trio
 
-from trio_pubsub import Broker, OverflowPolicy
+from trio_pubsub import Broker, OverflowPolicy, _port
 
 from ..helpers import drain
 
@@ -20,7 +20,8 @@ async def test_one_subscription_on_several_patterns_gets_each_message_once(
 ) -> None:
     async with (
         broker.subscribe("a.*", queue="g") as member,
-        broker._subscribe_many(
+        _port.export(
+            broker,
             ["a.>", "a.*", "*.b", "a.>"],
             max_buffer_size=100,
             policy=OverflowPolicy.DROP_NEWEST,
@@ -38,35 +39,34 @@ async def test_one_subscription_on_several_patterns_gets_each_message_once(
 
 async def test_no_patterns_is_an_error(broker: Broker[int]) -> None:
     with pytest.raises(ValueError, match="at least one pattern"):
-        broker._subscribe_many([], max_buffer_size=1, policy=OverflowPolicy.BLOCK)
+        _port.export(broker, [], max_buffer_size=1, policy=OverflowPolicy.BLOCK)
 
 
 async def test_several_patterns_get_no_retained_messages(broker: Broker[int]) -> None:
     broker.publish_nowait("a.b", 1, retain=True)
-    async with broker._subscribe_many(
-        ["a.*", "a.>"], max_buffer_size=4, policy=OverflowPolicy.DROP_NEWEST
+    async with _port.export(
+        broker, ["a.*", "a.>"], max_buffer_size=4, policy=OverflowPolicy.DROP_NEWEST
     ) as many:
         assert drain(many) == []
 
 
 async def test_publish_except_leaves_one_subscription_out(broker: Broker[int]) -> None:
     async with (
-        broker._subscribe_many(
-            ["e.>"], max_buffer_size=4, policy=OverflowPolicy.DROP_NEWEST
+        _port.export(
+            broker, ["e.>"], max_buffer_size=4, policy=OverflowPolicy.DROP_NEWEST
         ) as left_out,
         broker.subscribe("e.*") as other,
     ):
-        message, full = broker._publish_except(left_out, "e.x", 1, None)
-        assert (message.payload, full) == (1, [])
-        broker._publish_except(left_out, "e.y", 2, {"h": "v"})
+        assert _port.inject(broker, left_out, "e.x", 1, None) is None
+        _port.inject(broker, left_out, "e.y", 2, {"h": "v"})
         assert drain(left_out) == []
         first, second = other.receive_nowait(), other.receive_nowait()
         assert (first.payload, dict(first.headers)) == (1, {})
         assert (second.payload, dict(second.headers)) == (2, {"h": "v"})
         # None, or a subscription not among the matches: published as usual
-        broker._publish_except(None, "e.z", 3, None)
+        _port.inject(broker, None, "e.z", 3, None)
         async with broker.subscribe("z") as elsewhere:
-            broker._publish_except(elsewhere, "e.z", 4, None)
+            _port.inject(broker, elsewhere, "e.z", 4, None)
         assert drain(left_out) == [3, 4]
         assert broker.statistics().published == 4
 
@@ -75,18 +75,19 @@ async def test_publish_except_leaves_waiting_to_the_caller(
     broker: Broker[int],
 ) -> None:
     async with (
-        broker._subscribe_many(
-            ["w"], max_buffer_size=4, policy=OverflowPolicy.DROP_NEWEST
+        _port.export(
+            broker, ["w"], max_buffer_size=4, policy=OverflowPolicy.DROP_NEWEST
         ) as left_out,
         broker.subscribe("w", policy=OverflowPolicy.BLOCK, max_buffer_size=1) as sub,
     ):
         broker.publish_nowait("w", 0)
         drain(left_out)
-        message, full = broker._publish_except(left_out, "w", 1, None)
-        assert len(full) == 1
+        pending = _port.inject(broker, left_out, "w", 1, None)
+        assert pending is not None
+        assert len(pending.full) == 1
         assert broker.statistics().published == 1  # not yet
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(broker._publish_rest, message, full)
+            nursery.start_soon(_port.finish, broker, pending)
             await trio.testing.wait_all_tasks_blocked()
             assert (await sub.receive()).payload == 0
         assert (await sub.receive()).payload == 1
@@ -95,12 +96,12 @@ async def test_publish_except_leaves_waiting_to_the_caller(
 
 
 async def test_stop_routing_keeps_what_is_held(broker: Broker[int]) -> None:
-    async with broker._subscribe_many(
-        ["s.>"], max_buffer_size=4, policy=OverflowPolicy.BLOCK
+    async with _port.export(
+        broker, ["s.>"], max_buffer_size=4, policy=OverflowPolicy.BLOCK
     ) as many:
         broker.publish_nowait("s.a", 1)
-        broker._stop_routing(many)
-        broker._stop_routing(many)  # idempotent
+        _port.stop_routing(many)
+        _port.stop_routing(many)  # idempotent
         broker.publish_nowait("s.a", 2)  # no longer routed, nothing blocks
         assert (await many.receive()).payload == 1
         with pytest.raises(trio.EndOfChannel):
@@ -110,8 +111,8 @@ async def test_stop_routing_keeps_what_is_held(broker: Broker[int]) -> None:
 
 async def test_aclose_ends_a_subscription_on_several_patterns_once() -> None:
     broker = Broker[int]()
-    async with broker._subscribe_many(
-        ["c.*", "c.>"], max_buffer_size=4, policy=OverflowPolicy.DROP_NEWEST
+    async with _port.export(
+        broker, ["c.*", "c.>"], max_buffer_size=4, policy=OverflowPolicy.DROP_NEWEST
     ) as many:
         broker.publish_nowait("c.x", 1)
         await broker.aclose()

@@ -1,0 +1,453 @@
+"""_Inbox: one subscription's bounded buffer, its counters and its waiting tasks.
+
+An ``_Inbox`` is a small memory channel of its own rather than a
+``trio.open_memory_channel`` pair, because the counters must change in the same
+step as the buffer (the law ``received + pending + dropped == routed`` holds at
+every moment, not only between checkpoints), ``DROP_OLDEST`` evicts from the
+sending side, and the end of the stream depends on who ended it.
+
+This is the only module that parks and wakes tasks. As in trio's own memory
+channels, a waker passes its result to the woken task with
+``reschedule(task, outcome.Value(...))`` (or ``outcome.Error``), so no side
+table holds results in between; and every method that changes state is
+protected from ``KeyboardInterrupt`` (``enable_ki_protection``): a Ctrl-C that
+arrives inside one is delivered at the next checkpoint instead, never between
+two mutations that belong together.
+
+Invariants (no checkpoint between any check and the mutation that follows it;
+``put`` and ``receive`` are the only methods that wait):
+
+* ``len(buffer) <= max_buffer_size``, except in a ``BLOCK`` inbox that took more
+  retained messages on entry than it holds (see ``take_retained``); ``limit`` is
+  ``max_buffer_size`` except while receivers wait or before the first message is
+  buffered: then 0.
+* ``buffer`` is the shared, always empty ``_NO_BUFFER`` until a message is
+  buffered: an idle subscription owns no deque.
+* Tasks wait in ``receivers`` only while ``buffer`` is empty, and publishers wait
+  in ``senders`` only while it is full: a message offered while a receiver waits
+  goes straight to that receiver, and room made by a receive goes straight to the
+  first waiting publisher, so messages keep their order.
+* Every message that entered the buffer (or went straight to a receiver) is
+  received, pending, evicted or discarded, and ``dropped == refused + evicted +
+  discarded``; so ``delivered`` is derived, ``received + pending + dropped -
+  refused``, and the broker's fast path only has to append to the buffer.
+* Only an ``OPEN`` inbox is registered in its broker's routes.
+"""
+
+from __future__ import annotations
+
+import enum
+import typing
+from collections import deque
+from typing import Generic, TypeVar
+
+import outcome  # trio's own dependency: the values reschedule() passes
+import trio
+from trio.lowlevel import enable_ki_protection
+
+from ._errors import BrokerClosedError, SlowConsumerError
+from ._log import RateLimitedWarning, logger
+from ._policy import Action, OverflowPolicy, decide
+from ._stats import SubscriptionStatistics
+
+if typing.TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._message import Message
+
+T = TypeVar("T")
+W = TypeVar("W")
+
+
+class Tally:
+    """What one broker and all of its inboxes share: totals, and the way out.
+
+    They live here rather than in each inbox, because every byte of an idle
+    subscription counts.
+    """
+
+    __slots__ = ("delivered", "detach", "disconnected", "dropped")
+
+    def __init__(self, detach: Callable[[_Inbox[typing.Any]], None]) -> None:
+        self.detach = detach
+        """Removes an inbox from the broker's routes."""
+        self.delivered = 0
+        self.dropped = 0
+        self.disconnected = 0
+
+
+class State(enum.Enum):
+    OPEN = enum.auto()
+    """Registered in the broker's routes, taking new messages."""
+    ENDED = enum.auto()
+    """The broker was closed, or the subscription drained: drain, then
+    ``trio.EndOfChannel``."""
+    CUT_OFF = enum.auto()
+    """Disconnected as a slow consumer: drain, then ``SlowConsumerError``."""
+    CLOSED = enum.auto()
+    """Left (scope exit or ``close()``): buffer discarded, ``ClosedResourceError``."""
+
+
+# -- the waiters helper: park, wake one, wake all -------------------------------
+
+
+async def _park(waiters: dict[trio.lowlevel.Task, W], value: W) -> typing.Any:
+    """Wait in ``waiters`` (under ``value``) until a waker reschedules us.
+
+    Returns what the waker sent (or raises what it sent as an error). The
+    waker removes the task from ``waiters`` first; if the wait is cancelled
+    (or interrupted) instead, the task removes itself, so nothing refers to it.
+    """
+    task = trio.lowlevel.current_task()
+    waiters[task] = value
+
+    def abort(_: object) -> trio.lowlevel.Abort:
+        del waiters[task]
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    return await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+def _wake_first(
+    waiters: dict[trio.lowlevel.Task, W], result: outcome.Outcome[object]
+) -> W:
+    """Wake the longest-waiting task with ``result``; return its value."""
+    task = next(iter(waiters))
+    value = waiters.pop(task)
+    trio.lowlevel.reschedule(task, result)
+    return value
+
+
+def _wake_all(
+    waiters: dict[trio.lowlevel.Task, W],
+    result: Callable[[], outcome.Outcome[object]],
+) -> None:
+    """Wake every waiting task, each with a ``result()`` of its own."""
+    for task in waiters:
+        trio.lowlevel.reschedule(task, result())
+    waiters.clear()
+
+
+_NO_BUFFER: typing.Final[deque[typing.Any]] = deque()
+"""The buffer of every inbox that has not buffered a message yet. Never appended
+to: ``limit`` is 0 while it is in place, and ``_accept`` replaces it first."""
+
+# An outcome can be unwrapped once: every wake-up gets a new one. A receiver
+# woken by the end of the stream gets None (then take() says why); a publisher
+# gets whether its message was accepted, or the error to raise.
+
+
+class _Inbox(Generic[T]):
+    """One subscription's buffer, counters and waiting tasks."""
+
+    # The broker's fast path reads ``buffer`` and ``limit`` of every target:
+    # first, so they share a cache line.
+    __slots__ = (  # noqa: RUF023
+        "buffer",
+        "limit",
+        "also",
+        "disconnect_after",
+        "dropped",
+        "max_buffer_size",
+        "pattern",
+        "policy",
+        "queue",
+        "received",
+        "receivers",
+        "refused",
+        "senders",
+        "state",
+        "streak",
+        "streak_mark",
+        "tally",
+        "tokens",
+        "warn_drop",
+    )
+
+    def __init__(
+        self,
+        pattern: str,
+        tokens: tuple[str, ...],
+        *,
+        policy: OverflowPolicy,
+        max_buffer_size: int,
+        disconnect_after: int,
+        tally: Tally,
+        queue: str | None = None,
+        also: tuple[tuple[str, ...], ...] = (),
+    ) -> None:
+        self.pattern = pattern
+        self.queue = queue
+        self.tokens = tokens
+        # The parsed patterns after the first of an inbox that listens on several
+        # (one ordered stream for a NATS bridge's export); () for a subscription.
+        self.also = also
+        self.policy = policy
+        self.max_buffer_size = max_buffer_size
+        self.disconnect_after = disconnect_after
+        self.tally = tally
+        self.state = State.OPEN
+        self.buffer: deque[Message[T]] = _NO_BUFFER
+        # What the fast path may fill the buffer up to: max_buffer_size, or 0
+        # while receivers wait (a message for them takes the slow path and is
+        # handed over) and while there is no deque yet (the slow path makes it).
+        self.limit = 0
+        # dicts used as FIFO sets of waiting tasks (publishers with their message)
+        self.receivers: dict[trio.lowlevel.Task, None] = {}
+        self.senders: dict[trio.lowlevel.Task, Message[T]] = {}
+        self.received = 0
+        self.dropped = 0
+        self.refused = 0
+        # Refusals in a row: ``streak`` counts them while ``delivered`` stays at
+        # ``streak_mark``; any accepted message moves ``delivered`` and so ends it.
+        self.streak = 0
+        self.streak_mark = 0
+        self.warn_drop: RateLimitedWarning | None = None
+
+    @property
+    def delivered(self) -> int:
+        """Messages that entered the buffer or went straight to a receiver."""
+        return self.received + len(self.buffer) + self.dropped - self.refused
+
+    @property
+    def consecutive_drops(self) -> int:
+        """Messages refused since the last one accepted."""
+        return self.streak if self.delivered == self.streak_mark else 0
+
+    # -- sending side ---------------------------------------------------------
+
+    def would_block(self) -> bool:
+        """True when this is a ``BLOCK`` inbox whose buffer is full."""
+        return (
+            self.policy is OverflowPolicy.BLOCK
+            and self.state is State.OPEN
+            and len(self.buffer) >= self.max_buffer_size
+        )
+
+    @enable_ki_protection
+    def take_retained(self, messages: list[Message[T]]) -> None:
+        """Receive the retained messages its pattern matches, on entry.
+
+        Each goes through the policy as a published message would, except that a
+        ``BLOCK`` inbox takes them all, beyond its size if need be: nobody can
+        wait at entry, and none may be lost. Publishers then wait until the
+        consumer has brought the buffer back under its size.
+        """
+        for message in messages:
+            if self.state is not State.OPEN:
+                return  # cut off by DISCONNECT: the rest are not routed to it
+            if self.policy is OverflowPolicy.BLOCK:
+                self._accept(message)
+            else:
+                self.offer(message)
+
+    @enable_ki_protection
+    def offer(self, message: Message[T]) -> bool:
+        """Offer a message without waiting; return whether it was accepted.
+
+        Raises:
+            trio.WouldBlock: this is a ``BLOCK`` inbox and its buffer is full.
+        """
+        if self.state is not State.OPEN:
+            return False  # left, or cut off, after the publisher's snapshot
+        if len(self.buffer) < self.max_buffer_size:
+            # Room (a receiver may be waiting): what decide() would say at once,
+            # without working out the drop streak it does not need here.
+            self._accept(message)
+            return True
+        action = decide(
+            self.policy,
+            pending=len(self.buffer),
+            max_buffer_size=self.max_buffer_size,
+            consecutive_drops=self.consecutive_drops,
+            disconnect_after=self.disconnect_after,
+        )
+        if action is Action.DELIVER:
+            self._accept(message)
+            return True
+        if action is Action.WAIT:
+            raise trio.WouldBlock
+        if action is Action.EVICT_OLDEST:
+            self.buffer.popleft()
+            self._count_drops(1)
+            self._warn_drop(message, "discarded its oldest pending message")
+            self._accept(message)
+            return True
+        self.streak = self.consecutive_drops + 1
+        self.refused += 1
+        self._count_drops(1)
+        self.streak_mark = self.delivered
+        self._warn_drop(message, "dropped a new message")
+        if action is Action.DISCONNECT:
+            self._cut_off()
+        return False
+
+    @enable_ki_protection
+    async def put(self, message: Message[T]) -> bool:
+        """Offer a message, waiting for room if this is a full ``BLOCK`` inbox.
+
+        Returns whether it was accepted; ``False`` when the subscription left
+        while the publisher waited.
+
+        Raises:
+            BrokerClosedError: the broker was closed before there was room.
+
+        If cancelled while waiting, the message does not enter this buffer and
+        every counter is as if it had never been offered.
+        """
+        if self.state is State.ENDED:
+            # The publish was still due to deliver here when the broker closed.
+            raise self._broker_closed()
+        try:
+            return self.offer(message)
+        except trio.WouldBlock:
+            pass
+        accepted: bool = await _park(self.senders, message)
+        return accepted
+
+    def _broker_closed(self) -> BrokerClosedError:
+        where = repr(self.pattern)
+        if self.queue is not None:
+            where += f" of queue group {self.queue!r}"
+        return BrokerClosedError(
+            f"the broker was closed while a publish waited for room in {where}"
+        )
+
+    def _accept(self, message: Message[T]) -> None:
+        self.tally.delivered += 1
+        if self.receivers:
+            # Hand it straight to the longest-waiting receiver, as a trio memory
+            # channel does: a waiting receiver is room, and the buffer stays empty.
+            self.received += 1
+            _wake_first(self.receivers, outcome.Value(message))
+            # If it was the last one, what comes before it resumes takes the
+            # fast path.
+            self._reopen_fast_path()
+        else:
+            if self.buffer is _NO_BUFFER:
+                self.buffer = deque()
+                self.limit = self.max_buffer_size  # no receiver waits: see above
+            self.buffer.append(message)
+
+    def _reopen_fast_path(self) -> None:
+        """Let the broker append directly again once no receiver waits."""
+        if not self.receivers and self.buffer is not _NO_BUFFER:
+            self.limit = self.max_buffer_size
+
+    def _count_drops(self, count: int) -> None:
+        self.dropped += count
+        self.tally.dropped += count
+
+    def _warn_drop(self, message: Message[T], what: str) -> None:
+        if self.warn_drop is None:
+            self.warn_drop = RateLimitedWarning()
+        self.warn_drop(
+            "subscription %r (%s, buffer of %d full) %s on subject %r; "
+            "%d dropped so far",
+            self.pattern,
+            self.policy.name,
+            self.max_buffer_size,
+            what,
+            message.subject,
+            self.dropped,
+        )
+
+    def _cut_off(self) -> None:
+        self.state = State.CUT_OFF
+        self.tally.detach(self)
+        self.tally.disconnected += 1
+        logger.warning(
+            "subscription %r was disconnected as a slow consumer after %d "
+            "consecutive drops; %d messages remain for it to drain",
+            self.pattern,
+            self.consecutive_drops,
+            len(self.buffer),
+        )
+        self._wake_everyone(broker_closed=False)
+
+    # -- receiving side -------------------------------------------------------
+
+    @enable_ki_protection
+    def take(self) -> Message[T]:
+        """Take the oldest pending message, or raise what the state says."""
+        if self.buffer:
+            message = self.buffer.popleft()
+            self.received += 1
+            if self.senders and len(self.buffer) < self.max_buffer_size:
+                # Room just appeared: it belongs to the longest-waiting publisher.
+                # (A buffer holding more retained messages than its size has none.)
+                self._accept(_wake_first(self.senders, outcome.Value(True)))
+            return message
+        if self.state is State.OPEN:
+            raise trio.WouldBlock
+        if self.state is State.ENDED:
+            raise trio.EndOfChannel
+        if self.state is State.CUT_OFF:
+            raise SlowConsumerError(
+                f"subscription {self.pattern!r} was disconnected as a slow consumer "
+                f"after {self.disconnect_after} consecutive drops "
+                f"(buffer of {self.max_buffer_size})"
+            )
+        raise trio.ClosedResourceError(f"subscription {self.pattern!r} is closed")
+
+    @enable_ki_protection
+    async def receive(self) -> Message[T]:
+        """Wait for the next message (a checkpoint); see ``Subscription.receive``."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            message = self.take()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return message
+        self.limit = 0
+        try:
+            handed: Message[T] | None = await _park(self.receivers, None)
+        finally:
+            # the last receiver may have left, cancelled or woken by the end
+            self._reopen_fast_path()
+        if handed is None:
+            # Woken because the stream ended: take() raises the reason.
+            return self.take()
+        return handed
+
+    # -- ending ---------------------------------------------------------------
+
+    @enable_ki_protection
+    def end(self) -> None:
+        """The broker closed: no new messages; drain, then ``EndOfChannel``."""
+        assert self.state is State.OPEN, "only open inboxes are registered"
+        self.state = State.ENDED
+        self._wake_everyone(broker_closed=True)
+
+    @enable_ki_protection
+    def close(self) -> None:
+        """The subscriber left: discard what is pending and count it as dropped."""
+        if self.state is State.CLOSED:
+            return
+        was_open = self.state is State.OPEN
+        self.state = State.CLOSED
+        if was_open:
+            self.tally.detach(self)
+        discarded = len(self.buffer)
+        if discarded:
+            self.buffer.clear()
+            self._count_drops(discarded)
+        self._wake_everyone(broker_closed=False)
+
+    def _wake_everyone(self, *, broker_closed: bool) -> None:
+        if broker_closed:
+            _wake_all(self.senders, lambda: outcome.Error(self._broker_closed()))
+        else:
+            _wake_all(self.senders, lambda: outcome.Value(False))
+        _wake_all(self.receivers, lambda: outcome.Value(None))
+
+    def statistics(self) -> SubscriptionStatistics:
+        return SubscriptionStatistics(
+            delivered=self.delivered,
+            received=self.received,
+            pending=len(self.buffer),
+            dropped=self.dropped,
+            max_buffer_size=self.max_buffer_size,
+        )

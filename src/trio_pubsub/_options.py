@@ -1,0 +1,73 @@
+"""Checks of option values, shared by the broker, its subscriptions and the bridge.
+
+Each check names the option and the rule, shows the value with ``!r``, and
+returns the value unchanged, so a call can check and assign in one step.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ._policy import OverflowPolicy
+
+
+def check_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """Return ``value`` if it is an ``int`` >= ``minimum``.
+
+    Raises:
+        TypeError: it is not an int (``bool`` included: ``True`` as a size is
+            always a mistake).
+        ValueError: it is below ``minimum``.
+    """
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(
+            f"{name} must be an int >= {minimum}, not {type(value).__name__}: {value!r}"
+        )
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def check_seconds(name: str, value: object) -> float:
+    """Return ``value`` if it is a number of seconds > 0 and finite.
+
+    Raises:
+        TypeError: it is not an ``int`` or ``float`` (or it is a ``bool``).
+        ValueError: it is not > 0, or not finite.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"{name} must be > 0 and finite, not {value!r}")
+    return value
+
+
+def check_policy(value: object) -> OverflowPolicy:
+    """Return ``value`` if it is an :class:`OverflowPolicy` member."""
+    if not isinstance(value, OverflowPolicy):
+        raise TypeError(
+            f"policy must be an OverflowPolicy member, not {type(value).__name__}: "
+            f"{value!r}"
+        )
+    return value
+
+
+def retain_error(retain: object) -> TypeError:
+    """The error for a ``retain`` that is neither ``True`` nor ``False``."""
+    return TypeError(f"retain must be a bool, not {type(retain).__name__}: {retain!r}")
+
+
+def check_message_type(message_type: object) -> None:
+    """Refuse a ``message_type`` that ``isinstance`` cannot use.
+
+    A class, a union (``int | str``) or a tuple of classes passes; a Protocol
+    that is not runtime-checkable, a subscripted generic (``list[int]``) or
+    anything else is refused now rather than at every publish.
+    """
+    try:
+        isinstance(None, message_type)  # type: ignore[arg-type]
+    except TypeError as error:
+        raise TypeError(
+            f"message_type must be a class, a union or a tuple of classes that "
+            f"isinstance() accepts, not {message_type!r} ({error})"
+        ) from None

@@ -1,0 +1,65 @@
+"""The module map holds: imports go one way, in the order the package states.
+
+The order is read from the package docstring, so the docstring stays true: a
+module may import (at run time or for annotations) only modules listed before
+it, which also rules out every cycle. The NATS bridge imports only the public
+API, ``_port`` and ``_log``.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import trio_pubsub
+
+PACKAGE = Path(trio_pubsub.__file__).parent
+
+
+def stated_order() -> list[str]:
+    doc = trio_pubsub.__doc__
+    assert doc is not None
+    listed = doc.split("each from those before it in this list:")[1].split(";")[0]
+    return re.findall(r"_[a-z]+", listed)
+
+
+def relative_imports(path: Path) -> list[tuple[int, str]]:
+    """(level, module) of every relative import in ``path``, nested ones too."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            if node.module:
+                found.append((node.level, node.module.split(".")[0]))
+            else:  # from .. import name, name...
+                found.extend((node.level, alias.name) for alias in node.names)
+    return found
+
+
+def test_the_stated_order_names_every_core_module() -> None:
+    """Every private module of the core is in the list, once."""
+    order = stated_order()
+    modules = {p.stem for p in PACKAGE.glob("_*.py") if p.stem != "__init__"}
+    assert sorted(order) == sorted(modules)
+
+
+def test_core_modules_import_only_modules_before_them_issue_15() -> None:
+    """No module imports one listed after it (so there is no cycle)."""
+    order = stated_order()
+    wrong = []
+    for index, name in enumerate(order):
+        for _, target in relative_imports(PACKAGE / f"{name}.py"):
+            if target not in order[:index]:
+                wrong.append(f"{name} imports {target}")
+    assert wrong == []
+
+
+def test_the_bridge_imports_only_the_public_api_port_and_log_issue_15() -> None:
+    """nats/ reaches the broker through trio_pubsub, _port and _log alone."""
+    public = set(trio_pubsub.__all__)
+    wrong = []
+    for path in (PACKAGE / "nats").glob("*.py"):
+        for level, target in relative_imports(path):
+            if level == 2 and target not in public | {"_port", "_log"}:
+                wrong.append(f"nats/{path.name} imports {target}")
+    assert wrong == []

@@ -35,7 +35,9 @@ from ._options import (
     check_int,
     check_message_type,
     check_policy,
+    payload_error,
     retain_error,
+    type_name,
 )
 from ._policy import OverflowPolicy
 from ._retained import RetainedStore
@@ -56,14 +58,6 @@ DEFAULT_DISCONNECT_AFTER: typing.Final = 1
 DEFAULT_MATCH_CACHE_SIZE: typing.Final = 8192
 DEFAULT_MATCH_CACHE_BYTES: typing.Final = 8 << 20
 DEFAULT_MAX_RETAINED: typing.Final = 10_000
-
-
-def _type_name(message_type: object) -> str:
-    if isinstance(message_type, tuple):
-        return " | ".join(_type_name(t) for t in message_type)
-    if isinstance(message_type, type):
-        return message_type.__qualname__
-    return str(message_type)
 
 
 @typing.final
@@ -187,7 +181,7 @@ class Broker(Generic[T]):
         self._closed = False
 
     def __repr__(self) -> str:
-        kind = "" if self._message_type is None else _type_name(self._message_type)
+        kind = "" if self._message_type is None else type_name(self._message_type)
         state = "closed" if self._closed else "open"
         return (
             f"<trio_pubsub.Broker[{kind}] {state}, "
@@ -322,15 +316,17 @@ class Broker(Generic[T]):
             targets = None
         if targets is None or type(subject) is not str:
             tokens = parse_subject(subject)
-            targets = None
+            if type(subject) is str:
+                targets = None
+            else:  # a str subclass: routed, and received, as the plain str
+                subject = str.__str__(subject)
+                targets = self._cache.get(subject)
+                self._cache_hits += targets is not None
         else:
             self._cache_hits += 1
         message_type = self._message_type
         if message_type is not None and not isinstance(payload, message_type):
-            raise TypeError(
-                f"payload must be an instance of {_type_name(message_type)}, "
-                f"not {type(payload).__name__}: {payload!r}"
-            )
+            raise payload_error(message_type, payload)
         message = new_message(subject, payload, headers)
         if targets is None:
             # A closed broker caches nothing: every call on it gets here.
@@ -414,7 +410,7 @@ class Broker(Generic[T]):
             self._run.learn()
         message, targets = self._snapshot(subject, payload, headers)
         if retain:
-            self._retained.put(subject, message)
+            self._retained.put(message.subject, message)
         full: list[Target[T]] = []
         accepted = self._deliver(message, targets, full)
         if full:
@@ -456,7 +452,7 @@ class Broker(Generic[T]):
                 if len(inbox.buffer) >= inbox.limit and inbox.would_block():
                     raise trio.WouldBlock
         if retain:
-            self._retained.put(subject, message)
+            self._retained.put(message.subject, message)
         # _deliver(), inlined on the hottest path: no target here can be full.
         appended = accepted = 0
         for inbox in targets:

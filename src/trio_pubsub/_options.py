@@ -71,3 +71,20 @@ def check_message_type(message_type: object) -> None:
             f"message_type must be a class, a union or a tuple of classes that "
             f"isinstance() accepts, not {message_type!r} ({error})"
         ) from None
+
+
+def type_name(message_type: object) -> str:
+    """How a message type reads in errors and reprs: ``Order``, ``int | str``."""
+    if isinstance(message_type, tuple):
+        return " | ".join(type_name(t) for t in message_type)
+    if isinstance(message_type, type):
+        return message_type.__qualname__
+    return str(message_type)
+
+
+def payload_error(message_type: object, payload: object) -> TypeError:
+    """The error for a payload that is not of the broker's ``message_type``."""
+    return TypeError(
+        f"payload must be an instance of {type_name(message_type)}, "
+        f"not {type(payload).__name__}: {payload!r}"
+    )

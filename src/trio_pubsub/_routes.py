@@ -12,8 +12,9 @@ Sublist does. The broker reads ``cache`` directly on its hot path (one dict
 lookup per publish) and never writes it. It is kept exact: registering or
 removing an inbox updates only the entries it affects (one lookup for a
 literal pattern, a scan of the cache for a wildcard one). It is bounded twice:
-in entries (``cache_size``) and in bytes (``cache_bytes``, the size of its
-subjects and target tuples as ``sys.getsizeof`` counts them), so that neither a
+in entries (``cache_size``) and in bytes (``cache_bytes``, what its subjects and
+target tuples take, counted a little above what ``sys.getsizeof`` says,
+without its cost), so that neither a
 stream of distinct subjects nor a few huge ones can grow memory. An entry
 larger than an eighth of the byte bound is not cached at all. When either bound
 is reached, the oldest quarter of the entries makes way (more, until the new
@@ -25,7 +26,6 @@ either registers an inbox completely or raises with nothing changed.
 
 from __future__ import annotations
 
-import sys
 import typing
 from itertools import islice
 from typing import Generic, TypeVar
@@ -41,7 +41,11 @@ if typing.TYPE_CHECKING:
 
 T = TypeVar("T")
 
-_sizeof = sys.getsizeof
+# The bytes of a cache entry are counted as 1 per character of an ASCII subject
+# (4 of any other: the most a str takes), 8 per target, and this for the str's
+# and the tuple's headers (49 and 40 bytes as sys.getsizeof counts them) and
+# the dict's slot: a little more than the entry takes.
+_ENTRY_OVERHEAD = 120
 
 
 class RouteTable(Generic[T]):
@@ -57,6 +61,7 @@ class RouteTable(Generic[T]):
         "_budget",
         "_bytes",
         "_count",
+        "_largest",
         "_limit",
         "_trie",
         "blocking",
@@ -69,6 +74,7 @@ class RouteTable(Generic[T]):
         self._trie: SubjectTrie[_Inbox[T]] = SubjectTrie()
         self._limit = cache_size if cache_bytes else 0
         self._budget = cache_bytes
+        self._largest = cache_bytes // 8  # a larger entry is not cached
         self._bytes = 0  # what the cache's entries take now
         self._count = 0  # inboxes registered
         self._arranged = 0  # of those, queue members and multi-pattern inboxes
@@ -101,22 +107,28 @@ class RouteTable(Generic[T]):
 
         The broker calls this on a cache miss.
         """
-        found = self._entry(tokens)
+        # _entry(), inlined for the common case: nothing to arrange
+        matched = self._trie.match(tokens)
+        found = self._arrange(matched) if self._arranged else tuple(matched)
         if self._limit:
-            weight = _sizeof(subject) + _sizeof(found)
-            if weight * 8 <= self._budget:
+            weight = (len(subject) if subject.isascii() else 4 * len(subject)) + (
+                8 * len(found) + _ENTRY_OVERHEAD
+            )
+            if weight <= self._largest:
                 cache = self.cache
-                if len(cache) >= self._limit or self._bytes + weight > self._budget:
-                    self._evict(weight)
-                cache[subject] = found
                 self._bytes += weight
+                if len(cache) >= self._limit or self._bytes > self._budget:
+                    self._evict()
+                cache[subject] = found
         return found
 
     def _entry(self, tokens: tuple[str, ...]) -> tuple[Target[T], ...]:
         """The targets of a parsed subject, arranged when anything needs it."""
         matched = self._trie.match(tokens)
-        if not self._arranged:
-            return tuple(matched)
+        return self._arrange(matched) if self._arranged else tuple(matched)
+
+    def _arrange(self, matched: list[_Inbox[T]]) -> tuple[Target[T], ...]:
+        """Gather queue members into GroupTargets; list multi-pattern inboxes once."""
         slots: list[Target[T] | _Group] = []  # a group where its target goes
         members: dict[_Group, list[_Inbox[T]]] = {}
         membership = self.membership
@@ -137,19 +149,28 @@ class RouteTable(Generic[T]):
             for slot in slots
         )
 
-    def _evict(self, room: int) -> None:
-        """Drop the oldest quarter of the cache, and more until ``room`` fits."""
+    def _evict(self) -> None:
+        """Drop the oldest quarter of the cache, and more, until both bounds hold.
+
+        The count bound leaves room for one more entry (whose bytes the caller
+        has counted already).
+        """
         cache = self.cache
         while cache:
-            for subject in list(islice(cache, max(1, len(cache) // 4))):
-                self._bytes -= _sizeof(subject) + _sizeof(cache.pop(subject))
-            if len(cache) < self._limit and self._bytes + room <= self._budget:
+            freed = 0
+            oldest = list(islice(cache, max(1, len(cache) // 4)))
+            for subject in oldest:
+                targets = cache.pop(subject)
+                freed += len(subject) if subject.isascii() else 4 * len(subject)
+                freed += 8 * len(targets)
+            self._bytes -= freed + _ENTRY_OVERHEAD * len(oldest)
+            if len(cache) < self._limit and self._bytes <= self._budget:
                 return
 
     def _store(self, subject: str, targets: tuple[Target[T], ...]) -> None:
         """Replace the cached targets of ``subject``, keeping the byte count."""
         cache = self.cache
-        self._bytes += _sizeof(targets) - _sizeof(cache[subject])
+        self._bytes += 8 * (len(targets) - len(cache[subject]))
         cache[subject] = targets
 
     def _affected(self, pattern: tuple[str, ...]) -> list[str]:
@@ -226,7 +247,7 @@ class RouteTable(Generic[T]):
                     for subject in affected:
                         self._store(subject, (*self.cache[subject], inbox))
             if self._bytes > self._budget:
-                self._evict(0)
+                self._evict()
 
     def discard(self, inbox: _Inbox[T]) -> None:
         """Route nothing more to ``inbox`` (registered now)."""

@@ -151,13 +151,14 @@ class SubjectTrie(Generic[V]):
 
         Follows the chain of literal children in a loop; a ``*`` child is
         walked first and the literal branch it leaves is kept on a stack, so
-        the common all-literal path allocates nothing but the result.
+        the common all-literal path allocates little beyond the result.
         """
         found: list[V] = []
         end = len(subject)
-        stack: list[tuple[_Node[V], int]] = [(self._root, 0)]
-        while stack:
-            node, index = stack.pop()
+        stack: list[tuple[_Node[V], int]] = []
+        node = self._root
+        index = 0
+        while True:
             while index < end:
                 if node.rest:
                     # '>' needs one or more tokens: subject[index] is at least that.
@@ -176,7 +177,9 @@ class SubjectTrie(Generic[V]):
             else:
                 if node.exact:
                     found.extend(node.exact)
-        return found
+            if not stack:
+                return found
+            node, index = stack.pop()
 
     def values(self) -> Iterator[V]:
         """Iterate over every stored value (once per pattern it is stored under)."""

@@ -14,7 +14,13 @@ import pytest
 import trio
 import trio.testing
 
-from trio_pubsub import Broker, OverflowPolicy, subject_matches, validate_pattern
+from trio_pubsub import (
+    Broker,
+    OverflowPolicy,
+    Subscription,
+    subject_matches,
+    validate_pattern,
+)
 
 from ..helpers import drain, export_subscription, routing_nodes
 
@@ -202,3 +208,31 @@ async def test_subscriptions_count_stays_true_after_aclose_with_an_export_issue_
         await broker.aclose()
         assert broker.statistics().subscriptions == 0
     assert broker.statistics().subscriptions == 0
+
+
+class Text(str):
+    """A str subclass, as some libraries hand out."""
+
+
+async def test_a_str_subclass_subject_is_routed_as_the_plain_str(
+    cache_size: int,
+) -> None:
+    """A str subclass is a valid subject: cached or not, it routes like the str."""
+    broker = Broker[int](match_cache_size=cache_size)
+    async with broker.subscribe("a.*") as sub:
+        broker.publish_nowait(Text("a.b"), 1)
+        broker.publish_nowait("a.b", 2)
+        broker.publish_nowait(Text("a.b"), 3, retain=True)
+        messages = [sub.receive_nowait() for _ in range(3)]
+    assert [m.payload for m in messages] == [1, 2, 3]
+    assert all(type(m.subject) is str for m in messages)
+    assert [type(m.subject) for m in broker.retained(">")] == [str]
+    if cache_size:
+        assert broker.statistics().cache_size == 1
+        assert broker._routes.cache_bytes < 1_000  # counted once, not per call
+
+
+def test_a_subscription_cannot_be_made_by_hand() -> None:
+    """Subscription() is refused: only subscribe() makes one, with its inbox."""
+    with pytest.raises(TypeError, match=r"broker\.subscribe"):
+        Subscription()

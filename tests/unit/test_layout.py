@@ -63,3 +63,14 @@ def test_the_bridge_imports_only_the_public_api_port_and_log_issue_15() -> None:
             if level == 2 and target not in public | {"_port", "_log"}:
                 wrong.append(f"nats/{path.name} imports {target}")
     assert wrong == []
+
+
+def test_only_the_inbox_parks_and_wakes_tasks() -> None:
+    """Tasks are parked and rescheduled in _inbox alone, the one place to protect."""
+    parking = re.compile(r"wait_task_rescheduled|\breschedule\(")
+    users = sorted(
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if parking.search(path.read_text())
+    )
+    assert users == ["_inbox.py"]

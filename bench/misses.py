@@ -8,7 +8,9 @@ routing a new subject costs. Chunks of subjects are smaller than the cache, so
 the second pass always hits.
 
 ``nodes_per_miss`` walks the trie as ``SubjectTrie.match`` does and counts the
-nodes it visits: a diagnostic that reads internals.
+nodes it visits, and ``length_dead_per_miss`` how many of them a pruning by
+length could skip: diagnostics that read internals. ``python bench/misses.py``
+prints both with W3b at N = 10, 1,000 and 100,000.
 """
 
 from __future__ import annotations
@@ -94,6 +96,74 @@ def nodes_per_miss(ours: w.Ours, subjects: list[str]) -> float:
     return visited / len(subjects)
 
 
+_ALL = (1 << 64) - 1
+
+
+def _reach(root: Any) -> dict[int, int]:
+    """For each node (by id), the token counts its patterns can still take.
+
+    Bit k: some pattern below ends exactly k tokens further (63: 63 or more).
+    """
+    order: list[Any] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend((node.literal or {}).values())
+        if node.star is not None:
+            stack.append(node.star)
+    reach: dict[int, int] = {}
+    for node in reversed(order):  # children before parents
+        mask = (1 if node.exact else 0) | (_ALL ^ 1 if node.rest else 0)
+        children = [*(node.literal or {}).values()]
+        if node.star is not None:
+            children.append(node.star)
+        for child in children:
+            below = reach[id(child)]
+            mask |= ((below << 1) & _ALL) | (1 << 63 if below >> 62 else 0)
+        reach[id(node)] = mask
+    return reach
+
+
+def length_dead_per_miss(ours: w.Ours, subjects: list[str]) -> tuple[float, float]:
+    """Nodes a match visits per subject, and how many of them pruning could skip.
+
+    Those are the nodes in branches whose patterns cannot end at the subject's
+    length.
+    """
+    root: Any = ours.broker._routes._trie._root
+    reach = _reach(root)
+    visited = dead_visits = 0
+    for subject in subjects:
+        tokens = parse_subject(subject)
+        end = len(tokens)
+        stack = [(root, 0, False)]
+        while stack:
+            node, index, dead = stack.pop()
+            while True:
+                visited += 1
+                dead_visits += dead
+                if index >= end:
+                    break
+                literal = node.literal
+                child = literal.get(tokens[index]) if literal else None
+                index += 1
+                left = min(end - index, 63)
+                if node.star is not None:
+                    if child is not None:
+                        stack.append(
+                            (child, index, dead or not reach[id(child)] >> left & 1)
+                        )
+                    dead = dead or not reach[id(node.star)] >> left & 1
+                    node = node.star
+                elif child is not None:
+                    dead = dead or not reach[id(child)] >> left & 1
+                    node = child
+                else:
+                    break
+    return visited / len(subjects), dead_visits / len(subjects)
+
+
 async def _main() -> None:
     reference = w.Ours()
     await reference.open(w.make_patterns(10).patterns)
@@ -102,9 +172,11 @@ async def _main() -> None:
         await ours.open(w.make_patterns(n).patterns)
         small, big, growth = paired_growth(reference, ours, 7, 2_000, seed=n)
         nodes = nodes_per_miss(ours, w.fresh_subjects(5_000, seed=n + 1))
+        _, dead = length_dead_per_miss(ours, w.fresh_subjects(5_000, seed=n + 2))
         print(
             f"N={n:>7,}: miss-hit {big:.3f} us (N=10: {small:.3f}), "
-            f"{growth:.2f}x paired, {nodes:.2f} nodes per miss"
+            f"{growth:.2f}x paired, {nodes:.2f} nodes per miss, "
+            f"{dead:.2f} of them in branches that cannot end at its length"
         )
         await ours.close()
 

@@ -24,16 +24,14 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable, Iterator
-from contextlib import AsyncExitStack
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import trio
 from misses import miss_minus_hit_us
-from workloads import BIG, cycle, fresh_subjects, make_patterns
+from workloads import Ours, cycle, fresh_subjects, make_patterns
 
 import trio_pubsub
 
@@ -55,36 +53,9 @@ def load_before(commit: str, into: Path) -> ModuleType:
     return importlib.import_module("trio_pubsub_before")
 
 
-class Side:
+def side(module: Any) -> Ours:
     """One implementation's broker, with subscriptions held open."""
-
-    def __init__(self, module: Any) -> None:
-        self.broker = module.Broker[int](max_buffer_size=BIG)
-        self.stack = AsyncExitStack()
-        self.subs: list[Any] = []
-
-    async def open(self, patterns: list[str]) -> None:
-        for pattern in patterns:
-            self.subs.append(
-                await self.stack.enter_async_context(self.broker.subscribe(pattern))
-            )
-
-    def batch(self, subjects: list[str]) -> float:
-        publish = self.broker.publish_nowait
-        start = time.perf_counter()
-        for i, subject in enumerate(subjects):
-            publish(subject, i)
-        elapsed = time.perf_counter() - start
-        self.drain()
-        return elapsed
-
-    def drain(self) -> None:
-        for sub in self.subs:
-            while True:
-                try:
-                    sub.receive_nowait()
-                except trio.WouldBlock:
-                    break
+    return Ours(module.Broker)
 
 
 def paired(
@@ -109,7 +80,7 @@ def paired(
     )
 
 
-def _next_miss_minus_hit(side: Side, chunks: Iterator[list[str]]) -> float:
+def _next_miss_minus_hit(side: Ours, chunks: Iterator[list[str]]) -> float:
     return miss_minus_hit_us(side, next(chunks))
 
 
@@ -117,7 +88,7 @@ async def main(before: ModuleType, rounds: int, messages: int) -> None:
     print(f"{'workload':<34} {'before µs':>10} {'now µs':>10} {'now speed':>10}")
 
     async def case(name: str, patterns: list[str], subjects: list[str]) -> None:
-        old, new = Side(before), Side(trio_pubsub)
+        old, new = side(before), side(trio_pubsub)
         await old.open(patterns)
         await new.open(patterns)
         old.batch(subjects)  # warm: the hot subjects are cached
@@ -141,7 +112,7 @@ async def main(before: ModuleType, rounds: int, messages: int) -> None:
             cycle(pattern_set.hot, messages),
         )
     for n in (10, 100_000):
-        old, new = Side(before), Side(trio_pubsub)
+        old, new = side(before), side(trio_pubsub)
         patterns = make_patterns(n).patterns
         await old.open(patterns)
         await new.open(patterns)

@@ -181,10 +181,13 @@ def _naive_match(pattern: list[str], subject: list[str]) -> bool:
 
 
 class Ours:
-    """A Broker with one subscription per pattern, held open by an exit stack."""
+    """A Broker with one subscription per pattern, held open by an exit stack.
 
-    def __init__(self) -> None:
-        self.broker = Broker[int](max_buffer_size=BIG)
+    ``broker_class`` is another version's Broker in ``ab.py``.
+    """
+
+    def __init__(self, broker_class: type[Broker[int]] = Broker) -> None:
+        self.broker = broker_class(max_buffer_size=BIG)
         self.stack = AsyncExitStack()
         self.subs: list[Subscription[int]] = []
 

@@ -23,7 +23,7 @@ import typing
 # Runtime imports, so that the API reference can resolve the annotations.
 from collections.abc import Mapping  # noqa: TC003
 from contextlib import AbstractAsyncContextManager  # noqa: TC003
-from typing import Generic, TypeVar, overload
+from typing import Generic, TypeVar
 
 import trio
 from trio.lowlevel import enable_ki_protection
@@ -115,34 +115,6 @@ class Broker(Generic[T]):
         "_run",
         "_tally",
     )
-
-    @overload
-    def __init__(
-        self: Broker[T],
-        message_type: type[T],
-        /,
-        *,
-        max_buffer_size: int = ...,
-        policy: OverflowPolicy = ...,
-        disconnect_after: int = ...,
-        match_cache_size: int = ...,
-        match_cache_bytes: int = ...,
-        max_retained: int = ...,
-    ) -> None: ...
-
-    @overload
-    def __init__(
-        self,
-        message_type: types.UnionType | tuple[type[object], ...] | None = None,
-        /,
-        *,
-        max_buffer_size: int = ...,
-        policy: OverflowPolicy = ...,
-        disconnect_after: int = ...,
-        match_cache_size: int = ...,
-        match_cache_bytes: int = ...,
-        max_retained: int = ...,
-    ) -> None: ...
 
     def __init__(
         self,

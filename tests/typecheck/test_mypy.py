@@ -34,6 +34,11 @@ SNIPPET = textwrap.dedent(
             broker.publish_nowait("orders.1", OrderEvent(2))
             await broker.publish("orders.1", "not an order")  # line 22
             explicit.publish_nowait("orders.1", 3)  # line 23
+        union: Broker[int | str] = Broker(int | str)
+        reveal_type(union)
+        union.publish_nowait("u", 1.5)  # line 26
+        pair: Broker[int | str] = Broker((int, str))
+        pair.publish_nowait("u", "one")
     """
 )
 
@@ -66,12 +71,15 @@ def test_mypy_infers_and_rejects(tmp_path: Path) -> None:
         'note: Revealed type is "trio_pubsub.Subscription[snippet.OrderEvent]"',
         'note: Revealed type is "trio_pubsub.Message[snippet.OrderEvent]"',
         'note: Revealed type is "snippet.OrderEvent"',
+        'note: Revealed type is "trio_pubsub.Broker[int | str]"',
     ], stdout
     errors = [line for line in stdout.splitlines() if ": error: " in line]
-    assert len(errors) == 2, stdout
+    assert len(errors) == 3, stdout
     assert ":22:" in errors[0]
     assert '"str"' in errors[0]
     assert "[arg-type]" in errors[0]
     assert ":23:" in errors[1]
     assert '"int"' in errors[1]
+    assert ":26:" in errors[2]
+    assert '"float"' in errors[2]
     assert status == 1, stderr

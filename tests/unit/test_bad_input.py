@@ -169,7 +169,7 @@ def test_bad_broker_construction(
 ) -> None:
     """Broker() names the bad option."""
     with pytest.raises(error, match=name):
-        Broker(int, **options)  # type: ignore[call-overload]
+        Broker(int, **options)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -132,7 +132,7 @@ BAD_OPTIONS = [
 def test_bad_broker_options(options: dict[str, object], error: type, name: str) -> None:
     """Invalid broker options raise ValueError/TypeError naming the option."""
     with pytest.raises(error, match=name):
-        Broker(int, **options)  # type: ignore[call-overload]
+        Broker(int, **options)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("options", "error", "name"), BAD_OPTIONS)
@@ -939,7 +939,7 @@ def test_bad_match_cache_size() -> None:
     with pytest.raises(ValueError, match="match_cache_size must be an int >= 0"):
         Broker(int, match_cache_size=-1)
     with pytest.raises(TypeError, match="match_cache_size"):
-        Broker(int, match_cache_size=None)  # type: ignore[call-overload]
+        Broker(int, match_cache_size=None)  # type: ignore[arg-type]
     Broker(int, match_cache_size=0)
 
 

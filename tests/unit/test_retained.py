@@ -115,7 +115,7 @@ def test_max_retained_is_checked() -> None:
     with pytest.raises(ValueError, match="max_retained must be an int >= 0"):
         Broker[int](max_retained=-1)
     with pytest.raises(TypeError, match="max_retained"):
-        Broker[int](max_retained=1.5)  # type: ignore[call-overload]
+        Broker[int](max_retained=1.5)  # type: ignore[arg-type]
 
 
 async def test_retain_must_be_a_bool_and_nothing_changes_otherwise() -> None:

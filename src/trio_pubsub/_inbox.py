@@ -80,8 +80,10 @@ class State(enum.Enum):
     OPEN = enum.auto()
     """Registered in the broker's routes, taking new messages."""
     ENDED = enum.auto()
-    """The broker was closed, or the subscription drained: drain, then
-    ``trio.EndOfChannel``."""
+    """The broker was closed: drain, then ``trio.EndOfChannel``."""
+    DRAINED = enum.auto()
+    """Routed nothing more while the broker stays open: drain, then
+    ``trio.EndOfChannel``; publishers waiting on it return as if it had left."""
     CUT_OFF = enum.auto()
     """Disconnected as a slow consumer: drain, then ``SlowConsumerError``."""
     CLOSED = enum.auto()
@@ -380,7 +382,7 @@ class _Inbox(Generic[T]):
             return message
         if self.state is State.OPEN:
             raise trio.WouldBlock
-        if self.state is State.ENDED:
+        if self.state is State.ENDED or self.state is State.DRAINED:
             raise trio.EndOfChannel
         if self.state is State.CUT_OFF:
             raise SlowConsumerError(
@@ -420,6 +422,19 @@ class _Inbox(Generic[T]):
         assert self.state is State.OPEN, "only open inboxes are registered"
         self.state = State.ENDED
         self._wake_everyone(broker_closed=True)
+
+    @enable_ki_protection
+    def drain(self) -> None:
+        """Route nothing more here; keep what is held; then ``EndOfChannel``.
+
+        Unlike :meth:`end`, the broker is still open: publishers waiting for
+        room here return as for a subscription that left. Idempotent; nothing
+        happens once it has ended, been cut off or closed.
+        """
+        if self.state is State.OPEN:
+            self.state = State.DRAINED
+            self.tally.detach(self)
+            self._wake_everyone(broker_closed=False)
 
     @enable_ki_protection
     def close(self) -> None:

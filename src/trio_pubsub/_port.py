@@ -22,7 +22,6 @@ from typing import Generic, TypeVar
 
 from trio.lowlevel import enable_ki_protection
 
-from ._inbox import State
 from ._options import (
     check_int as check_int,
     check_policy,
@@ -78,12 +77,10 @@ def export(
 def stop_routing(subscription: Subscription[T]) -> None:
     """Route nothing more to ``subscription``; it keeps what it holds.
 
-    Its consumer then drains it and sees ``trio.EndOfChannel``. Idempotent.
+    Its consumer then drains it and sees ``trio.EndOfChannel``; publishers
+    waiting for room in it return normally. Idempotent.
     """
-    inbox = subscription._inbox
-    if inbox.state is State.OPEN:
-        inbox.tally.detach(inbox)
-        inbox.end()
+    subscription._inbox.drain()
 
 
 class Pending(Generic[T]):

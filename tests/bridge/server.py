@@ -66,7 +66,19 @@ class NatsServer:
         self.process.wait()
         self.process = None
 
+    def pause(self) -> None:
+        """Stop the server's process (SIGSTOP): it holds its sockets, answers nothing."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run again (SIGCONT)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
+        if self.process is not None:
+            self.resume()  # a paused process would not see SIGTERM until then
         if self.process is not None:
             self.process.terminate()
             self.process.wait()

@@ -119,3 +119,32 @@ async def test_aclose_ends_a_subscription_on_several_patterns_once() -> None:
         assert (await many.receive()).payload == 1
         with pytest.raises(trio.EndOfChannel):
             await many.receive()
+
+
+async def test_stop_routing_releases_waiting_publishers_normally_issue_16(
+    broker: Broker[int],
+) -> None:
+    """A publisher waiting on a drained BLOCK export returns; the broker is open.
+
+    Before, it woke with BrokerClosedError as if the broker had closed.
+    """
+    async with (
+        _port.export(
+            broker, ["d"], max_buffer_size=1, policy=OverflowPolicy.BLOCK
+        ) as export,
+        broker.subscribe("d") as other,
+    ):
+        broker.publish_nowait("d", 1)
+        results: list[int] = []
+
+        async def publisher() -> None:
+            results.append(await broker.publish("d", 2))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publisher)
+            await trio.testing.wait_all_tasks_blocked()
+            _port.stop_routing(export)
+        assert results == [1]  # the other subscription took it; the export left
+        assert drain(export) == [1]
+        assert drain(other) == [1, 2]
+        assert broker.statistics().published == 2

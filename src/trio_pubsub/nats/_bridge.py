@@ -135,7 +135,8 @@ class Bridge(Generic[T]):
         self._in_lost = 0  # decode, grammar, type, closed broker, left at close
         # one rate-limited warning per cause, so that each cause is named
         self._warn_encode = RateLimitedWarning(log=logger)
-        self._warn_headers = RateLimitedWarning(log=logger)
+        # by cause of refusal (see _refusal), made on first use
+        self._warn_refused: dict[str, RateLimitedWarning] = {}
         self._warn_decode = RateLimitedWarning(log=logger)
         self._warn_import = RateLimitedWarning(log=logger)
 
@@ -319,6 +320,8 @@ class Bridge(Generic[T]):
         batch: list[Outgoing] = []
         encode = self._encode
         head = self._head
+        assert self._link is not None
+        max_payload = self._link.max_payload
         for message in messages:
             try:
                 data = encode(message.payload)
@@ -327,26 +330,29 @@ class Bridge(Generic[T]):
             except Exception as error:
                 self._out_lost += 1
                 self._warn_encode(
-                    "NATS bridge: a message on %s was not exported: "
+                    "NATS bridge: a message on %r was not exported: "
                     "encode failed: %s: %s",
                     message.subject,
                     type(error).__name__,
                     error,
                 )
                 continue
-            headers = None
-            if message.headers:
-                problem = _header_problem(message.headers)
-                if problem is not None:
-                    self._out_lost += 1
-                    self._warn_headers(
-                        "NATS bridge: a message on %s was not exported: %s",
-                        message.subject,
-                        problem,
-                    )
-                    continue
-                headers = dict(message.headers)
-            batch.append((head + message.subject, data, headers))
+            subject = head + message.subject
+            refusal = _refusal(subject, data, message.headers, max_payload)
+            if refusal is not None:
+                cause, problem = refusal
+                self._out_lost += 1
+                warn = self._warn_refused.get(cause)
+                if warn is None:
+                    warn = self._warn_refused[cause] = RateLimitedWarning(log=logger)
+                warn(
+                    "NATS bridge: a message on %r was not exported: %s",
+                    message.subject,
+                    problem,
+                )
+                continue
+            headers = dict(message.headers) if message.headers else None
+            batch.append((subject, data, headers))
         return batch
 
     # -- import ----------------------------------------------------------------------
@@ -382,7 +388,7 @@ class Bridge(Generic[T]):
         except BrokerClosedError as error:
             self._in_lost += 1
             self._warn_import(
-                "NATS bridge: a message on %s was not imported: %s",
+                "NATS bridge: a message on %r was not imported: %s",
                 pending.message.subject,
                 error,
             )
@@ -401,7 +407,7 @@ class Bridge(Generic[T]):
         except Exception as error:
             self._in_lost += 1
             self._warn_decode(
-                "NATS bridge: a message on %s was not imported: decode failed: %s: %s",
+                "NATS bridge: a message on %r was not imported: decode failed: %s: %s",
                 remote,
                 type(error).__name__,
                 error,
@@ -415,7 +421,7 @@ class Bridge(Generic[T]):
         except (InvalidSubjectError, TypeError, BrokerClosedError) as error:
             self._in_lost += 1
             self._warn_import(
-                "NATS bridge: a message on %s was not imported: %s",
+                "NATS bridge: a message on %r was not imported: %s",
                 remote,
                 error,
             )
@@ -425,16 +431,72 @@ class Bridge(Generic[T]):
         return pending
 
 
-def _header_problem(headers: Mapping[str, str]) -> str | None:
-    """Why ``headers`` cannot travel as NATS headers, or None."""
-    for name, value in headers.items():
-        if not name or not all(33 <= ord(c) <= 126 and c != ":" for c in name):
-            return (
-                f"header name {name!r} is not valid in NATS (printable ASCII "
-                "without ':' or spaces)"
-            )
-        if "\r" in value or "\n" in value:
-            return f"the value of header {name!r} holds a line break"
+MAX_CONTROL_LINE = 4096
+"""nats-server's default ``max_control_line``: the longest ``HPUB`` line it takes.
+
+A longer one makes it answer ``-ERR`` and close the connection."""
+
+_CONTROL_LINE_EXTRA = 48  # "HPUB", spaces, two sizes of up to 20 digits, CRLF
+_HEADER_BLOCK = len(b"NATS/1.0\r\n\r\n")
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+
+
+def _refusal(
+    subject: str, data: bytes, headers: Mapping[str, str], max_payload: int
+) -> tuple[str, str] | None:
+    """Why NATS cannot carry this message as it is: (cause, explanation), or None.
+
+    Checked before it is written, because nats-py and the server would
+    otherwise fail on it after the fact: a lone surrogate raises in the
+    sender; a control line over the server's limit, or headers and payload
+    over ``max_payload``, make the server close the connection; nats-py
+    refuses header names that are not RFC 7230 tokens and strips the
+    whitespace around values.
+    """
+    if subject.isascii():
+        size = len(subject)
+    else:
+        try:
+            size = len(subject.encode())
+        except UnicodeEncodeError:
+            return "subject", "the subject is not valid UTF-8 (a lone surrogate)"
+    if size + _CONTROL_LINE_EXTRA > MAX_CONTROL_LINE:
+        return "control line", (
+            f"its subject takes {size} bytes, too many for a NATS control line "
+            f"({MAX_CONTROL_LINE} bytes in all)"
+        )
+    size = len(data)
+    if headers:
+        size += _HEADER_BLOCK
+        for name, value in headers.items():
+            if not name or not _TOKEN_CHARS.issuperset(name):
+                return "header name", (
+                    f"header name {name!r} is not valid in NATS (letters, digits "
+                    "and !#$%&'*+-.^_`|~ only)"
+                )
+            if "\r" in value or "\n" in value:
+                return "header value", (
+                    f"the value of header {name!r} holds a line break"
+                )
+            if value != value.strip():
+                return "header value", (
+                    f"the value of header {name!r} starts or ends with whitespace, "
+                    "which NATS would strip"
+                )
+            try:
+                size += len(name) + len(value.encode()) + 4  # ": " and CRLF
+            except UnicodeEncodeError:
+                return "header value", (
+                    f"the value of header {name!r} is not valid UTF-8 (a lone "
+                    "surrogate)"
+                )
+    if size > max_payload:
+        return "size", (
+            f"it takes {size} bytes with its headers, more than the server's "
+            f"max_payload ({max_payload})"
+        )
     return None
 
 

@@ -79,6 +79,8 @@ class Link:
         flush_timeout: int,
     ) -> None:
         self.counters = Counters()
+        self.max_payload = 1 << 20
+        """The server's max_payload (nats-server's default until connected)."""
         self._token = token
         self._max_inbound = max_inbound
         self._connect_options = connect_options
@@ -175,6 +177,7 @@ class Link:
             closed_cb=self._on_closed,
         )
         self._nc.options["max_reconnect_attempts"] = attempts
+        self.max_payload = self._nc.max_payload
         self.counters.connected = True
         self._up.set()
         self._sender = asyncio.ensure_future(self._send_batches())
@@ -207,7 +210,7 @@ class Link:
         if isinstance(error, nats.errors.SlowConsumerError):
             self.counters.slow_consumer += 1
             self._warn_slow(
-                "NATS bridge: a message on %s was dropped: the bridge's inbound "
+                "NATS bridge: a message on %r was dropped: the bridge's inbound "
                 "queue is full (the broker takes messages more slowly than NATS "
                 "brings them)",
                 error.subject,
@@ -230,6 +233,7 @@ class Link:
         self.counters.reconnects += 1
         self.counters.connected = True
         assert self._nc is not None
+        self.max_payload = self._nc.max_payload
         url = self._nc.connected_url  # a ParseResult, or None if it broke again
         logger.warning(
             "NATS bridge: reconnected to %s", url.geturl() if url else "the server"

@@ -1,0 +1,125 @@
+"""The bridge under faults and hostile input, against a real nats-server (issue 16).
+
+Each test names the defect it holds fixed; each failed before its fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import trio
+
+from trio_pubsub import Broker, OverflowPolicy
+from trio_pubsub.nats import decode_bytes, encode_bytes, open_bridge
+
+from .server import NatsServer
+from .test_bridge import GUARD, JSON, quiet, take, wait_until
+
+
+async def test_drain_with_block_releases_local_publishers_normally_issue_16(
+    own_server: NatsServer,
+) -> None:
+    """drain=True on a stalled BLOCK export: a waiting publisher returns, no error.
+
+    The server is paused (SIGSTOP), so the export cannot pass on what it holds
+    and a local publisher waits for room in it. Leaving the bridge drains it:
+    the export takes nothing more, and the publisher must return as for any
+    subscription that leaves, since the broker is still open.
+    """
+    broker = Broker[Any]()
+    returned: list[int] = []
+
+    async def publisher() -> None:
+        try:
+            for i in range(1, 200):
+                await broker.publish(f"b.{i}", i)
+                returned.append(i)
+        finally:
+            own_server.resume()
+
+    async with (
+        broker.subscribe("b.>", max_buffer_size=200) as local,
+        trio.open_nursery() as nursery,
+    ):
+        async with open_bridge(
+            broker,
+            own_server.url,
+            outbound=["b.>"],
+            max_outbound=1,
+            outbound_policy=OverflowPolicy.BLOCK,
+            drain=True,
+            drain_timeout=5,
+            **JSON,
+        ) as bridge:
+            await broker.publish("b.0", 0)
+            await wait_until(lambda: bridge.statistics().exported == 1)
+            own_server.pause()
+            nursery.start_soon(publisher)
+            await trio.sleep(0.3)  # it fills the export and waits (not a measure)
+            assert len(returned) < 199
+        with trio.fail_after(GUARD):
+            while len(returned) < 199:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        stats = bridge.statistics()
+    assert local.statistics().delivered == 200
+    assert bridge._export_sub is not None
+    export = bridge._export_sub.statistics()  # what was routed to the export
+    routed = export.received + export.pending + export.dropped
+    assert 2 <= routed < 200
+    assert stats.outbound_pending == 0
+    assert stats.exported + stats.outbound_dropped + stats.unconfirmed == routed
+
+
+BYTES: dict[str, Any] = {"encode": encode_bytes, "decode": decode_bytes}
+
+
+async def test_no_single_local_message_can_stop_the_export_issue_16(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Messages NATS cannot carry are refused before they are written, and counted.
+
+    Before: a lone surrogate raised in the sender task (nothing exported after
+    it); a subject over the server's control line, or headers pushing the
+    payload over max_payload, made the server close the connection for good;
+    header names nats-py refuses and values it would strip went wrong silently.
+    """
+    caplog.set_level(logging.WARNING, logger="trio_pubsub.nats")
+    here, there = Broker[bytes](), Broker[bytes]()
+    big = b"x" * ((1 << 20) - 20)  # fits max_payload (1 MiB) alone, not with headers
+    bad: list[tuple[str, bytes, dict[str, str] | None]] = [
+        ("ev.\ud800", b"1", None),
+        ("ev.h", b"2", {"Trace": "\udfff"}),
+        ("ev." + "s" * 5_000, b"3", None),
+        ("ev.big", big, {"Some-Header": "v" * 100}),
+        ("ev.h", b"5", {"a/b": "v"}),
+        ("ev.h", b"6", {"Pad": " spaced "}),
+    ]
+    async with (
+        open_bridge(here, nats_server.url, outbound=["ev.>"], **BYTES) as out,
+        open_bridge(there, nats_server.url, inbound=["ev.>"], **BYTES) as into,
+        there.subscribe("ev.>", max_buffer_size=100) as sub,
+    ):
+        del into
+        for index, (subject, data, headers) in enumerate(bad):
+            await here.publish(subject, data, headers=headers)
+            await here.publish("ev.ok", str(index).encode(), headers={"N": "1"})
+        await here.publish("ev.big", big)  # the same payload without headers fits
+        got = await take(sub, len(bad) + 1)
+        assert [m.payload for m in got[:-1]] == [str(i).encode() for i in range(6)]
+        assert got[-1].payload == big
+        await quiet(sub)
+        stats = out.statistics()
+        assert stats.outbound_dropped == len(bad)
+        assert stats.exported == len(bad) + 1
+        assert (stats.connected, stats.closed, stats.reconnects) == (True, False, 0)
+    text = caplog.text  # one warning a second per cause: each cause is named
+    for reason in (
+        "the subject is not valid UTF-8",
+        "too many for a NATS control line",
+        "more than the server's max_payload",
+        "header name 'a/b' is not valid in NATS",
+        "the value of header 'Trace' is not valid UTF-8",
+    ):
+        assert reason in text

@@ -7,8 +7,9 @@ bridge:
 * :func:`export`: one subscription on several patterns, each message once and
   in order (a subject matching two of them goes out once);
 * :func:`stop_routing`: route nothing more to it, keep what it holds;
-* :func:`inject`: publish what came from NATS past that subscription (no
-  echo), without a checkpoint (the bridge takes one per batch);
+* :func:`inject`: publish what came from NATS past every export of the
+  broker (no echo, and no loop between two bridges of one broker), without a
+  checkpoint (the bridge takes one per batch);
 * :func:`finish`: wait, as ``publish`` does, for the full ``BLOCK``
   subscriptions an injected message is still due to.
 
@@ -18,6 +19,7 @@ It also passes on the option checks the bridge shares with the broker.
 from __future__ import annotations
 
 import typing
+import weakref
 from typing import Generic, TypeVar
 
 from trio.lowlevel import enable_ki_protection
@@ -36,11 +38,17 @@ if typing.TYPE_CHECKING:
 
     from ._broker import Broker
     from ._groups import Target
+    from ._inbox import _Inbox
     from ._message import Message
     from ._policy import OverflowPolicy
     from ._subscription import Subscription
 
 T = TypeVar("T")
+
+_EXPORTS: weakref.WeakKeyDictionary[Broker[typing.Any], set[_Inbox[typing.Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""The exports open now on each broker, whichever bridge opened them."""
 
 
 def export(
@@ -52,7 +60,8 @@ def export(
 ) -> AbstractAsyncContextManager[Subscription[T]]:
     """One subscription on several ``patterns``: each message once, in order.
 
-    It gets no retained messages, and counts once in the broker's statistics.
+    It gets no retained messages, counts once in the broker's statistics, and
+    is skipped by :func:`inject` while it is open.
 
     Raises:
         ValueError: ``patterns`` is empty, or an option is out of range.
@@ -70,7 +79,29 @@ def export(
         disconnect_after=None,
     )
     broker._check_open()
-    return SubscriptionScope(inbox, broker._attach)
+    return _Export(broker, inbox)
+
+
+class _Export(Generic[T]):
+    """The scope of an export: registered, and known to :func:`inject`, inside."""
+
+    __slots__ = ("_broker", "_inbox", "_scope")
+
+    def __init__(self, broker: Broker[T], inbox: _Inbox[T]) -> None:
+        self._broker = broker
+        self._inbox = inbox
+        self._scope = SubscriptionScope(inbox, broker._attach)
+
+    async def __aenter__(self) -> Subscription[T]:
+        subscription = await self._scope.__aenter__()
+        _EXPORTS.setdefault(self._broker, set()).add(self._inbox)
+        return subscription
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        exports = _EXPORTS.get(self._broker)
+        if exports is not None:
+            exports.discard(self._inbox)
+        await self._scope.__aexit__(None, None, None)
 
 
 @enable_ki_protection
@@ -96,12 +127,15 @@ class Pending(Generic[T]):
 @enable_ki_protection
 def inject(
     broker: Broker[T],
-    skip: Subscription[T] | None,
     subject: str,
     payload: T,
     headers: Mapping[str, str] | None,
 ) -> Pending[T] | None:
-    """Publish to every matching subscription but ``skip``, without waiting.
+    """Publish to every matching subscription but the broker's exports, at once.
+
+    What came in from NATS through any bridge of the broker goes out through
+    none of them: one bridge importing what another exports would otherwise
+    pass each message round for ever.
 
     Returns ``None`` when it is published, or what :func:`finish` has left to
     do. Takes no checkpoint.
@@ -110,9 +144,9 @@ def inject(
         InvalidSubjectError, TypeError, BrokerClosedError: as ``publish`` does.
     """
     message, targets = broker._snapshot(subject, payload, headers)
-    if skip is not None and skip._inbox in targets:
-        left_out = skip._inbox
-        targets = tuple(target for target in targets if target is not left_out)
+    exports = _EXPORTS.get(broker)
+    if exports and not exports.isdisjoint(targets):
+        targets = tuple(target for target in targets if target not in exports)
     full: list[Target[T]] = []
     broker._deliver(message, targets, full)
     if full:

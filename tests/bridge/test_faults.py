@@ -123,3 +123,57 @@ async def test_no_single_local_message_can_stop_the_export_issue_16(
         "the value of header 'Trace' is not valid UTF-8",
     ):
         assert reason in text
+
+
+async def test_two_bridges_on_one_broker_do_not_loop_issue_16(
+    nats_server: NatsServer,
+) -> None:
+    """One bridge exports x.>, another imports x.>: one publish, one round.
+
+    Before, the import went out again through the other bridge's export, for
+    ever (one publish became thousands of copies in two seconds).
+    """
+    broker = Broker[Any]()
+    async with (
+        open_bridge(broker, nats_server.url, outbound=["x.>"], **JSON) as out,
+        open_bridge(broker, nats_server.url, inbound=["x.>"], **JSON) as into,
+        broker.subscribe("x.>", max_buffer_size=10_000) as sub,
+    ):
+        await broker.publish("x.1", 1)
+        got = await take(sub, 2)  # its own, and the one that came back from NATS
+        assert [m.payload for m in got] == [1, 1]
+        await quiet(sub)
+        assert out.statistics().exported == 1
+        assert into.statistics().imported == 1
+
+
+async def test_two_brokers_bridging_the_same_patterns_exchange_once_issue_16(
+    nats_server: NatsServer,
+) -> None:
+    """Two brokers (as two processes), each exporting and importing x.>.
+
+    Each has one bridge out and one in, on connections of their own, so the
+    server delivers to all of them as it would across processes. A message
+    published in one reaches the other once and is never sent back.
+    """
+    a, b = Broker[Any](), Broker[Any]()
+    url = nats_server.url
+    async with (
+        open_bridge(a, url, outbound=["x.>"], **JSON) as a_out,
+        open_bridge(a, url, inbound=["x.>"], **JSON),
+        open_bridge(b, url, outbound=["x.>"], **JSON) as b_out,
+        open_bridge(b, url, inbound=["x.>"], **JSON),
+        a.subscribe("x.>", max_buffer_size=10_000) as in_a,
+        b.subscribe("x.>", max_buffer_size=10_000) as in_b,
+    ):
+        await a.publish("x.1", "from a")
+        await b.publish("x.2", "from b")
+        got_a = sorted(m.payload for m in await take(in_a, 3))
+        got_b = sorted(m.payload for m in await take(in_b, 3))
+        # each sees its own twice (locally, and back through its own import)
+        # and the other's once
+        assert got_a == ["from a", "from a", "from b"]
+        assert got_b == ["from a", "from b", "from b"]
+        await quiet(in_a)
+        await quiet(in_b)
+        assert a_out.statistics().exported == b_out.statistics().exported == 1

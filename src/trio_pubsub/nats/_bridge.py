@@ -24,7 +24,7 @@ from collections.abc import (  # noqa: TC003
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
@@ -120,6 +120,7 @@ class Bridge(Generic[T]):
         self._drain_timeout = drain_timeout
         self._link: Link | None = None
         self._export_sub: Subscription[T] | None = None
+        self._export_scope: AbstractAsyncContextManager[Subscription[T]] | None = None
         # The export and import tasks' cancel scopes, and whether to start none.
         self._pumps: list[trio.CancelScope] = []
         self._pumps_stopped = False
@@ -200,12 +201,13 @@ class Bridge(Generic[T]):
         assert link is not None
         try:
             if self._outbound:
-                self._export_sub = await _port.export(
+                self._export_scope = _port.export(
                     self._broker,
                     self._outbound,
                     max_buffer_size=self._max_outbound,
                     policy=self._outbound_policy,
-                ).__aenter__()
+                )
+                self._export_sub = await self._export_scope.__aenter__()
                 nursery.start_soon(self._export)
             else:
                 self._export_done.set()
@@ -254,6 +256,8 @@ class Bridge(Generic[T]):
                 scope.cancel()
             if self._export_sub is not None:
                 self._export_sub.close()  # what it still holds: dropped, counted
+            if self._export_scope is not None:
+                await self._export_scope.__aexit__(None, None, None)
             # nats-py's close is quick on loopback and bounded elsewhere by its
             # own timeouts; the limit here guards against a wedged connection.
             with trio.move_on_after(10):
@@ -415,9 +419,7 @@ class Bridge(Generic[T]):
             return None
         subject = remote[len(self._head) :]
         try:
-            pending = _port.inject(
-                self._broker, self._export_sub, subject, payload, item.headers
-            )
+            pending = _port.inject(self._broker, subject, payload, item.headers)
         except (InvalidSubjectError, TypeError, BrokerClosedError) as error:
             self._in_lost += 1
             self._warn_import(

@@ -13,7 +13,8 @@ bridge:
 * :func:`finish`: wait, as ``publish`` does, for the full ``BLOCK``
   subscriptions an injected message is still due to.
 
-It also passes on the option checks the bridge shares with the broker.
+It also passes on the option checks the bridge shares with the broker, and
+the token matcher, for subjects from NATS that the broker's grammar refuses.
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ from ._options import (
     check_policy,
     check_seconds as check_seconds,
 )
-from ._subject import SEPARATOR as SEPARATOR, parse_pattern, parse_queue as parse_queue
+from ._subject import (
+    SEPARATOR as SEPARATOR,
+    parse_pattern,
+    parse_queue as parse_queue,
+    tokens_match as tokens_match,
+)
 from ._subscription import SubscriptionScope
 
 if typing.TYPE_CHECKING:

@@ -447,6 +447,12 @@ async def test_connection_refused_on_entry(caplog: pytest.LogCaptureFixture) -> 
         ({"outbound": ["a"], "servers": []}, ValueError, "at least one"),
         ({"outbound": ["a"], "servers": [1]}, TypeError, "non-empty str URL"),
         ({"outbound": ["a"], "encode": None}, TypeError, "must be callables"),
+        # issue 16: NATS refuses these in a subscription, where the grammar
+        # here reads them as literal tokens
+        ({"inbound": ["a*.b"]}, InvalidSubjectError, "'a\\*': NATS allows"),
+        ({"inbound": ["x.>>"]}, InvalidSubjectError, "'>>': NATS allows"),
+        ({"inbound": ["sh*p"]}, InvalidSubjectError, "'sh\\*p': NATS allows"),
+        ({"inbound": ["a"], "prefix": "p>"}, InvalidSubjectError, "'p>'"),
     ],
 )
 async def test_bad_arguments_are_refused_before_connecting(

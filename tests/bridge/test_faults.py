@@ -14,6 +14,7 @@ import trio
 from trio_pubsub import Broker, OverflowPolicy
 from trio_pubsub.nats import decode_bytes, encode_bytes, open_bridge
 
+from .raw import RawClient
 from .server import NatsServer
 from .test_bridge import GUARD, JSON, quiet, take, wait_until
 
@@ -177,3 +178,34 @@ async def test_two_brokers_bridging_the_same_patterns_exchange_once_issue_16(
         await quiet(in_a)
         await quiet(in_b)
         assert a_out.statistics().exported == b_out.statistics().exported == 1
+
+
+async def test_bad_subjects_on_overlapping_patterns_are_counted_once_quietly_issue_16(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Subjects NATS carries but the broker's grammar refuses, on two patterns.
+
+    Each is dropped and counted once, and the warnings are rate-limited.
+    Before, every copy raised in nats-py's callback and was logged: one line
+    per message.
+    """
+    caplog.set_level(logging.WARNING, logger="trio_pubsub")
+    broker = Broker[Any]()
+    count = 300
+    async with (
+        open_bridge(broker, nats_server.url, inbound=["a.>", "a.*"], **BYTES) as into,
+        broker.subscribe("a.>") as sub,
+    ):
+        peer = await RawClient.connect(nats_server.port)
+        for _ in range(count):
+            await peer.pub("a.\u00a0".encode(), b"x")  # no-break space: whitespace here
+        await peer.pub(b"a.ok", b"y")
+        await peer.flush()
+        await peer.aclose()
+        assert [m.payload for m in await take(sub, 1)] == [b"y"]
+        await wait_until(lambda: into.statistics().inbound_dropped == count)
+        await quiet(sub)
+        stats = into.statistics()
+        assert (stats.imported, stats.inbound_dropped) == (1, count)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert 1 <= len(warnings) <= 3, [r.getMessage() for r in warnings]

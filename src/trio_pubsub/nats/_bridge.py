@@ -510,8 +510,28 @@ def _patterns(kind: str, patterns: Iterable[str]) -> list[str]:
     out = []
     for pattern in patterns:
         validate_pattern(pattern)
+        if kind == "inbound":
+            _check_nats_tokens(pattern, "pattern")
         out.append(pattern)
     return list(dict.fromkeys(out))
+
+
+def _check_nats_tokens(text: str, kind: str) -> None:
+    """Refuse what NATS subscribes to stricter than the broker's grammar.
+
+    A token that merely contains ``*`` or ``>`` (``a*``, ``>>``) is a literal
+    here, but NATS clients refuse it in a subscription (nats-py raises
+    ``BadSubjectError`` after connecting), so an inbound pattern or a prefix
+    with one is refused at the call.
+    """
+    for token in text.split("."):
+        if token not in ("*", ">") and ("*" in token or ">" in token):
+            raise InvalidSubjectError(
+                text,
+                f"token {token!r}: NATS allows '*' and '>' only as whole tokens "
+                "in what it subscribes to",
+                kind=kind,
+            )
 
 
 def _servers(servers: str | Sequence[str]) -> list[str]:
@@ -590,6 +610,8 @@ async def open_bridge(
         raise ValueError("nothing to bridge: give outbound or inbound patterns")
     if prefix is not None:
         validate_subject(prefix)
+        if inbound_list:
+            _check_nats_tokens(prefix, "subject")
     queue = _port.parse_queue(queue)
     if outbound_policy not in (
         OverflowPolicy.DROP_NEWEST,

@@ -30,7 +30,7 @@ import nats.errors
 import trio
 from nats.aio.msg import Msg
 
-from .. import subject_matches
+from .. import _port
 from .._log import RateLimitedWarning
 
 if TYPE_CHECKING:
@@ -105,7 +105,8 @@ class Link:
         # Disconnections so far: a batch sent across one is unconfirmed.
         self._breaks = 0
         self._closing = False  # the bridge is closing the connection itself
-        self._warn_slow = RateLimitedWarning(log=logger)
+        # one rate-limited warning per cause, made on first use (see _warn)
+        self._warnings: dict[str, RateLimitedWarning] = {}
         self._credit = trio.Semaphore(IN_FLIGHT)  # batches handed over and not yet done
 
     # -- the thread ---------------------------------------------------------------
@@ -192,7 +193,9 @@ class Link:
             # NATS sends a message once per subscription it matches, so with
             # overlapping patterns it is taken from the first of them only. A
             # queue group gets one copy in all, through any of them.
-            earlier = [] if queue else subjects[:index]
+            # (split, not parsed: a subject from NATS may break the grammar
+            # here, and is then dropped and counted once, on import)
+            earlier = [] if queue else [tuple(s.split(".")) for s in subjects[:index]]
             await self._nc.subscribe(
                 subject,
                 queue=queue,
@@ -209,14 +212,16 @@ class Link:
     async def _on_error(self, error: Exception) -> None:
         if isinstance(error, nats.errors.SlowConsumerError):
             self.counters.slow_consumer += 1
-            self._warn_slow(
+            self._warn(
+                "slow consumer",
                 "NATS bridge: a message on %r was dropped: the bridge's inbound "
                 "queue is full (the broker takes messages more slowly than NATS "
                 "brings them)",
                 error.subject,
             )
         else:
-            logger.warning("NATS bridge: %s: %s", type(error).__name__, error)
+            name = type(error).__name__
+            self._warn(name, "NATS bridge: %s: %s", name, error)
 
     async def _on_disconnected(self) -> None:
         self._breaks += 1
@@ -225,8 +230,9 @@ class Link:
             self._up.clear()
         if self._closing:
             return
-        logger.warning(
-            "NATS bridge: disconnected; messages to export wait in its queue"
+        self._warn(
+            "disconnected",
+            "NATS bridge: disconnected; messages to export wait in its queue",
         )
 
     async def _on_reconnected(self) -> None:
@@ -235,8 +241,10 @@ class Link:
         assert self._nc is not None
         self.max_payload = self._nc.max_payload
         url = self._nc.connected_url  # a ParseResult, or None if it broke again
-        logger.warning(
-            "NATS bridge: reconnected to %s", url.geturl() if url else "the server"
+        self._warn(
+            "reconnected",
+            "NATS bridge: reconnected to %s",
+            url.geturl() if url else "the server",
         )
         assert self._up is not None
         self._up.set()
@@ -252,9 +260,10 @@ class Link:
         if self._closing:
             logger.info("NATS bridge: connection closed")
         else:
-            logger.warning(
+            self._warn(
+                "closed",
                 "NATS bridge: connection closed for good (no reconnect attempt "
-                "left); what is left to export is dropped"
+                "left); what is left to export is dropped",
             )
 
     # -- out ------------------------------------------------------------------------
@@ -319,16 +328,17 @@ class Link:
                 try:
                     await nc.publish(subject, data, headers=headers)
                 except nats.errors.MaxPayloadError:
-                    self._refuse(1, f"larger than the server's limit on {subject}")
+                    self._refuse(1, "larger than the server's limit", subject)
                 except nats.errors.Error as error:
-                    self._refuse(1, f"{type(error).__name__} on {subject}")
+                    self._refuse(1, type(error).__name__, subject)
                 else:
                     published += 1
             if await self._confirm(breaks):
                 counters.exported += published
             elif published:
                 counters.unconfirmed += published
-                logger.warning(
+                self._warn(
+                    "unconfirmed",
                     "NATS bridge: %d message(s) were sent as the connection broke "
                     "and may not have reached the server",
                     published,
@@ -356,10 +366,20 @@ class Link:
             await asyncio.wait([flush], timeout=0.05)
         return flush.exception() is None and self._breaks == breaks
 
-    def _refuse(self, count: int, why: str) -> None:
+    def _warn(self, cause: str, fmt: str, *args: object) -> None:
+        """Log a warning, at most one a second for each ``cause``."""
+        warn = self._warnings.get(cause)
+        if warn is None:
+            warn = self._warnings[cause] = RateLimitedWarning(log=logger)
+        warn(fmt, *args)
+
+    def _refuse(self, count: int, why: str, subject: str | None = None) -> None:
         if count:
             self.counters.refused += count
-            logger.warning("NATS bridge: %d message(s) not exported: %s", count, why)
+            where = "" if subject is None else f" (on {subject!r})"
+            self._warn(
+                why, "NATS bridge: %d message(s) not exported: %s%s", count, why, where
+            )
 
     async def _close(self, *, drain: bool) -> None:
         self._closing = True
@@ -389,10 +409,12 @@ class Link:
 
     # -- in -------------------------------------------------------------------------
 
-    async def _on_message(self, earlier: list[str], msg: Msg) -> None:
-        for pattern in earlier:
-            if subject_matches(pattern, msg.subject):
-                return  # the subscription on ``pattern`` has its own copy
+    async def _on_message(self, earlier: list[tuple[str, ...]], msg: Msg) -> None:
+        if earlier:
+            tokens = tuple(msg.subject.split("."))
+            for pattern in earlier:
+                if _port.tokens_match(pattern, tokens):
+                    return  # the subscription on ``pattern`` has its own copy
         incoming = self._incoming
         room = self._room
         assert room is not None

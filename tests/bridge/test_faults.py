@@ -209,3 +209,113 @@ async def test_bad_subjects_on_overlapping_patterns_are_counted_once_quietly_iss
         assert (stats.imported, stats.inbound_dropped) == (1, count)
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert 1 <= len(warnings) <= 3, [r.getMessage() for r in warnings]
+
+
+async def test_a_stall_longer_than_the_confirm_timeout_leaves_the_import_alive_issue_16(
+    own_server: NatsServer,
+) -> None:
+    """The server paused past the confirm timeout; its late PONG must not kill reading.
+
+    Before, nats-py's flush cancelled its PONG future on timeout, resolved it
+    when the PONG came, and the InvalidStateError ended the read loop: the
+    bridge imported nothing more, and still said it was connected.
+    """
+    here, there = Broker[Any](), Broker[Any]()
+    async with (
+        open_bridge(
+            here,
+            own_server.url,
+            outbound=["out.>"],
+            inbound=["in.>"],
+            confirm_timeout=0.5,
+            **JSON,
+        ) as both,
+        open_bridge(
+            there, own_server.url, outbound=["in.>"], inbound=["out.>"], **JSON
+        ) as peer,
+        here.subscribe("in.>", max_buffer_size=1000) as imported,
+        there.subscribe("out.>", max_buffer_size=1000) as exported,
+    ):
+        await here.publish("out.0", 0)
+        await take(exported, 1)
+        own_server.pause()
+        await here.publish("out.1", 1)  # its confirmation times out
+        await trio.sleep(1.5)  # real time: past the confirm timeout
+        own_server.resume()
+        await wait_until(lambda: both.statistics().unconfirmed == 1)
+        for i in range(10):
+            await there.publish(f"in.{i}", i)
+        got = await take(imported, 10)
+        assert [m.payload for m in got] == list(range(10))
+        await here.publish("out.2", 2)
+        assert [m.payload for m in await take(exported, 2)] == [1, 2]
+        await wait_until(lambda: both.statistics().exported == 2)
+        stats = both.statistics()
+        assert (stats.connected, stats.closed) == (True, False)
+        assert stats.exported + stats.unconfirmed == 3
+        del peer
+
+
+async def test_a_read_loop_that_ends_is_restarted_issue_16(
+    nats_server: NatsServer,
+) -> None:
+    """If nats-py's read loop ends for any reason, the bridge reconnects.
+
+    The loop is ended from outside (its task cancelled in the connection's
+    thread), as an error nats-py does not expect would end it.
+    """
+    here, there = Broker[Any](), Broker[Any]()
+    async with (
+        open_bridge(here, nats_server.url, inbound=["r.>"], **JSON) as into,
+        open_bridge(there, nats_server.url, outbound=["r.>"], **JSON),
+        here.subscribe("r.>", max_buffer_size=1000) as sub,
+    ):
+        await there.publish("r.0", 0)
+        await take(sub, 1)
+        link = into._link
+        assert link is not None
+        nc = link._nc
+        assert nc is not None
+        reader = nc._reading_task
+        assert reader is not None
+        link._loop.call_soon_threadsafe(reader.cancel)
+        await wait_until(lambda: into.statistics().reconnects == 1)
+        await trio.sleep(0.2)  # the subscription is back on the server
+        for i in range(1, 6):
+            await there.publish(f"r.{i}", i)
+        assert [m.payload for m in await take(sub, 5)] == [1, 2, 3, 4, 5]
+
+
+async def test_malformed_messages_from_another_client_are_dropped_issue_16(
+    nats_server: NatsServer,
+) -> None:
+    """Messages nats-py cannot read are dropped and counted; the connection stays.
+
+    Sent by a raw TCP client: a subject that is not UTF-8, a header status
+    line that is not UTF-8, a header block of 8 bytes, and a subject with a
+    vertical tab. Before, the first three ended nats-py's read loop (nothing
+    more was imported) and the last forced a reconnect that lost the next
+    valid message.
+    """
+    broker = Broker[Any]()
+    async with (
+        open_bridge(broker, nats_server.url, inbound=["m.>"], **BYTES) as into,
+        broker.subscribe("m.>", max_buffer_size=100) as sub,
+    ):
+        peer = await RawClient.connect(nats_server.port)
+        await peer.pub(b"m.\xff\xfe", b"bad subject")
+        await peer.pub(b"m.ok1", b"1")
+        await peer.hpub(b"m.h", b"NATS/1.0 \xff\xfe\r\n\r\n", b"bad status")
+        await peer.pub(b"m.ok2", b"2")
+        await peer.hpub(b"m.h", b"NATS/1.0", b"short header block")
+        await peer.pub(b"m.ok3", b"3")
+        await peer.pub(b"m.a\x0bb", b"vertical tab")
+        await peer.pub(b"m.ok4", b"4")
+        await peer.flush()
+        await peer.aclose()
+        got = await take(sub, 4)
+        assert [m.payload for m in got] == [b"1", b"2", b"3", b"4"]
+        await quiet(sub)
+        stats = into.statistics()
+        assert (stats.imported, stats.inbound_dropped) == (4, 4)
+        assert (stats.connected, stats.reconnects) == (True, 0)

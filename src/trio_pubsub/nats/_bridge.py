@@ -52,9 +52,6 @@ T = TypeVar("T")
 MAX_BATCH = 1024
 """Most messages the export task hands to the link at once."""
 
-FLUSH_TIMEOUT = 10
-"""Seconds to wait for the server's PONG that confirms what was sent before."""
-
 
 @attrs.frozen(kw_only=True)
 class BridgeStatistics:
@@ -152,7 +149,7 @@ class Bridge(Generic[T]):
             stats = sub.statistics()
             sub_dropped, pending = stats.dropped, stats.pending
         outbound_dropped = self._out_lost + counters.refused + sub_dropped
-        inbound_dropped = self._in_lost + counters.slow_consumer
+        inbound_dropped = self._in_lost + counters.slow_consumer + counters.malformed
         return BridgeStatistics(
             exported=counters.exported,
             imported=self._imported,
@@ -177,12 +174,17 @@ class Bridge(Generic[T]):
 
     # -- opening and closing -----------------------------------------------------
 
-    async def _connect(self, connect_options: dict[str, Any], max_inbound: int) -> None:
+    async def _connect(
+        self,
+        connect_options: dict[str, Any],
+        max_inbound: int,
+        confirm_timeout: float,
+    ) -> None:
         link = self._link = Link(
             trio.lowlevel.current_trio_token(),
             max_inbound=max_inbound,
             connect_options=connect_options,
-            flush_timeout=FLUSH_TIMEOUT,
+            flush_timeout=confirm_timeout,
         )
         link.start()
         try:
@@ -564,6 +566,8 @@ async def open_bridge(
     connect_timeout: float = 2.0,
     reconnect_time_wait: float = 0.5,
     max_reconnect_attempts: int = -1,
+    ping_interval: float = 10.0,
+    confirm_timeout: float = 10.0,
 ) -> AsyncIterator[Bridge[T]]:
     """Bridge ``broker`` to a NATS server for the body of an ``async with`` block.
 
@@ -597,6 +601,13 @@ async def open_bridge(
         connect_timeout: Seconds to wait for each connection attempt.
         reconnect_time_wait: Seconds between two attempts to reconnect.
         max_reconnect_attempts: Attempts before giving up for good; -1: never.
+        ping_interval: Seconds between two PINGs on an idle connection; after
+            two unanswered ones the connection is taken as dead and replaced,
+            so a server that stops answering is noticed within about three
+            times this (30 s by default).
+        confirm_timeout: Seconds to wait for the server's PONG that confirms
+            what was sent before it; what it does not confirm in time counts
+            as unconfirmed.
 
     Raises:
         ConnectionError: no server could be reached on entry.
@@ -628,6 +639,8 @@ async def open_bridge(
     _port.check_seconds("connect_timeout", connect_timeout)
     _port.check_seconds("reconnect_time_wait", reconnect_time_wait)
     _port.check_int("max_reconnect_attempts", max_reconnect_attempts, minimum=-1)
+    _port.check_seconds("ping_interval", ping_interval)
+    _port.check_seconds("confirm_timeout", confirm_timeout)
     if not (callable(typing.cast("object", encode)) and callable(decode)):
         raise TypeError("encode and decode must be callables")
     connect_options: dict[str, Any] = {
@@ -638,6 +651,8 @@ async def open_bridge(
         "connect_timeout": connect_timeout,
         "reconnect_time_wait": reconnect_time_wait,
         "max_reconnect_attempts": max_reconnect_attempts,
+        "ping_interval": ping_interval,
+        "max_outstanding_pings": 2,
     }
     bridge = Bridge(
         broker,
@@ -652,7 +667,7 @@ async def open_bridge(
         drain=drain,
         drain_timeout=drain_timeout,
     )
-    await bridge._connect(connect_options, max_inbound)
+    await bridge._connect(connect_options, max_inbound, confirm_timeout)
     try:
         async with trio.open_nursery() as nursery:
             await bridge._start(nursery)

@@ -32,6 +32,7 @@ from nats.aio.msg import Msg
 
 from .. import _port
 from .._log import RateLimitedWarning
+from ._client import GuardedClient
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -44,6 +45,9 @@ R = TypeVar("R")
 
 IN_FLIGHT = 4
 """Most batches handed to the loop and not yet done with."""
+
+WATCH_INTERVAL = 1.0
+"""Seconds between two looks at whether nats-py's read loop still runs."""
 
 # (remote subject, data, headers or None): one message ready for NATS.
 Outgoing = tuple[str, bytes, dict[str, str] | None]
@@ -62,6 +66,8 @@ class Counters:
         self.unconfirmed = 0
         self.refused = 0  # NATS refused it, or the connection was closed for good
         self.slow_consumer = 0
+        self.malformed = 0  # messages from NATS nats-py could not read
+        self.restarts = 0  # times the read loop had ended and was restarted
         self.reconnects = 0
         self.connected = False
         self.closed = False
@@ -76,7 +82,7 @@ class Link:
         *,
         max_inbound: int,
         connect_options: dict[str, Any],
-        flush_timeout: int,
+        flush_timeout: float,
     ) -> None:
         self.counters = Counters()
         self.max_payload = 1 << 20
@@ -101,6 +107,7 @@ class Link:
         # out: batches handed over and not yet sent
         self._outbox: asyncio.Queue[list[Outgoing]] | None = None
         self._sender: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._up: asyncio.Event | None = None  # set while connected
         # Disconnections so far: a batch sent across one is unconfirmed.
         self._breaks = 0
@@ -169,7 +176,8 @@ class Link:
         # server twice and fail, then reconnect as asked (it reads its options
         # dict when it reconnects).
         attempts = options.pop("max_reconnect_attempts")
-        self._nc = await nats.connect(
+        self._nc = GuardedClient(self._on_malformed)
+        await self._nc.connect(
             **options,
             max_reconnect_attempts=1,
             error_cb=self._on_error,
@@ -182,6 +190,7 @@ class Link:
         self.counters.connected = True
         self._up.set()
         self._sender = asyncio.ensure_future(self._send_batches())
+        self._watcher = asyncio.ensure_future(self._watch())
 
     async def connect(self) -> None:
         """Connect to NATS (nats-py's own connect, its errors included)."""
@@ -203,11 +212,40 @@ class Link:
                 pending_msgs_limit=self._max_inbound,
             )
         # After the PONG, the server has the subscriptions.
-        await self._nc.flush(timeout=self._flush_timeout)
+        await self._nc.flush(timeout=self._flush_timeout)  # type: ignore[arg-type]
 
     async def subscribe(self, subjects: list[str], queue: str) -> None:
         """Subscribe to ``subjects`` (``queue``: a queue group, or "") and confirm."""
         await self.call(self._subscribe(subjects, queue))
+
+    def _on_malformed(self, what: str) -> None:
+        self.counters.malformed += 1
+        self._warn(
+            "malformed",
+            "NATS bridge: a message from NATS was not imported: nats-py cannot "
+            "read it (%s)",
+            what,
+        )
+
+    async def _watch(self) -> None:
+        """Restart a read loop that has ended while the connection looks up.
+
+        nats-py's read loop ends on any error it does not expect, and then
+        nothing more is read while ``is_connected`` stays true. This looks
+        every WATCH_INTERVAL seconds and, if so, makes nats-py reconnect.
+        """
+        nc = self._nc
+        assert nc is not None
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            reader = nc._reading_task
+            if nc.is_connected and (reader is None or reader.done()):
+                self.counters.restarts += 1
+                self._warn(
+                    "reader",
+                    "NATS bridge: the connection stopped reading; reconnecting",
+                )
+                await nc._process_op_err(nats.errors.UnexpectedEOF())
 
     async def _on_error(self, error: Exception) -> None:
         if isinstance(error, nats.errors.SlowConsumerError):
@@ -354,9 +392,13 @@ class Link:
         """
         nc = self._nc
         assert nc is not None
-        if self._breaks != breaks or not nc.is_connected:
+        reader = nc._reading_task
+        if self._breaks != breaks or not nc.is_connected or _ended(reader):
             return False
-        flush = asyncio.ensure_future(nc.flush(timeout=self._flush_timeout))
+        # (with its read loop ended, nats-py's flush returns at once, without
+        # the round trip: hence the check before, and after)
+        # (nats-py annotates the timeout as an int; asyncio.wait_for takes any)
+        flush = asyncio.ensure_future(nc.flush(timeout=self._flush_timeout))  # type: ignore[arg-type]
         flush.add_done_callback(_consume)
         assert self._up is not None
         while not flush.done():
@@ -364,7 +406,12 @@ class Link:
                 return False
             # Wake up on the PONG, or every 50 ms to look for a disconnection.
             await asyncio.wait([flush], timeout=0.05)
-        return flush.exception() is None and self._breaks == breaks
+        return (
+            flush.exception() is None
+            and self._breaks == breaks
+            and nc._reading_task is reader
+            and not _ended(reader)
+        )
 
     def _warn(self, cause: str, fmt: str, *args: object) -> None:
         """Log a warning, at most one a second for each ``cause``."""
@@ -384,6 +431,10 @@ class Link:
     async def _close(self, *, drain: bool) -> None:
         self._closing = True
         nc = self._nc
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         if self._sender is not None:
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -463,6 +514,10 @@ class Link:
     def queued_inbound(self) -> int:
         """Messages taken from NATS and not yet given to the trio side."""
         return len(self._incoming)
+
+
+def _ended(task: asyncio.Task[None] | None) -> bool:
+    return task is None or task.done()
 
 
 def _is_up(nc: Client) -> bool:

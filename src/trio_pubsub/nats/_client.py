@@ -1,0 +1,138 @@
+"""nats-py's client with the guards a bridge needs against faults and bad peers.
+
+Each guard covers a way in which nats-py (tested with 2.16; the overridden
+methods are private, hence the upper bound on the extra's version) lets one
+event end its read loop, or its connection, for good:
+
+* A flush that times out cancels its PONG future; when the PONG comes late
+  (a server stalled longer than the timeout), nats-py resolves the cancelled
+  future, and the ``InvalidStateError`` ends the read loop silently: nothing
+  more is read, and the connection still looks up. ``_process_pong`` here
+  skips a future nobody waits for.
+* A message from another client whose subject is not UTF-8, whose header
+  status line is not UTF-8, or whose header block is cut short (8 bytes,
+  ``NATS/1.0``) raises while nats-py builds it, which also ends the read
+  loop. ``_process_msg`` here drops such a message and reports it.
+* A subject holding a vertical tab or a form feed is split by nats-py's
+  parser (its expressions take them for spaces, the server does not), which
+  raises ``ProtocolError``: nats-py reconnects and loses what it had read.
+  ``_GuardedParser`` skips that one message and parses on.
+
+Dropped messages are reported through ``on_malformed``, for the bridge to
+count and log.
+"""
+
+from __future__ import annotations
+
+import typing
+
+from nats.aio.client import Client
+from nats.errors import ProtocolError
+from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
+
+if typing.TYPE_CHECKING:
+    from collections.abc import Callable
+
+_CRLF = b"\r\n"
+
+
+class GuardedClient(Client):
+    """A nats-py ``Client`` whose read loop no single message or PONG can end."""
+
+    def __init__(self, on_malformed: Callable[[str], None]) -> None:
+        super().__init__()
+        self.on_malformed = on_malformed
+        self._ps = _GuardedParser(self)
+
+    async def _process_pong(self) -> None:
+        # A PONG answers the oldest PING; a flush that timed out has cancelled
+        # its future, and then nobody waits for this one.
+        if self._pongs:
+            future = self._pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
+
+    async def _process_msg(
+        self,
+        sid: int,
+        subject: bytes,
+        reply: bytes,
+        data: bytes,
+        headers: bytes,
+    ) -> None:
+        try:
+            subject.decode()
+            reply.decode()
+            if headers:
+                await self._process_headers(headers)
+        except (UnicodeDecodeError, IndexError, ValueError) as error:
+            self.on_malformed(
+                f"{type(error).__name__} in a message on {bytes(subject)!r}"
+            )
+            return
+        await super()._process_msg(sid, subject, reply, data, headers)
+
+
+class _GuardedParser(Parser):
+    """nats-py's parser, skipping a message whose control line it cannot split."""
+
+    nc: GuardedClient
+
+    def __init__(self, nc: GuardedClient) -> None:
+        super().__init__(nc)
+        self._skip = 0  # bytes of a malformed message still to throw away
+
+    def reset(self) -> None:
+        super().reset()
+        self._skip = 0
+
+    async def parse(self, data: bytes = b"") -> None:
+        if self._skip:
+            self.buf.extend(data)
+            data = b""
+            if len(self.buf) < self._skip:
+                self._skip -= len(self.buf)
+                del self.buf[:]
+                return
+            del self.buf[: self._skip]
+            self._skip = 0
+        while True:
+            try:
+                await super().parse(data)
+            except ProtocolError:
+                if not self._skip_malformed():
+                    raise
+                if self._skip:
+                    return  # the rest of it has not arrived yet
+                data = b""
+            else:
+                return
+
+    def _skip_malformed(self) -> bool:
+        """Drop the MSG or HMSG at the front of the buffer if it is malformed.
+
+        The server separates the fields of a control line with spaces; a
+        subject may hold other control characters. Returns whether there was
+        such a message (then its bytes are, or will be, thrown away).
+        """
+        buf = self.buf
+        if self.state != AWAITING_CONTROL_LINE or not (
+            buf.startswith((b"MSG ", b"HMSG "))
+        ):
+            return False
+        end = buf.find(_CRLF)
+        if end < 0:
+            return False
+        line = bytes(buf[:end]).split(b" ")
+        if len(line) < 4 or not line[-1].isdigit():
+            return False
+        total = end + len(_CRLF) + int(line[-1]) + len(_CRLF)
+        self.nc.on_malformed(f"a subject nats-py cannot parse: {line[1]!r}")
+        if len(buf) >= total:
+            del buf[:total]
+        else:
+            self._skip = total - len(buf)
+            del buf[:]
+        return True

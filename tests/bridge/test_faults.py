@@ -319,3 +319,70 @@ async def test_malformed_messages_from_another_client_are_dropped_issue_16(
         stats = into.statistics()
         assert (stats.imported, stats.inbound_dropped) == (4, 4)
         assert (stats.connected, stats.reconnects) == (True, 0)
+
+
+def routed_to_export(bridge: Any) -> int:
+    """What the export subscription was routed: received + pending + dropped."""
+    assert bridge._export_sub is not None
+    stats = bridge._export_sub.statistics()
+    return int(stats.received + stats.pending + stats.dropped)
+
+
+def ledger(bridge: Any) -> int:
+    stats = bridge.statistics()
+    assert stats.outbound_pending == 0
+    return int(stats.exported + stats.unconfirmed + stats.outbound_dropped)
+
+
+async def test_closing_during_an_outage_counts_every_message_issue_16(
+    own_server: NatsServer,
+) -> None:
+    """Closed while the server is down: every routed message is in one counter.
+
+    Before, the batch waiting in the connection's thread for the connection to
+    come back was lost uncounted (551 routed: 1 exported, 50 dropped).
+    """
+    broker = Broker[Any]()
+    async with open_bridge(
+        broker,
+        own_server.url,
+        outbound=["o.>"],
+        max_outbound=500,
+        reconnect_time_wait=0.05,
+        **JSON,
+    ) as bridge:
+        await broker.publish("o.0", 0)
+        await wait_until(lambda: bridge.statistics().exported == 1)
+        own_server.kill()
+        await wait_until(lambda: not bridge.statistics().connected)
+        for i in range(1, 551):
+            await broker.publish(f"o.{i}", i)
+        await trio.sleep(0.2)  # the export hands what it can to the link
+    assert routed_to_export(bridge) == 551
+    assert ledger(bridge) == 551
+    assert bridge.statistics().exported == 1
+
+
+async def test_closing_while_a_batch_awaits_confirmation_counts_it_issue_16(
+    own_server: NatsServer,
+) -> None:
+    """Closed while a batch waits for the server's PONG: it counts as unconfirmed.
+
+    The server is paused (SIGSTOP) after the batch is written, so no PONG
+    comes; the bridge closes while it waits.
+    """
+    broker = Broker[Any]()
+    async with open_bridge(broker, own_server.url, outbound=["p.>"], **JSON) as bridge:
+        await broker.publish("p.0", 0)
+        await wait_until(lambda: bridge.statistics().exported == 1)
+        own_server.pause()
+        for i in range(1, 21):
+            await broker.publish(f"p.{i}", i)
+        await wait_until(lambda: bridge.statistics().outbound_pending == 20)
+        await trio.sleep(0.2)  # written, waiting for the PONG
+    own_server.resume()
+    assert routed_to_export(bridge) == 21
+    assert ledger(bridge) == 21
+    stats = bridge.statistics()
+    assert stats.exported == 1
+    assert stats.unconfirmed >= 1  # the batch that was written: it may have arrived

@@ -342,47 +342,67 @@ class Link:
                 self._done()
 
     async def _send(self, batch: list[Outgoing]) -> None:
+        """Publish and confirm ``batch``; each message ends in one counter.
+
+        If the bridge closes meanwhile (this task is cancelled), what was not
+        written yet is refused, and what was written and not confirmed is
+        unconfirmed, so the ledger stays exact.
+        """
         nc = self._nc
         assert nc is not None
         assert self._up is not None
         counters = self.counters
-        sent = 0
-        while True:
-            # Publish only while connected: during an outage the batch waits
-            # here, and those after it in the bridge's own bounded queue.
-            await self._up.wait()
-            if counters.closed:
-                self._refuse(len(batch) - sent, "the connection is closed")
-                return
-            if not nc.is_connected:  # broken, and nats-py has not said so yet
-                await asyncio.sleep(0.01)
-                continue
-            breaks = self._breaks
-            published = 0
-            for subject, data, headers in batch[sent:]:
-                if not _is_up(nc):  # (it may break during an await below)
-                    break
-                sent += 1
-                try:
-                    await nc.publish(subject, data, headers=headers)
-                except nats.errors.MaxPayloadError:
-                    self._refuse(1, "larger than the server's limit", subject)
-                except nats.errors.Error as error:
-                    self._refuse(1, type(error).__name__, subject)
-                else:
-                    published += 1
-            if await self._confirm(breaks):
-                counters.exported += published
-            elif published:
-                counters.unconfirmed += published
-                self._warn(
-                    "unconfirmed",
-                    "NATS bridge: %d message(s) were sent as the connection broke "
-                    "and may not have reached the server",
-                    published,
-                )
-            if sent == len(batch):
-                return
+        sent = 0  # messages of the batch taken in hand so far
+        in_doubt = 0  # of those, written (or being written) and not confirmed
+        try:
+            while True:
+                # Publish only while connected: during an outage the batch
+                # waits here, and those after it in the bridge's bounded queue.
+                await self._up.wait()
+                if counters.closed:
+                    self._refuse(len(batch) - sent, "the connection is closed")
+                    return
+                if not nc.is_connected:  # broken, and nats-py has not said so
+                    await asyncio.sleep(0.01)
+                    continue
+                breaks = self._breaks
+                for subject, data, headers in batch[sent:]:
+                    if not _is_up(nc):  # (it may break during an await below)
+                        break
+                    sent += 1
+                    in_doubt += 1
+                    try:
+                        await nc.publish(subject, data, headers=headers)
+                    except nats.errors.MaxPayloadError:
+                        in_doubt -= 1
+                        self._refuse(1, "larger than the server's limit", subject)
+                    except nats.errors.Error as error:
+                        in_doubt -= 1
+                        self._refuse(1, type(error).__name__, subject)
+                published = in_doubt
+                confirmed = await self._confirm(breaks)  # (in doubt while it waits)
+                in_doubt = 0
+                if confirmed:
+                    counters.exported += published
+                elif published:
+                    self._unconfirmed(published, "as the connection broke")
+                if sent == len(batch):
+                    return
+        except asyncio.CancelledError:
+            self._refuse(len(batch) - sent, "the bridge closed before sending them")
+            if in_doubt:
+                self._unconfirmed(in_doubt, "as the bridge closed")
+            raise
+
+    def _unconfirmed(self, count: int, when: str) -> None:
+        self.counters.unconfirmed += count
+        self._warn(
+            "unconfirmed",
+            "NATS bridge: %d message(s) were sent %s and may not have reached "
+            "the server",
+            count,
+            when,
+        )
 
     async def _confirm(self, breaks: int) -> bool:
         """Whether the server has processed all sent before (a PING/PONG).

@@ -6,6 +6,10 @@ one JSON line with the payloads it got.
 
 ``sigint URL``: export and import ``tick.>``, publish a tick every 10 ms, print
 ``ready`` and wait for Ctrl-C; then print the bridge's statistics and exit 0.
+
+``mirror URL``: export ``loop.>`` through one bridge and import it through
+another; print ``ready``, then, after ``loop.stop``, one JSON line with the
+payloads it got and how many messages its export sent.
 """
 
 from __future__ import annotations
@@ -54,10 +58,29 @@ async def ticker(url: str) -> None:
             print(f"stopping: {bridge.statistics()}", flush=True)
 
 
+async def mirror(url: str) -> None:
+    broker = Broker[Any]()
+    got: list[Any] = []
+    async with (
+        open_bridge(broker, url, outbound=["loop.>"], **JSON) as out,
+        open_bridge(broker, url, inbound=["loop.>"], **JSON),
+        broker.subscribe("loop.>", max_buffer_size=10_000) as sub,
+    ):
+        print("ready", flush=True)
+        async for message in sub:
+            if message.subject == "loop.stop":
+                break
+            got.append(message.payload)
+        exported = out.statistics().exported
+    print(json.dumps({"got": got, "exported": exported}), flush=True)
+
+
 def main() -> None:
     mode, url = sys.argv[1], sys.argv[2]
     if mode == "worker":
         trio.run(worker, url)
+    elif mode == "mirror":
+        trio.run(mirror, url)
     else:
         try:
             trio.run(ticker, url)

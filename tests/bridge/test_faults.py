@@ -386,3 +386,61 @@ async def test_closing_while_a_batch_awaits_confirmation_counts_it_issue_16(
     stats = bridge.statistics()
     assert stats.exported == 1
     assert stats.unconfirmed >= 1  # the batch that was written: it may have arrived
+
+
+async def test_a_server_that_stops_answering_is_noticed_and_replaced_issue_16(
+    own_server: NatsServer,
+) -> None:
+    """A stalled server is taken as dead after two unanswered PINGs; imports resume.
+
+    With ping_interval=0.3 the stall (2 s, SIGSTOP) is noticed within about a
+    second; the bridge says so (connected false, then a reconnection), and
+    what is published after the server resumes is imported.
+    """
+    here, there = Broker[Any](), Broker[Any]()
+    async with (
+        open_bridge(
+            here,
+            own_server.url,
+            inbound=["s.>"],
+            ping_interval=0.3,
+            reconnect_time_wait=0.1,
+            connect_timeout=0.5,
+            **JSON,
+        ) as into,
+        here.subscribe("s.>", max_buffer_size=100) as sub,
+    ):
+        own_server.pause()
+        await wait_until(lambda: not into.statistics().connected)
+        own_server.resume()
+        await wait_until(lambda: into.statistics().reconnects >= 1)
+        await wait_until(lambda: into.statistics().connected)
+        async with open_bridge(there, own_server.url, outbound=["s.>"], **JSON):
+            await trio.sleep(0.2)  # the import's subscription is back on the server
+            for i in range(5):
+                await there.publish(f"s.{i}", i)
+            assert [m.payload for m in await take(sub, 5)] == list(range(5))
+
+
+async def test_after_a_kill_nothing_unsent_counts_as_exported_issue_16(
+    own_server: NatsServer,
+) -> None:
+    """A message handed over just after the server died is never 'exported'.
+
+    Before, nats-py's flush returned at once when its read loop had ended, and
+    the bridge took that for the server's confirmation (7 runs in 10).
+    """
+    broker = Broker[Any]()
+    for run in range(5):
+        async with open_bridge(
+            broker, own_server.url, outbound=["k.>"], reconnect_time_wait=5, **JSON
+        ) as bridge:
+            await broker.publish("k.first", 0)
+            await wait_until(lambda: bridge.statistics().exported == 1)
+            own_server.kill()
+            await broker.publish("k.after", 1)  # the server is gone
+            await trio.sleep(0.3)
+        stats = bridge.statistics()
+        assert stats.exported == 1, f"run {run}: {stats}"
+        assert stats.exported + stats.unconfirmed + stats.outbound_dropped == 2
+        own_server.start()

@@ -97,3 +97,40 @@ async def test_sigint_exits_cleanly(nats_server: NatsServer) -> None:
         stopping = next(line for line in out if line.startswith("stopping:"))
         assert "connected=True" in stopping
         assert not any(word in line for line in err for word in UNCLEAN), err
+
+
+async def test_two_processes_bridging_the_same_patterns_exchange_once_issue_16(
+    nats_server: NatsServer,
+) -> None:
+    """Two processes, each exporting and importing loop.> through two bridges.
+
+    A message published in one reaches the other once, and neither sends back
+    what it imported (before, it went round for ever).
+    """
+    url = nats_server.url
+    broker = Broker[Any]()
+    out: list[str] = []
+    async with (
+        open_bridge(broker, url, outbound=["loop.>"], **JSON) as export,
+        open_bridge(broker, url, inbound=["loop.>"], **JSON),
+        broker.subscribe("loop.>", max_buffer_size=10_000) as sub,
+        trio.open_nursery() as nursery,
+    ):
+        child = await start_child(nursery, "mirror", url)
+        assert child.stdout is not None
+        nursery.start_soon(read_lines, child.stdout, out)
+        with trio.fail_after(GUARD):
+            await wait_until(lambda: "ready" in out)
+            await trio.sleep(0.2)  # its import's subscription is on the server
+            await broker.publish("loop.one", 1)
+            await trio.sleep(1)  # time for a loop to show (not a measure)
+            await broker.publish("loop.stop", None)
+            await child.wait()
+        got: list[Any] = []
+        while len(got) < 3:  # its own, its import of it, and loop.stop's import
+            got.append(sub.receive_nowait().payload)
+        assert got == [1, 1, None]
+        assert export.statistics().exported == 2
+    child_report = json.loads(out[-1])
+    assert child_report == {"got": [1], "exported": 0}
+    assert child.returncode == 0

@@ -611,7 +611,9 @@ async def open_bridge(
 
     Raises:
         ConnectionError: no server could be reached on entry.
-        InvalidSubjectError: a pattern or ``prefix`` breaks the subject grammar.
+        InvalidSubjectError: a pattern or ``prefix`` breaks the subject grammar,
+            or an inbound pattern (or the prefix, with inbound patterns) has
+            ``*`` or ``>`` inside a token, which NATS refuses to subscribe to.
         TypeError: an argument has the wrong type.
         ValueError: an argument is out of range, or there is nothing to bridge.
     """

@@ -292,8 +292,8 @@ async def test_malformed_messages_from_another_client_are_dropped_issue_16(
     """Messages nats-py cannot read are dropped and counted; the connection stays.
 
     Sent by a raw TCP client: a subject that is not UTF-8, a header status
-    line that is not UTF-8, a header block of 8 bytes, and a subject with a
-    vertical tab. Before, the first three ended nats-py's read loop (nothing
+    line that is not UTF-8, a header block of 8 bytes, and subjects with a
+    vertical tab or a form feed. Before, the first three ended nats-py's read loop (nothing
     more was imported) and the last forced a reconnect that lost the next
     valid message.
     """
@@ -311,13 +311,15 @@ async def test_malformed_messages_from_another_client_are_dropped_issue_16(
         await peer.pub(b"m.ok3", b"3")
         await peer.pub(b"m.a\x0bb", b"vertical tab")
         await peer.pub(b"m.ok4", b"4")
+        await peer.pub(b"m.a\x0cb", b"form feed")
+        await peer.pub(b"m.ok5", b"5")
         await peer.flush()
         await peer.aclose()
-        got = await take(sub, 4)
-        assert [m.payload for m in got] == [b"1", b"2", b"3", b"4"]
+        got = await take(sub, 5)
+        assert [m.payload for m in got] == [b"1", b"2", b"3", b"4", b"5"]
         await quiet(sub)
         stats = into.statistics()
-        assert (stats.imported, stats.inbound_dropped) == (4, 4)
+        assert (stats.imported, stats.inbound_dropped) == (5, 5)
         assert (stats.connected, stats.reconnects) == (True, 0)
 
 

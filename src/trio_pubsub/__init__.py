@@ -18,6 +18,7 @@ from ._message import Message as Message
 from ._policy import OverflowPolicy as OverflowPolicy
 from ._stats import (
     BrokerStatistics as BrokerStatistics,
+    SubscriptionInfo as SubscriptionInfo,
     SubscriptionStatistics as SubscriptionStatistics,
 )
 from ._subject import (
@@ -37,6 +38,7 @@ __all__ = [
     "OverflowPolicy",
     "SlowConsumerError",
     "Subscription",
+    "SubscriptionInfo",
     "SubscriptionStatistics",
     "subject_matches",
     "validate_pattern",

@@ -34,6 +34,7 @@ from ._message import Message, new_message
 from ._options import (
     check_int,
     check_message_type,
+    check_name,
     check_policy,
     payload_error,
     retain_error,
@@ -42,7 +43,7 @@ from ._options import (
 from ._policy import OverflowPolicy
 from ._retained import RetainedStore
 from ._routes import RouteTable
-from ._stats import BrokerStatistics
+from ._stats import BrokerStatistics, SubscriptionInfo
 from ._subject import parse_pattern, parse_queue, parse_subject
 from ._subscription import Subscription, SubscriptionScope
 from ._threads import TrioRun
@@ -170,6 +171,7 @@ class Broker(Generic[T]):
         max_buffer_size: int | None = None,
         policy: OverflowPolicy | None = None,
         disconnect_after: int | None = None,
+        name: str | None = None,
     ) -> AbstractAsyncContextManager[Subscription[T]]:
         """Listen on ``pattern`` for the body of an ``async with`` block.
 
@@ -189,6 +191,9 @@ class Broker(Generic[T]):
             policy: What a full buffer does; ``None``: the broker's.
             disconnect_after: Consecutive drops that cut a ``DISCONNECT``
                 subscription off (int >= 1); ``None``: the broker's.
+            name: A label for log lines and :meth:`subscriptions`, so that
+                subscriptions on one pattern can be told apart: a non-empty
+                ``str``; ``None``: the pattern.
 
         Returns:
             An async context manager yielding the :class:`Subscription`. Entering
@@ -212,6 +217,7 @@ class Broker(Generic[T]):
             policy=self._policy if policy is None else check_policy(policy),
             max_buffer_size=max_buffer_size,
             disconnect_after=disconnect_after,
+            name=check_name(name),
         )
         self._check_open()
         return SubscriptionScope(inbox, self._attach)
@@ -226,6 +232,7 @@ class Broker(Generic[T]):
         disconnect_after: int | None,
         queue: str | None = None,
         also: tuple[tuple[str, ...], ...] = (),
+        name: str | None = None,
     ) -> _Inbox[T]:
         """A new inbox with the broker's defaults where an option is ``None``."""
         return _Inbox(
@@ -233,6 +240,7 @@ class Broker(Generic[T]):
             tokens,
             queue=queue,
             also=also,
+            name=name,
             policy=policy,
             max_buffer_size=(
                 self._max_buffer_size
@@ -520,6 +528,25 @@ class Broker(Generic[T]):
             cache_size=len(self._cache),
             retained=len(self._retained),
             retained_evicted=self._retained.evicted,
+        )
+
+    def subscriptions(self) -> tuple[SubscriptionInfo, ...]:
+        """Return a snapshot of every open subscription, in the order they entered.
+
+        Open: registered, so that it would be offered a new message (the ones
+        :meth:`statistics` counts in ``subscriptions``); not those closed, cut
+        off, drained or ended by :meth:`aclose`.
+        """
+        return tuple(
+            SubscriptionInfo(
+                name=inbox.name,
+                pattern=inbox.pattern,
+                queue=inbox.queue,
+                policy=inbox.policy,
+                max_buffer_size=inbox.max_buffer_size,
+                statistics=inbox.statistics(),
+            )
+            for inbox in self._routes.registered
         )
 
     @enable_ki_protection

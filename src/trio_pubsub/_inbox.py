@@ -150,7 +150,9 @@ class _Inbox(Generic[T]):
         "also",
         "disconnect_after",
         "dropped",
+        "handles",
         "max_buffer_size",
+        "name",
         "pattern",
         "policy",
         "queue",
@@ -177,8 +179,11 @@ class _Inbox(Generic[T]):
         tally: Tally,
         queue: str | None = None,
         also: tuple[tuple[str, ...], ...] = (),
+        name: str | None = None,
     ) -> None:
         self.pattern = pattern
+        self.name = pattern if name is None else name
+        self.handles = 0  # Subscription handles open on it (see release())
         self.queue = queue
         self.tokens = tokens
         # The parsed patterns after the first of an inbox that listens on several
@@ -194,8 +199,9 @@ class _Inbox(Generic[T]):
         # while receivers wait (a message for them takes the slow path and is
         # handed over) and while there is no deque yet (the slow path makes it).
         self.limit = 0
-        # dicts used as FIFO sets of waiting tasks (publishers with their message)
-        self.receivers: dict[trio.lowlevel.Task, None] = {}
+        # dicts used as FIFO sets of waiting tasks: receivers with the handle
+        # they wait on, publishers with their message
+        self.receivers: dict[trio.lowlevel.Task, object] = {}
         self.senders: dict[trio.lowlevel.Task, Message[T]] = {}
         self.received = 0
         self.dropped = 0
@@ -308,7 +314,7 @@ class _Inbox(Generic[T]):
         return accepted
 
     def _broker_closed(self) -> BrokerClosedError:
-        where = repr(self.pattern)
+        where = repr(self.name)
         if self.queue is not None:
             where += f" of queue group {self.queue!r}"
         return BrokerClosedError(
@@ -346,7 +352,7 @@ class _Inbox(Generic[T]):
         self.warn_drop(
             "subscription %r (%s, buffer of %d full) %s on subject %r; "
             "%d dropped so far",
-            self.pattern,
+            self.name,
             self.policy.name,
             self.max_buffer_size,
             what,
@@ -361,7 +367,7 @@ class _Inbox(Generic[T]):
         logger.warning(
             "subscription %r was disconnected as a slow consumer after %d "
             "consecutive drops; %d messages remain for it to drain",
-            self.pattern,
+            self.name,
             self.consecutive_drops,
             len(self.buffer),
         )
@@ -386,15 +392,19 @@ class _Inbox(Generic[T]):
             raise trio.EndOfChannel
         if self.state is State.CUT_OFF:
             raise SlowConsumerError(
-                f"subscription {self.pattern!r} was disconnected as a slow consumer "
+                f"subscription {self.name!r} was disconnected as a slow consumer "
                 f"after {self.disconnect_after} consecutive drops "
                 f"(buffer of {self.max_buffer_size})"
             )
-        raise trio.ClosedResourceError(f"subscription {self.pattern!r} is closed")
+        raise trio.ClosedResourceError(f"subscription {self.name!r} is closed")
 
     @enable_ki_protection
-    async def receive(self) -> Message[T]:
-        """Wait for the next message (a checkpoint); see ``Subscription.receive``."""
+    async def receive(self, handle: object = None) -> Message[T]:
+        """Wait for the next message (a checkpoint); see ``Subscription.receive``.
+
+        ``handle`` is the Subscription it is received through: closing that
+        handle wakes the tasks that wait on it.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             message = self.take()
@@ -405,7 +415,7 @@ class _Inbox(Generic[T]):
             return message
         self.limit = 0
         try:
-            handed: Message[T] | None = await _park(self.receivers, None)
+            handed: Message[T] | None = await _park(self.receivers, handle)
         finally:
             # the last receiver may have left, cancelled or woken by the end
             self._reopen_fast_path()
@@ -435,6 +445,22 @@ class _Inbox(Generic[T]):
             self.state = State.DRAINED
             self.tally.detach(self)
             self._wake_everyone(broker_closed=False)
+
+    @enable_ki_protection
+    def release(self, handle: object, error: Callable[[], BaseException]) -> None:
+        """A handle was closed: wake the tasks waiting on it with ``error()``.
+
+        Closing the last handle closes the inbox.
+        """
+        waiting = [task for task, on in self.receivers.items() if on is handle]
+        for task in waiting:
+            del self.receivers[task]
+            trio.lowlevel.reschedule(task, outcome.Error(error()))
+        self.handles -= 1
+        if self.handles <= 0:
+            self.close()
+        else:
+            self._reopen_fast_path()
 
     @enable_ki_protection
     def close(self) -> None:

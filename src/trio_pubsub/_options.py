@@ -52,6 +52,19 @@ def check_policy(value: object) -> OverflowPolicy:
     return value
 
 
+def check_name(name: object) -> str | None:
+    """Return a subscription's ``name`` if it is ``None`` or a non-empty ``str``."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise TypeError(
+            f"name must be a str or None, not {type(name).__name__}: {name!r}"
+        )
+    if not name:
+        raise ValueError("name must not be empty (None: the pattern)")
+    return name
+
+
 def retain_error(retain: object) -> TypeError:
     """The error for a ``retain`` that is neither ``True`` nor ``False``."""
     return TypeError(f"retain must be a bool, not {type(retain).__name__}: {retain!r}")

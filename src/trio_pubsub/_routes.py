@@ -60,7 +60,6 @@ class RouteTable(Generic[T]):
         "_arranged",
         "_budget",
         "_bytes",
-        "_count",
         "_largest",
         "_limit",
         "_trie",
@@ -68,6 +67,7 @@ class RouteTable(Generic[T]):
         "cache",
         "groups",
         "membership",
+        "registered",
     )
 
     def __init__(self, cache_size: int, cache_bytes: int) -> None:
@@ -76,7 +76,6 @@ class RouteTable(Generic[T]):
         self._budget = cache_bytes
         self._largest = cache_bytes // 8  # a larger entry is not cached
         self._bytes = 0  # what the cache's entries take now
-        self._count = 0  # inboxes registered
         self._arranged = 0  # of those, queue members and multi-pattern inboxes
         self.cache: dict[str, tuple[Target[T], ...]] = {}
         """Literal subject -> its targets. Read by the broker, written here only."""
@@ -86,10 +85,12 @@ class RouteTable(Generic[T]):
         """Queue groups with members now, by name."""
         self.membership: dict[_Inbox[T], _Group] = {}
         """The group of each registered queue member."""
+        self.registered: dict[_Inbox[T], None] = {}
+        """Every inbox registered now, in the order they were added."""
 
     def __len__(self) -> int:
         """Number of inboxes registered."""
-        return self._count
+        return len(self.registered)
 
     @property
     def cache_bytes(self) -> int:
@@ -234,7 +235,7 @@ class RouteTable(Generic[T]):
             if group is not None:
                 self._leave(group, inbox)
             raise
-        self._count += 1
+        self.registered[inbox] = None
         self.blocking += inbox.policy is OverflowPolicy.BLOCK
         arranged = group is not None or bool(inbox.also)
         self._arranged += arranged
@@ -257,7 +258,7 @@ class RouteTable(Generic[T]):
         group = self.membership.get(inbox)
         if group is not None:
             self._leave(group, inbox)
-        self._count -= 1
+        del self.registered[inbox]
         self.blocking -= inbox.policy is OverflowPolicy.BLOCK
         arranged = group is not None or bool(inbox.also)
         self._arranged -= arranged
@@ -287,7 +288,8 @@ class RouteTable(Generic[T]):
         inboxes = list(dict.fromkeys(self._trie.values()))
         self._trie = SubjectTrie()
         self.cache.clear()
-        self._limit = self._bytes = self._count = self._arranged = 0
+        self._limit = self._bytes = self._arranged = 0
+        self.registered.clear()
         self.blocking = 0
         self.groups.clear()
         self.membership.clear()

@@ -6,6 +6,8 @@ import typing
 
 import attrs
 
+from ._policy import OverflowPolicy  # noqa: TC001 (the API reference resolves it)
+
 
 @typing.final
 @attrs.frozen
@@ -64,3 +66,22 @@ class SubscriptionStatistics:
     """Messages routed to it that it will never receive."""
     max_buffer_size: int
     """Its buffer's capacity."""
+
+
+@typing.final
+@attrs.frozen
+class SubscriptionInfo:
+    """One open subscription, as :meth:`Broker.subscriptions` lists it."""
+
+    name: str
+    """Its label (``subscribe(..., name=...)``; the pattern by default)."""
+    pattern: str
+    """The pattern it listens on."""
+    queue: str | None
+    """The queue group it belongs to, or ``None``."""
+    policy: OverflowPolicy
+    """What its full buffer does."""
+    max_buffer_size: int
+    """Its buffer's capacity."""
+    statistics: SubscriptionStatistics
+    """Its counters when the snapshot was taken."""

@@ -12,7 +12,7 @@ from typing import Generic, TypeVar
 import trio
 from trio.lowlevel import enable_ki_protection
 
-from ._message import Message  # noqa: TC001 (the API reference resolves it)
+from ._message import Message
 from ._policy import OverflowPolicy  # noqa: TC001
 
 if typing.TYPE_CHECKING:
@@ -27,7 +27,7 @@ T_co = TypeVar("T_co", covariant=True)
 
 
 @typing.final
-class Subscription(Generic[T_co]):
+class Subscription(trio.abc.ReceiveChannel[Message[T_co]]):
     """The receiving end of one subscription, from ``async with broker.subscribe()``.
 
     It receives every message published on a subject that its pattern matches
@@ -35,12 +35,17 @@ class Subscription(Generic[T_co]):
     they were published, minus those its overflow policy drops (counted in
     :meth:`statistics`). Iterate with ``async for``, or call :meth:`receive`.
 
+    A ``trio.abc.ReceiveChannel``: it can be passed wherever one is expected,
+    used as an async context manager (which closes this handle), and cloned
+    (:meth:`clone`).
+
     Do not create it yourself: :meth:`Broker.subscribe` does.
     """
 
-    __slots__ = ("_inbox",)
+    __slots__ = ("_closed", "_inbox")
 
     _inbox: _Inbox[T_co]
+    _closed: bool
 
     def __init__(self) -> None:
         raise TypeError(
@@ -50,15 +55,19 @@ class Subscription(Generic[T_co]):
 
     @classmethod
     def _of(cls, inbox: _Inbox[T_co]) -> Subscription[T_co]:
+        """A new handle on ``inbox`` (the first, or a clone)."""
         sub = object.__new__(cls)
         sub._inbox = inbox
+        sub._closed = False
+        inbox.handles += 1
         return sub
 
     def __repr__(self) -> str:
         inbox = self._inbox
         queue = "" if inbox.queue is None else f" queue={inbox.queue!r}"
+        name = "" if inbox.name == inbox.pattern else f" name={inbox.name!r}"
         return (
-            f"<trio_pubsub.Subscription {inbox.pattern!r}{queue} "
+            f"<trio_pubsub.Subscription {inbox.pattern!r}{name}{queue} "
             f"policy={inbox.policy.name} max_buffer_size={inbox.max_buffer_size} "
             f"state={inbox.state.name.lower()}>"
         )
@@ -67,6 +76,11 @@ class Subscription(Generic[T_co]):
     def pattern(self) -> str:
         """The pattern this subscription listens on."""
         return self._inbox.pattern
+
+    @property
+    def name(self) -> str:
+        """Its label in logs and ``Broker.subscriptions()`` (default: the pattern)."""
+        return self._inbox.name
 
     @property
     def queue(self) -> str | None:
@@ -97,12 +111,14 @@ class Subscription(Generic[T_co]):
                 has been received.
             SlowConsumerError: the ``DISCONNECT`` policy cut this subscription
                 off and every pending message has been received.
-            trio.ClosedResourceError: the subscription was closed, or its
-                ``async with`` block has been left.
+            trio.ClosedResourceError: this handle or the subscription was
+                closed, or its ``async with`` block has been left.
 
         If cancelled, no message is taken: the next call gets it.
         """
-        return await self._inbox.receive()
+        if self._closed:
+            raise self._handle_closed()
+        return await self._inbox.receive(self)
 
     @enable_ki_protection
     def receive_nowait(self) -> Message[T_co]:
@@ -114,17 +130,63 @@ class Subscription(Generic[T_co]):
             SlowConsumerError: as for :meth:`receive`.
             trio.ClosedResourceError: as for :meth:`receive`.
         """
+        if self._closed:
+            raise self._handle_closed()
         return self._inbox.take()
+
+    def _handle_closed(self) -> trio.ClosedResourceError:
+        return trio.ClosedResourceError(
+            f"this handle on subscription {self._inbox.name!r} is closed"
+        )
+
+    @enable_ki_protection
+    def clone(self) -> Subscription[T_co]:
+        """Return another handle on the same subscription and buffer.
+
+        Each message goes to one handle: whichever asks first. Closing a handle
+        closes that handle only; the subscription leaves early when its last
+        handle is closed, and always when its ``async with`` block is left,
+        after which every handle raises ``trio.ClosedResourceError``, as the
+        clones of a closed trio memory channel do.
+
+        Raises:
+            trio.ClosedResourceError: this handle is closed.
+        """
+        if self._closed:
+            raise self._handle_closed()
+        return Subscription._of(self._inbox)
 
     @enable_ki_protection
     def close(self) -> None:
-        """Leave early: take no new messages and discard the pending ones.
+        """Close this handle; with its last handle, leave the subscription early.
 
-        Discarded messages are counted as dropped. Afterwards :meth:`receive`
-        raises ``trio.ClosedResourceError``, and so do tasks waiting in it now.
-        Idempotent; leaving the ``async with`` block does the same.
+        Leaving takes no new messages and discards the pending ones (counted as
+        dropped). Afterwards :meth:`receive` on this handle raises
+        ``trio.ClosedResourceError``, and so do tasks waiting in it now.
+        Idempotent; leaving the ``async with`` block leaves the subscription
+        whatever handles are open.
         """
-        self._inbox.close()
+        if not self._closed:
+            self._closed = True
+            self._inbox.release(self, self._handle_closed)
+
+    @enable_ki_protection
+    async def aclose(self) -> None:
+        """Like :meth:`close`, and a trio checkpoint (``trio.abc.AsyncResource``)."""
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    @enable_ki_protection
+    def drain(self) -> None:
+        """Route nothing more to it; keep what it holds; then end the stream.
+
+        Returns at once. What it holds can still be received; after that,
+        ``receive()`` raises ``trio.EndOfChannel`` and ``async for`` ends, as
+        NATS drains a subscription to retire a queue member without loss.
+        Publishers waiting for room in it return normally. Idempotent; nothing
+        happens once it has ended, been cut off or closed.
+        """
+        self._inbox.drain()
 
     def statistics(self) -> SubscriptionStatistics:
         """Return a snapshot of this subscription's counters."""
@@ -135,8 +197,10 @@ class Subscription(Generic[T_co]):
 
     @enable_ki_protection
     async def __anext__(self) -> Message[T_co]:
+        if self._closed:
+            raise self._handle_closed()
         try:
-            return await self._inbox.receive()
+            return await self._inbox.receive(self)
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
 

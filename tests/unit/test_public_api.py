@@ -16,6 +16,7 @@ SPEC_NAMES = {
     "OverflowPolicy",
     "SlowConsumerError",
     "Subscription",
+    "SubscriptionInfo",
     "SubscriptionStatistics",
     "subject_matches",
     "validate_pattern",

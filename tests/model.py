@@ -82,11 +82,16 @@ class Model:
                 del self.groups[name]
 
     def choose(self, members: list[ModelSub]) -> tuple[ModelSub, bool]:
-        """The member a group routes to, and whether it has room."""
+        """The member a group routes to, and whether it has room.
+
+        (No receiver ever waits in the model: it receives with receive_nowait.)
+        The fewest pending among those with room, ties to the least recently
+        routed; with no room anywhere, the least recently routed.
+        """
         order = sorted(members, key=lambda s: s.served)
-        for member in order:
-            if len(member.buffer) < member.size:
-                return member, True
+        roomy = [m for m in order if len(m.buffer) < m.size]
+        if roomy:
+            return min(roomy, key=lambda s: len(s.buffer)), True
         return order[0], False
 
     def check(self, stats: BrokerStatistics, cache_size: int) -> None:

@@ -5,14 +5,16 @@ their patterns. For each subject, the routes hold one ``GroupTarget`` per group
 with the members that subject reaches; the broker offers a message to it as to
 any subscription, and the target passes it on to one member.
 
-Which member (:meth:`GroupTarget._choose`, the one chooser): the one that was
-routed a message least recently among those with room; if none has room, the
-least recently routed one all the same, and its own policy decides (a ``BLOCK``
+Which member (:meth:`GroupTarget._choose`, the one chooser), in this order:
+a member with a receiver waiting (it is idle: the message is handed to it at
+once); else the member with the fewest pending messages among those with
+room; ties, and the first rule among several idle members, go to the one
+routed a message least recently. If no member has room, the least recently
+routed one gets it all the same, and its own policy decides (a ``BLOCK``
 member makes the publisher wait for it, a ``DROP_NEWEST`` one drops and counts
 it). A member that joins takes its place at the back, as if it had just been
-routed a message. Over a fixed set of members this is round-robin; when the set
-differs from subject to subject, or changes, no member is skipped for longer
-than the others.
+routed a message. So a slow member is not handed work while a faster one sits
+idle, and among equally busy members the work goes round.
 
 A ``GroupTarget`` looks to the broker's fast path like an inbox that is never
 open for a plain append (empty ``buffer``, ``limit`` 0), so every offer to it
@@ -89,21 +91,29 @@ class GroupTarget(Generic[T]):
         self.members = members
 
     def _choose(self) -> tuple[_Inbox[T] | None, bool]:
-        """The member to route to now, and whether it has room.
+        """The member to route to now, and whether it has room (see the module doc).
 
-        Walks the group from the least recently routed member on, so when the
-        first matching member has room (the common case) it stops there.
+        Walks the group from the least recently routed member on; it stops at
+        the first idle one (a receiver waiting), else it looks at all of them.
         ``(None, False)`` when every member of the snapshot has left.
         """
         members = self.members
-        turn: _Inbox[T] | None = None
+        turn: _Inbox[T] | None = None  # the first member without room
+        best: _Inbox[T] | None = None  # the least pending among those with room
+        fewest = 0
         for member in self.group.order:
             if member not in members or member.state is not State.OPEN:
                 continue
-            if len(member.buffer) < member.max_buffer_size:
+            if member.receivers:
                 return member, True
-            if turn is None:
+            pending = len(member.buffer)
+            if pending < member.max_buffer_size:
+                if best is None or pending < fewest:
+                    best, fewest = member, pending
+            elif turn is None:
                 turn = member
+        if best is not None:
+            return best, True
         return turn, False
 
     def would_block(self) -> bool:

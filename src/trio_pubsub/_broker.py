@@ -17,6 +17,7 @@ never between two mutations that belong together.
 from __future__ import annotations
 
 import functools
+import math
 import types  # noqa: TC003 (the API reference resolves it)
 import typing
 
@@ -36,6 +37,7 @@ from ._options import (
     check_message_type,
     check_name,
     check_policy,
+    check_timeout,
     payload_error,
     retain_error,
     type_name,
@@ -77,6 +79,10 @@ class Broker(Generic[T]):
         policy: Default :class:`OverflowPolicy` of a subscription.
         disconnect_after: Default number of consecutive drops after which a
             ``DISCONNECT`` subscription is cut off (int >= 1).
+        block_timeout: Default of the longest a publish waits for room in one
+            full ``BLOCK`` subscription, in seconds (> 0); then the message is
+            dropped for that subscription, counted and logged, and the publish
+            goes on. ``None`` (the default): wait as long as it takes.
         match_cache_size: How many subjects the match cache remembers at most
             (int >= 0; 0 turns it off). A cached subject is routed with one dict
             lookup; when the cache is full, its oldest quarter makes way.
@@ -102,6 +108,7 @@ class Broker(Generic[T]):
 
     __slots__ = (
         "__weakref__",
+        "_block_timeout",
         "_cache",
         "_cache_hits",
         "_cache_misses",
@@ -127,6 +134,7 @@ class Broker(Generic[T]):
         max_buffer_size: int = DEFAULT_MAX_BUFFER_SIZE,
         policy: OverflowPolicy = DEFAULT_POLICY,
         disconnect_after: int = DEFAULT_DISCONNECT_AFTER,
+        block_timeout: float | None = None,
         match_cache_size: int = DEFAULT_MATCH_CACHE_SIZE,
         match_cache_bytes: int = DEFAULT_MATCH_CACHE_BYTES,
         max_retained: int = DEFAULT_MAX_RETAINED,
@@ -137,6 +145,7 @@ class Broker(Generic[T]):
         self._max_buffer_size = check_int("max_buffer_size", max_buffer_size)
         self._policy = check_policy(policy)
         self._disconnect_after = check_int("disconnect_after", disconnect_after)
+        self._block_timeout = check_timeout("block_timeout", block_timeout)
         self._routes: RouteTable[T] = RouteTable(
             check_int("match_cache_size", match_cache_size, minimum=0),
             check_int("match_cache_bytes", match_cache_bytes, minimum=0),
@@ -172,6 +181,7 @@ class Broker(Generic[T]):
         policy: OverflowPolicy | None = None,
         disconnect_after: int | None = None,
         name: str | None = None,
+        block_timeout: float | None = None,
     ) -> AbstractAsyncContextManager[Subscription[T]]:
         """Listen on ``pattern`` for the body of an ``async with`` block.
 
@@ -194,6 +204,10 @@ class Broker(Generic[T]):
             name: A label for log lines and :meth:`subscriptions`, so that
                 subscriptions on one pattern can be told apart: a non-empty
                 ``str``; ``None``: the pattern.
+            block_timeout: For ``BLOCK``, the longest a publish waits for room
+                here (seconds > 0, ``math.inf``: for ever); then the message is
+                dropped for this subscription, counted and logged, and the
+                publish goes on. ``None``: the broker's.
 
         Returns:
             An async context manager yielding the :class:`Subscription`. Entering
@@ -218,6 +232,7 @@ class Broker(Generic[T]):
             max_buffer_size=max_buffer_size,
             disconnect_after=disconnect_after,
             name=check_name(name),
+            block_timeout=check_timeout("block_timeout", block_timeout),
         )
         self._check_open()
         return SubscriptionScope(inbox, self._attach)
@@ -233,14 +248,18 @@ class Broker(Generic[T]):
         queue: str | None = None,
         also: tuple[tuple[str, ...], ...] = (),
         name: str | None = None,
+        block_timeout: float | None = None,
     ) -> _Inbox[T]:
         """A new inbox with the broker's defaults where an option is ``None``."""
+        if block_timeout is None:
+            block_timeout = self._block_timeout
         return _Inbox(
             pattern,
             tokens,
             queue=queue,
             also=also,
             name=name,
+            block_timeout=math.inf if block_timeout is None else block_timeout,
             policy=policy,
             max_buffer_size=(
                 self._max_buffer_size

@@ -140,7 +140,8 @@ class GroupTarget(Generic[T]):
 
         If the member it waits for leaves, the message goes to another member
         (chosen again the same way); it is routed to no one only when every
-        member of the snapshot has left.
+        member of the snapshot has left, or the member's ``block_timeout``
+        passes (then it is dropped there).
 
         Raises:
             BrokerClosedError: the broker was closed before it was routed.
@@ -159,4 +160,6 @@ class GroupTarget(Generic[T]):
                 return member.offer(message)
             if await member.put(message):
                 return True
+            if member.state is State.OPEN:
+                return False  # its block_timeout passed: dropped there, counted
             # It left while the publisher waited: try the others.

@@ -37,6 +37,7 @@ Invariants (no checkpoint between any check and the mutation that follows it;
 from __future__ import annotations
 
 import enum
+import math
 import typing
 from collections import deque
 from typing import Generic, TypeVar
@@ -148,6 +149,7 @@ class _Inbox(Generic[T]):
         "buffer",
         "limit",
         "also",
+        "block_timeout",
         "disconnect_after",
         "dropped",
         "handles",
@@ -180,10 +182,13 @@ class _Inbox(Generic[T]):
         queue: str | None = None,
         also: tuple[tuple[str, ...], ...] = (),
         name: str | None = None,
+        block_timeout: float = math.inf,
     ) -> None:
         self.pattern = pattern
         self.name = pattern if name is None else name
         self.handles = 0  # Subscription handles open on it (see release())
+        # How long a publish waits for room in a full BLOCK buffer (seconds).
+        self.block_timeout = block_timeout
         self.queue = queue
         self.tokens = tokens
         # The parsed patterns after the first of an inbox that listens on several
@@ -281,21 +286,26 @@ class _Inbox(Generic[T]):
             self._warn_drop(message, "discarded its oldest pending message")
             self._accept(message)
             return True
+        self._refuse(message, "dropped a new message")
+        if action is Action.DISCONNECT:
+            self._cut_off()
+        return False
+
+    def _refuse(self, message: Message[T], what: str) -> None:
+        """Count ``message`` as routed here and dropped, never buffered."""
         self.streak = self.consecutive_drops + 1
         self.refused += 1
         self._count_drops(1)
         self.streak_mark = self.delivered
-        self._warn_drop(message, "dropped a new message")
-        if action is Action.DISCONNECT:
-            self._cut_off()
-        return False
+        self._warn_drop(message, what)
 
     @enable_ki_protection
     async def put(self, message: Message[T]) -> bool:
         """Offer a message, waiting for room if this is a full ``BLOCK`` inbox.
 
         Returns whether it was accepted; ``False`` when the subscription left
-        while the publisher waited.
+        while the publisher waited, or ``block_timeout`` passed first (then the
+        message is dropped here, counted and logged).
 
         Raises:
             BrokerClosedError: the broker was closed before there was room.
@@ -310,8 +320,13 @@ class _Inbox(Generic[T]):
             return self.offer(message)
         except trio.WouldBlock:
             pass
-        accepted: bool = await _park(self.senders, message)
-        return accepted
+        with trio.move_on_after(self.block_timeout) as waited:
+            accepted: bool = await _park(self.senders, message)
+            return accepted
+        # block_timeout passed: the wait was given up and nothing entered
+        assert waited.cancelled_caught
+        self._refuse(message, f"dropped a message after {self.block_timeout} s")
+        return False
 
     def _broker_closed(self) -> BrokerClosedError:
         where = repr(self.name)

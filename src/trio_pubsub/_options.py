@@ -42,6 +42,23 @@ def check_seconds(name: str, value: object) -> float:
     return value
 
 
+def check_timeout(name: str, value: object) -> float | None:
+    """Return ``value`` if it is ``None`` or a number of seconds > 0.
+
+    ``math.inf`` is allowed: it waits for ever, as ``None`` does on a broker.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"{name} must be a number of seconds or None, "
+            f"not {type(value).__name__}: {value!r}"
+        )
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0 (or None), not {value!r}")
+    return value
+
+
 def check_policy(value: object) -> OverflowPolicy:
     """Return ``value`` if it is an :class:`OverflowPolicy` member."""
     if not isinstance(value, OverflowPolicy):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,11 @@ EXPECTED: dict[str, list[str]] = {
         "shop bridge: exported 5, imported 5, dropped 0",
         "billing process exited with code 0",
     ],
+    "signal_shutdown.py": [
+        "got SIGINT: draining",
+        "every accepted job was done: True",
+        "dropped: 0",
+    ],
     "quickstart.py": [
         "orders.42.created: order 42 was created",
         "SubscriptionStatistics(delivered=1, received=1, pending=0, dropped=0,",
@@ -92,9 +99,13 @@ EXPECTED: dict[str, list[str]] = {
 }
 
 
+# Arguments an example needs to finish by itself.
+ARGUMENTS: dict[str, list[str]] = {"signal_shutdown.py": ["--stop-after", "0.3"]}
+
+
 def run(name: str) -> str:
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
+        [sys.executable, str(EXAMPLES / name), *ARGUMENTS.get(name, [])],
         capture_output=True,
         text=True,
         timeout=60,
@@ -171,3 +182,29 @@ def test_demo_table_obeys_the_law() -> None:
     delivered, received, dropped = rows["live feed"]
     assert delivered == received
     assert dropped >= 3
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_real_signal_drains_the_broker(signum: signal.Signals) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM from outside: the example drains and exits 0."""
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "signal_shutdown.py")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert "ready" in process.stdout.readline()
+        time.sleep(0.3)  # let jobs flow (not a measure)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:  # pragma: no cover - only if it hangs
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert f"got {signum.name}: draining" in out
+    assert "every accepted job was done: True" in out
+    assert "dropped: 0" in out
+    assert "Traceback" not in err

@@ -3,7 +3,8 @@
 A trace function counts the lines the library executes during a scenario
 that exercises every state change (entry with retained messages, every
 policy, hand-off to a waiting receiver, a publisher waiting on a full BLOCK
-buffer, a queue group, DISCONNECT, close, aclose). Then the scenario is run
+buffer, a queue group, DISCONNECT, close, clones, drain, a block timeout,
+aclose). Then the scenario is run
 once per line k, and at the k-th library line the trace function sends the
 process a real SIGINT with ``signal.raise_signal``. Trio's own handler decides
 what happens: a KeyboardInterrupt raised right there when the code is not
@@ -105,6 +106,18 @@ class Scenario:
                 cut.close()
                 async for _message in newest:
                     break
+                async with subscribe(
+                    "t",
+                    max_buffer_size=1,
+                    policy=OverflowPolicy.BLOCK,
+                    block_timeout=0.05,
+                ) as timed:
+                    clone = timed.clone()
+                    broker.publish_nowait("t", 1)
+                    await broker.publish("t", 2)  # times out: dropped for it
+                    clone.receive_nowait()
+                    await clone.aclose()
+                    timed.drain()
             await broker.aclose()
 
 
@@ -158,7 +171,7 @@ def test_the_scenario_runs_through_without_interrupt() -> None:
     """Untouched, the scenario ends normally and its counters add up."""
     scenario, lines = run_with_interrupt_at(None)
     assert lines > 500  # the sweep below covers a real amount of code
-    assert len(scenario.inboxes) == 7
+    assert len(scenario.inboxes) == 8
     assert scenario.broker.statistics().disconnected == 1
     check_whole(scenario, "no interrupt")
 

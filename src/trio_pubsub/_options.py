@@ -28,20 +28,6 @@ def check_int(name: str, value: object, *, minimum: int = 1) -> int:
     return value
 
 
-def check_seconds(name: str, value: object) -> float:
-    """Return ``value`` if it is a number of seconds > 0 and finite.
-
-    Raises:
-        TypeError: it is not an ``int`` or ``float`` (or it is a ``bool``).
-        ValueError: it is not > 0, or not finite.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not value > 0 or math.isinf(value):
-        raise ValueError(f"{name} must be > 0 and finite, not {value!r}")
-    return value
-
-
 def check_timeout(name: str, value: object) -> float | None:
     """Return ``value`` if it is ``None`` or a number of seconds > 0.
 
@@ -57,6 +43,21 @@ def check_timeout(name: str, value: object) -> float | None:
     if not value > 0:
         raise ValueError(f"{name} must be > 0 (or None), not {value!r}")
     return value
+
+
+def check_seconds(name: str, value: object) -> float:
+    """Return ``value`` if it is a number of seconds > 0 and finite.
+
+    Raises:
+        TypeError: it is not an ``int`` or ``float`` (or it is a ``bool``).
+        ValueError: it is not > 0, or not finite.
+    """
+    seconds = check_timeout(name, value)
+    if seconds is None:
+        raise TypeError(f"{name} must be a number, not None")
+    if math.isinf(seconds):
+        raise ValueError(f"{name} must be > 0 and finite, not {seconds!r}")
+    return seconds
 
 
 def check_policy(value: object) -> OverflowPolicy:

@@ -67,7 +67,6 @@ class Counters:
         self.refused = 0  # NATS refused it, or the connection was closed for good
         self.slow_consumer = 0
         self.malformed = 0  # messages from NATS nats-py could not read
-        self.restarts = 0  # times the read loop had ended and was restarted
         self.reconnects = 0
         self.connected = False
         self.closed = False
@@ -240,7 +239,6 @@ class Link:
             await asyncio.sleep(WATCH_INTERVAL)
             reader = nc._reading_task
             if nc.is_connected and (reader is None or reader.done()):
-                self.counters.restarts += 1
                 self._warn(
                     "reader",
                     "NATS bridge: the connection stopped reading; reconnecting",

@@ -99,3 +99,15 @@ class LabelledRoutes:
 
     def __len__(self) -> int:
         return len(self.table)
+
+
+def request_leftovers(broker: Broker[int]) -> tuple[int, list[str]]:
+    """What requests left in a broker: waiting replies, reply subjects cached.
+
+    Both are empty once every request has ended; the trie is checked with
+    :func:`routing_nodes`.
+    """
+    cached = [s for s in broker._cache if s.split(".")[0] == "_INBOX"]
+    waiting = broker.statistics().requests_waiting
+    assert waiting == len(broker._replies)
+    return waiting, cached

@@ -2,7 +2,7 @@
 
 Modules import one way only, each from those before it in this list:
 _errors, _subject, _trie, _retained, _policy, _options, _stats, _message,
-_log, _inbox, _groups, _routes, _subscription, _threads, _broker, _port; and
+_log, _inbox, _groups, _reply, _routes, _subscription, _threads, _broker, _port; and
 nats/ imports the public API, _port and _log. Only _inbox parks and wakes
 tasks. See the module map in docs/explanation/design.md.
 """
@@ -12,6 +12,7 @@ from ._errors import (
     BrokerClosedError as BrokerClosedError,
     BrokerError as BrokerError,
     InvalidSubjectError as InvalidSubjectError,
+    NoRespondersError as NoRespondersError,
     SlowConsumerError as SlowConsumerError,
 )
 from ._message import Message as Message
@@ -35,6 +36,7 @@ __all__ = [
     "BrokerStatistics",
     "InvalidSubjectError",
     "Message",
+    "NoRespondersError",
     "OverflowPolicy",
     "SlowConsumerError",
     "Subscription",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import secrets
 import types  # noqa: TC003 (the API reference resolves it)
 import typing
 
@@ -29,9 +30,9 @@ from typing import Generic, TypeVar
 import trio
 from trio.lowlevel import enable_ki_protection
 
-from ._errors import BrokerClosedError
+from ._errors import BrokerClosedError, InvalidSubjectError, NoRespondersError
 from ._inbox import Tally, _Inbox
-from ._message import Message, new_message
+from ._message import Message, new_message, request_message
 from ._options import (
     check_int,
     check_message_type,
@@ -43,6 +44,7 @@ from ._options import (
     type_name,
 )
 from ._policy import OverflowPolicy
+from ._reply import REPLY_ROOT, Replies, is_reserved, reserved_pattern
 from ._retained import RetainedStore
 from ._routes import RouteTable
 from ._stats import BrokerStatistics, SubscriptionInfo
@@ -118,6 +120,7 @@ class Broker(Generic[T]):
         "_message_type",
         "_policy",
         "_published",
+        "_replies",
         "_retained",
         "_routes",
         "_run",
@@ -157,6 +160,9 @@ class Broker(Generic[T]):
         )
         self._run = TrioRun()
         self._tally = Tally(detach=self._routes.discard)
+        # 88 random bits: reply subjects of brokers in other processes, met
+        # across a NATS bridge, do not collide.
+        self._replies: Replies[T] = Replies(f"{REPLY_ROOT}.{secrets.token_hex(11)}.")
         self._published = 0
         self._cache_hits = 0
         self._cache_misses = 0
@@ -216,7 +222,9 @@ class Broker(Generic[T]):
             leaves nothing registered. It may be entered once.
 
         Raises:
-            InvalidSubjectError: ``pattern`` breaks the subject grammar.
+            InvalidSubjectError: ``pattern`` breaks the subject grammar, or its
+                first token is ``_INBOX``, reserved for reply subjects (see
+                :meth:`request`).
             TypeError: ``pattern`` is not a ``str`` or an option has the wrong type.
             ValueError: an option is out of range, or ``queue`` is empty or
                 contains whitespace.
@@ -224,9 +232,12 @@ class Broker(Generic[T]):
 
         Everything is checked here, at the call, before anything changes.
         """
+        tokens = parse_pattern(pattern)
+        if tokens[0] == REPLY_ROOT:
+            raise reserved_pattern(pattern)
         inbox = self._inbox(
             pattern,
-            parse_pattern(pattern),
+            tokens,
             queue=parse_queue(queue),
             policy=self._policy if policy is None else check_policy(policy),
             max_buffer_size=max_buffer_size,
@@ -315,6 +326,8 @@ class Broker(Generic[T]):
             targets = None
         if targets is None or type(subject) is not str:
             tokens = parse_subject(subject)
+            if tokens[0] == REPLY_ROOT:
+                self._replies.check(subject)
             if type(subject) is str:
                 targets = None
             else:  # a str subclass: routed, and received, as the plain str
@@ -331,7 +344,13 @@ class Broker(Generic[T]):
             # A closed broker caches nothing: every call on it gets here.
             self._check_open()
             self._cache_misses += 1
-            targets = self._routes.targets(subject, tokens)
+            # A reply subject reaches its waiting request, or nobody: never
+            # the trie, never the cache.
+            targets = (
+                self._replies.targets(subject)
+                if tokens[0] == REPLY_ROOT
+                else self._routes.targets(subject, tokens)
+            )
         return message, targets
 
     def _deliver(
@@ -390,7 +409,10 @@ class Broker(Generic[T]):
             How many subscriptions accepted the message into their buffer.
 
         Raises:
-            InvalidSubjectError: ``subject`` breaks the grammar or has a wildcard.
+            InvalidSubjectError: ``subject`` breaks the grammar or has a
+                wildcard, or lies under ``_INBOX.`` and is not the reply
+                subject of one of this broker's requests (nor may one be
+                retained).
             TypeError: ``subject`` is not a ``str``, the payload is not of the
                 broker's ``message_type``, ``headers`` is not a mapping of
                 ``str`` to ``str``, or ``retain`` is not a ``bool`` (checked
@@ -404,6 +426,8 @@ class Broker(Generic[T]):
         """
         if retain is not False and retain is not True:
             raise retain_error(retain)
+        if retain:
+            _check_retainable(subject)
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._run.token is None:
             self._run.learn()
@@ -444,6 +468,8 @@ class Broker(Generic[T]):
         """
         if retain is not False and retain is not True:
             raise retain_error(retain)
+        if retain:
+            _check_retainable(subject)
         message, targets = self._snapshot(subject, payload, headers)
         if self._routes.blocking:
             for inbox in targets:
@@ -506,6 +532,88 @@ class Broker(Generic[T]):
             )
         )
 
+    # -- request/reply --------------------------------------------------------
+
+    @enable_ki_protection
+    async def request(
+        self,
+        subject: str,
+        payload: T,
+        *,
+        timeout: float,  # noqa: ASYNC109 (NATS's request takes one too)
+        headers: Mapping[str, str] | None = None,
+    ) -> Message[T]:
+        """Publish a request on ``subject`` and return the first answer to it.
+
+        The request is published as :meth:`publish` would, to every matching
+        subscription by its policy, with a :attr:`Message.reply` subject made
+        for it alone (``_INBOX.<broker>.<n>``). A responder answers with
+        ``await message.respond(payload)``; the first answer ends the request,
+        later ones reach nobody (``respond()`` returns 0). Nothing of the
+        request stays in the broker once it returns or raises: its reply
+        subject is in neither the routes nor the match cache, ever.
+
+        A trio checkpoint. To ask several responders and gather every
+        answer, subscribe to the answers' subject yourself and publish
+        requests with a ``reply-to`` header of your own: the broker's reply
+        subjects carry one answer each.
+
+        Args:
+            subject: A literal subject, not under ``_INBOX.``.
+            payload: The request's payload.
+            timeout: The most seconds the whole request takes, waits for room
+                in a ``BLOCK`` buffer included (> 0; ``math.inf``: no limit).
+            headers: As for :meth:`publish`.
+
+        Returns:
+            The answer: a :class:`Message` on the reply subject.
+
+        Raises:
+            NoRespondersError: no subscription matches ``subject`` (raised at
+                once, and nothing is published), or every one that matches
+                dropped the request by its policy (it is then published, and
+                counted as dropped).
+            trio.TooSlowError: no answer came within ``timeout``.
+            BrokerClosedError: the broker is closed, or closed while this waited.
+            InvalidSubjectError: ``subject`` breaks the grammar, has a wildcard
+                or lies under ``_INBOX.``.
+            TypeError: as for :meth:`publish`, or ``timeout`` is not a number.
+            ValueError: ``timeout`` is not > 0.
+        """
+        seconds = check_timeout("timeout", timeout)
+        if seconds is None:
+            raise TypeError("timeout must be a number of seconds > 0, not None")
+        if _reserved(subject):
+            raise InvalidSubjectError(
+                subject,
+                f"a request goes to subscriptions, and none listens under "
+                f"{REPLY_ROOT}.",
+            )
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._run.token is None:
+            self._run.learn()
+        with trio.fail_after(seconds):
+            message, targets = self._snapshot(subject, payload, headers)
+            if not targets:
+                raise NoRespondersError(message.subject, "no subscription matches it")
+            reply = self._replies.open()
+            try:
+                request = request_message(message, reply.subject, self.publish)
+                full: list[Target[T]] = []
+                accepted = self._deliver(request, targets, full)
+                for inbox in full:
+                    accepted += await inbox.put(request)
+                self._published += 1
+                if not accepted:
+                    raise NoRespondersError(
+                        message.subject,
+                        f"each of the {len(targets)} subscription(s) it reached "
+                        "dropped it (full)",
+                    )
+                return await reply.wait()
+            finally:
+                reply.close()
+
     # -- retained messages ----------------------------------------------------
 
     def retained(self, pattern: str) -> list[Message[T]]:
@@ -547,6 +655,7 @@ class Broker(Generic[T]):
             cache_size=len(self._cache),
             retained=len(self._retained),
             retained_evicted=self._retained.evicted,
+            requests_waiting=len(self._replies),
         )
 
     def subscriptions(self) -> tuple[SubscriptionInfo, ...]:
@@ -572,11 +681,12 @@ class Broker(Generic[T]):
     async def aclose(self) -> None:
         """Close the broker. Idempotent, and a trio checkpoint.
 
-        Afterwards ``publish``, ``publish_nowait`` and ``subscribe`` raise
-        :class:`BrokerClosedError`, and so do publishers waiting for room in a
-        ``BLOCK`` buffer now. Every open subscription takes no new messages,
-        keeps what it holds for its consumer to drain, and then ends: ``async
-        for`` stops and ``receive()`` raises ``trio.EndOfChannel``.
+        Afterwards ``publish``, ``publish_nowait``, ``request`` and
+        ``subscribe`` raise :class:`BrokerClosedError`, and so do publishers
+        waiting for room in a ``BLOCK`` buffer now, and requests waiting for
+        an answer. Every open subscription takes no new messages, keeps what
+        it holds for its consumer to drain, and then ends: ``async for``
+        stops and ``receive()`` raises ``trio.EndOfChannel``.
 
         The broker is closed even if this call is cancelled.
         """
@@ -585,6 +695,11 @@ class Broker(Generic[T]):
             self._closed = True
             for inbox in self._routes.close():
                 inbox.end()
+            self._replies.fail_all(
+                lambda: BrokerClosedError(
+                    "the broker was closed while a request waited for its answer"
+                )
+            )
         await trio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> Broker[T]:
@@ -599,3 +714,15 @@ class Broker(Generic[T]):
         traceback: types.TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _check_retainable(subject: object) -> None:
+    """Refuse to retain on a reply subject: nothing of a request may stay."""
+    if _reserved(subject):
+        raise InvalidSubjectError(
+            subject, "a reply subject is answered once, never retained"
+        )
+
+
+def _reserved(subject: object) -> typing.TypeGuard[str]:
+    return isinstance(subject, str) and is_reserved(subject)

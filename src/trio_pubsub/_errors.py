@@ -6,7 +6,8 @@ also from the builtin or trio exception that generic handlers already catch::
     BrokerError(Exception)
     ├── InvalidSubjectError(BrokerError, ValueError)              bad subject or pattern
     ├── BrokerClosedError(BrokerError, trio.ClosedResourceError)  the broker was closed
-    └── SlowConsumerError(BrokerError, trio.BrokenResourceError)  cut off by DISCONNECT
+    ├── SlowConsumerError(BrokerError, trio.BrokenResourceError)  cut off by DISCONNECT
+    └── NoRespondersError(BrokerError)                            nobody took a request
 """
 
 from __future__ import annotations
@@ -49,3 +50,21 @@ class SlowConsumerError(BrokerError, trio.BrokenResourceError):
     Raised by ``receive()`` and ``async for`` on a ``DISCONNECT`` subscription
     once it has drained the messages it held when it was cut off.
     """
+
+
+class NoRespondersError(BrokerError):
+    """A request reached no subscription that could answer it.
+
+    Raised by :meth:`Broker.request` at once when no subscription matches its
+    subject (NATS answers "no responders", status 503, in the same case), or
+    when every one that matches dropped the request by its overflow policy.
+
+    Attributes:
+        subject: The subject of the request.
+    """
+
+    subject: str
+
+    def __init__(self, subject: str, why: str) -> None:
+        self.subject = subject
+        super().__init__(f"no responders for a request on {subject!r}: {why}")

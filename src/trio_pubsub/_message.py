@@ -7,12 +7,16 @@ headers is a ``_HeadedMessage``, a private subclass with a third slot. Both
 compare, hash and print as ``Message`` values, and ``Message(subject, payload,
 headers=...)`` builds whichever fits, through :func:`new_message`, the one
 constructor.
+
+A request (``Broker.request``) is a ``_RequestMessage``, with two slots more:
+its reply subject, and the publish that :meth:`Message.respond` calls. Only
+requests pay for them.
 """
 
 from __future__ import annotations
 
 import typing
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Generic, TypeVar
 
@@ -96,6 +100,41 @@ class Message(Generic[T_co]):
         """
         return NO_HEADERS
 
+    @property
+    def reply(self) -> str | None:
+        """The subject to answer a request on, or ``None`` if it is no request.
+
+        Set on the messages :meth:`Broker.request` sends: a subject under the
+        reserved prefix ``_INBOX.``, routed only to the request that made it,
+        while it waits. Answer with :meth:`respond`.
+        """
+        return None
+
+    async def respond(
+        self: Message[T], payload: T, *, headers: Mapping[str, str] | None = None
+    ) -> int:
+        """Answer this request: publish ``payload`` on its :attr:`reply` subject.
+
+        The same as ``await broker.publish(message.reply, payload,
+        headers=headers)``, and a trio checkpoint. The first answer is the one
+        the request returns; it then ends, and so does its reply subject.
+
+        Returns:
+            1 if the request took this answer, 0 if it had ended already
+            (answered, timed out or cancelled): the answer went to nobody.
+
+        Raises:
+            ValueError: this message is not a request (its ``reply`` is ``None``).
+            TypeError: as for :meth:`Broker.publish` (the payload is not of the
+                broker's ``message_type``, or ``headers`` is not a mapping of
+                ``str`` to ``str``).
+            BrokerClosedError: the broker is closed.
+        """
+        raise ValueError(
+            f"the message on {self.subject!r} is not a request (its reply is "
+            "None): only messages sent by Broker.request() can be answered"
+        )
+
 
 @attrs.frozen(init=False, repr=False)
 class _HeadedMessage(Message[typing.Any]):  # type: ignore[override]  # __attrs_init__
@@ -114,6 +153,35 @@ class _HeadedMessage(Message[typing.Any]):  # type: ignore[override]  # __attrs_
         )
 
 
+Publish = Callable[..., Awaitable[int]]
+"""``Broker.publish``, as a request holds it to be answered through."""
+
+
+@attrs.frozen(init=False, repr=False)
+class _RequestMessage(_HeadedMessage):  # type: ignore[override]  # __attrs_init__
+    """A request: a message with a reply subject, answered by ``respond()``."""
+
+    _reply: str
+    _publish: Publish = attrs.field(eq=False, hash=False)
+
+    @property
+    def reply(self) -> str:
+        return self._reply
+
+    async def respond(
+        self: Message[T], payload: T, *, headers: Mapping[str, str] | None = None
+    ) -> int:
+        request = typing.cast("_RequestMessage", self)
+        return await request._publish(request._reply, payload, headers=headers)
+
+    def __repr__(self) -> str:
+        headers = f", headers={dict(self._headers)!r}" if self._headers else ""
+        return (
+            f"Message(subject={self.subject!r}, payload={self.payload!r}"
+            f"{headers}, reply={self._reply!r})"
+        )
+
+
 # attrs' frozen __init__ sets each field through object.__setattr__; writing the
 # slots through their descriptors builds the same frozen value for less, and a
 # Message is built on every publish.
@@ -121,6 +189,8 @@ _new_object = object.__new__
 _set_subject = Message.__dict__["subject"].__set__
 _set_payload = Message.__dict__["payload"].__set__
 _set_headers = _HeadedMessage.__dict__["_headers"].__set__
+_set_reply = _RequestMessage.__dict__["_reply"].__set__
+_set_publish = _RequestMessage.__dict__["_publish"].__set__
 
 
 def new_message(
@@ -147,3 +217,18 @@ def new_message(
     _set_subject(message, subject)
     _set_payload(message, payload)
     return message
+
+
+def request_message(message: Message[T], reply: str, publish: Publish) -> Message[T]:
+    """The request that ``message`` (built by :func:`new_message`) becomes.
+
+    Its headers are ``message``'s, checked already; ``publish`` is called as
+    ``publish(reply, payload, headers=...)`` by :meth:`Message.respond`.
+    """
+    request: Message[T] = _new_object(_RequestMessage)
+    _set_subject(request, message.subject)
+    _set_payload(request, message.payload)
+    _set_headers(request, message.headers)
+    _set_reply(request, reply)
+    _set_publish(request, publish)
+    return request

@@ -30,6 +30,7 @@ from ._options import (
     check_policy,
     check_seconds as check_seconds,
 )
+from ._reply import REPLY_ROOT, reserved_pattern
 from ._subject import (
     SEPARATOR as SEPARATOR,
     parse_pattern,
@@ -73,13 +74,19 @@ def export(
         ValueError: ``patterns`` is empty, or an option is out of range.
         InvalidSubjectError, TypeError: as for ``Broker.subscribe``.
     """
-    parsed = list(dict.fromkeys(parse_pattern(p) for p in patterns))
+    parsed: dict[tuple[str, ...], None] = {}
+    for pattern in patterns:
+        tokens = parse_pattern(pattern)
+        if tokens[0] == REPLY_ROOT:
+            raise reserved_pattern(pattern)
+        parsed[tokens] = None
     if not parsed:
         raise ValueError("at least one pattern is needed")
+    first, *rest = parsed
     inbox = broker._inbox(
         ", ".join(SEPARATOR.join(tokens) for tokens in parsed),
-        parsed[0],
-        also=tuple(parsed[1:]),
+        first,
+        also=tuple(rest),
         policy=check_policy(policy),
         max_buffer_size=check_int("max_buffer_size", max_buffer_size),
         disconnect_after=None,

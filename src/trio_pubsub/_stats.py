@@ -43,6 +43,8 @@ class BrokerStatistics:
     """Subjects whose last message is retained now."""
     retained_evicted: int = attrs.field(default=0, eq=False)
     """Retained messages evicted because the store was full (``max_retained``)."""
+    requests_waiting: int = attrs.field(default=0, eq=False)
+    """Requests (:meth:`Broker.request`) waiting for their answer now."""
 
 
 @typing.final

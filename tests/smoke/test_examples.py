@@ -58,6 +58,13 @@ EXPECTED: dict[str, list[str]] = {
         "broker: published=5 dropped=2",
         "export: {'published': 5, 'delivered': 3, 'dropped': 2,",
     ],
+    "request_reply.py": [
+        "tea:  4.50 from pricing-1 in 2 ms",
+        "cup: 12.00 from pricing-2 in 2 ms",
+        "stock.get: no responders for a request on 'stock.get': no subscription",
+        "spoon: no answer within 0.5 s",
+        "requests still waiting: 0",
+    ],
     "worker_pool.py": [
         # the mock clock makes the split exact: the faster, the more jobs
         "fast      0.010    75    62%",

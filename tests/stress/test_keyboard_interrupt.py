@@ -4,7 +4,7 @@ A trace function counts the lines the library executes during a scenario
 that exercises every state change (entry with retained messages, every
 policy, hand-off to a waiting receiver, a publisher waiting on a full BLOCK
 buffer, a queue group, DISCONNECT, close, clones, drain, a block timeout,
-aclose). Then the scenario is run
+a request answered and one timed out, aclose). Then the scenario is run
 once per line k, and at the k-th library line the trace function sends the
 process a real SIGINT with ``signal.raise_signal``. Trio's own handler decides
 what happens: a KeyboardInterrupt raised right there when the code is not
@@ -13,7 +13,8 @@ protected, or one delivered at the next checkpoint when it is.
 Whatever happens, once ``trio.run`` has returned or raised, every counter law
 must hold: each broker total equals the sum over its subscriptions, nothing is
 registered any more (every ``async with`` was left), the routing trie is
-pruned back to its root, and trio never reports an internal error.
+pruned back to its root, no request waits for an answer, and trio never
+reports an internal error.
 """
 
 from __future__ import annotations
@@ -118,6 +119,17 @@ class Scenario:
                     clone.receive_nowait()
                     await clone.aclose()
                     timed.drain()
+                async with subscribe("rq") as responder:
+
+                    async def answer() -> None:
+                        with contextlib.suppress(trio.ClosedResourceError):
+                            request = await responder.receive()
+                            await request.respond(request.payload + 1)
+
+                    nursery.start_soon(answer)
+                    await broker.request("rq", 1, timeout=1)
+                    with contextlib.suppress(trio.TooSlowError):
+                        await broker.request("rq", 2, timeout=0.05)  # unanswered
             await broker.aclose()
 
 
@@ -160,6 +172,7 @@ def check_whole(scenario: Scenario, context: str) -> None:
     stats = [inbox.statistics() for inbox in scenario.inboxes]
     assert totals.subscriptions == 0, context
     assert routing_nodes(broker) == 1, context
+    assert len(broker._replies) == 0, context
     assert totals.delivered == sum(s.delivered for s in stats), context
     assert totals.dropped == sum(s.dropped for s in stats), context
     for s in stats:
@@ -171,7 +184,7 @@ def test_the_scenario_runs_through_without_interrupt() -> None:
     """Untouched, the scenario ends normally and its counters add up."""
     scenario, lines = run_with_interrupt_at(None)
     assert lines > 500  # the sweep below covers a real amount of code
-    assert len(scenario.inboxes) == 8
+    assert len(scenario.inboxes) == 9
     assert scenario.broker.statistics().disconnected == 1
     check_whole(scenario, "no interrupt")
 

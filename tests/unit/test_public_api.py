@@ -13,6 +13,7 @@ SPEC_NAMES = {
     "BrokerStatistics",
     "InvalidSubjectError",
     "Message",
+    "NoRespondersError",
     "OverflowPolicy",
     "SlowConsumerError",
     "Subscription",
@@ -44,6 +45,7 @@ def test_error_tree() -> None:
     assert issubclass(trio_pubsub.BrokerClosedError, trio.ClosedResourceError)
     assert issubclass(trio_pubsub.SlowConsumerError, trio_pubsub.BrokerError)
     assert issubclass(trio_pubsub.SlowConsumerError, trio.BrokenResourceError)
+    assert issubclass(trio_pubsub.NoRespondersError, trio_pubsub.BrokerError)
     assert issubclass(trio_pubsub.BrokerError, Exception)
 
 

@@ -1,0 +1,174 @@
+"""Replies: where the answer to a request goes, and nothing else.
+
+Each waiting request owns one ``Reply``, registered in the broker under its
+reply subject (``_INBOX.<broker>.<n>``) in a dict of its own, never in the
+trie or the match cache, so nothing of a request outlives it. A publish on a
+reply subject finds it there (or nothing, once the request has ended) and
+offers the message to it as to any target; the first answer ends the reply,
+which leaves the dict at once, so a second answer reaches nobody and counts
+nowhere as a drop. An answer is a publish (counted in ``published``), not a
+copy in a subscription's buffer (so not in ``delivered``, which stays the sum
+over the subscriptions).
+
+A ``Reply`` looks to the publish fast path like a group target: an empty
+buffer and a ``limit`` of 0, so every answer goes through :meth:`Reply.offer`.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Generic, TypeVar
+
+import trio
+from trio.lowlevel import enable_ki_protection
+
+from ._errors import InvalidSubjectError
+from ._inbox import _NO_BUFFER
+
+if typing.TYPE_CHECKING:
+    from collections import deque
+    from collections.abc import Callable
+
+    from ._message import Message
+
+T = TypeVar("T")
+
+REPLY_ROOT: typing.Final = "_INBOX"
+"""The first token of every reply subject, reserved for them."""
+
+
+def is_reserved(subject: str) -> bool:
+    """Whether ``subject`` (a str) lies under the reserved ``_INBOX`` token."""
+    return subject.startswith(REPLY_ROOT) and (
+        len(subject) == len(REPLY_ROOT) or subject[len(REPLY_ROOT)] == "."
+    )
+
+
+def reserved_pattern(pattern: str) -> InvalidSubjectError:
+    """The error for a subscription on reply subjects."""
+    return InvalidSubjectError(
+        pattern,
+        f"subjects under {REPLY_ROOT}. are reply subjects, routed only to the "
+        "request that made them: no subscription can listen on them",
+        kind="pattern",
+    )
+
+
+class Replies(Generic[T]):
+    """The broker's waiting requests, by reply subject."""
+
+    __slots__ = ("_count", "prefix", "waiting")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        """``_INBOX.<random>.``: the start of this broker's reply subjects."""
+        self.waiting: dict[str, Reply[T]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+    def check(self, subject: str) -> None:
+        """Refuse to publish on a reserved subject that is none of ours.
+
+        Raises:
+            InvalidSubjectError: ``subject`` lies under ``_INBOX`` and does not
+                start with this broker's prefix.
+        """
+        if not subject.startswith(self.prefix):
+            raise InvalidSubjectError(
+                subject,
+                f"subjects under {REPLY_ROOT}. are reserved for reply subjects; "
+                "publish only on a Message.reply of this broker (or use "
+                "Message.respond())",
+            )
+
+    def targets(self, subject: str) -> tuple[Reply[T], ...]:
+        """What a publish on ``subject`` (checked, ours) reaches: its reply, if any."""
+        reply = self.waiting.get(subject)
+        return () if reply is None else (reply,)
+
+    def open(self) -> Reply[T]:
+        """Register a new reply, under a subject never used before."""
+        self._count += 1
+        subject = f"{self.prefix}{self._count}"
+        reply = Reply(subject, self)
+        self.waiting[subject] = reply
+        return reply
+
+    def fail_all(self, error: Callable[[], BaseException]) -> None:
+        """End every waiting request with an ``error()`` (the broker closed)."""
+        for reply in list(self.waiting.values()):
+            reply.fail(error())
+
+
+class Reply(Generic[T]):
+    """One request's reply slot: the first answer wins, then it leaves."""
+
+    # The broker's fast path reads ``buffer`` and ``limit`` of every target.
+    __slots__ = (  # noqa: RUF023
+        "buffer",
+        "limit",
+        "_event",
+        "_replies",
+        "error",
+        "message",
+        "open",
+        "subject",
+    )
+
+    def __init__(self, subject: str, replies: Replies[T]) -> None:
+        self.buffer: deque[Message[T]] = _NO_BUFFER
+        self.limit = 0
+        self.subject = subject
+        self.message: Message[T] | None = None
+        self.error: BaseException | None = None
+        self.open = True
+        """Whether the request still waits for its answer."""
+        self._replies = replies
+        self._event = trio.Event()
+
+    def would_block(self) -> bool:
+        return False
+
+    @enable_ki_protection
+    def offer(self, message: Message[T]) -> bool:
+        """Take ``message`` as the answer.
+
+        Only a waiting reply is ever offered one: a publish finds it in the
+        waiting table and offers it at once, without a checkpoint between.
+        """
+        assert self.open, "an ended reply is in no publish's targets"
+        self.message = message
+        self._end()
+        return True
+
+    async def put(self, message: Message[T]) -> bool:  # pragma: no cover
+        """Never called: :meth:`offer` never raises ``WouldBlock`` (for Target)."""
+        raise AssertionError("a reply never makes a publish wait")
+
+    @enable_ki_protection
+    def fail(self, error: BaseException) -> None:
+        """End the waiting request with ``error``."""
+        assert self.open, "only waiting replies are failed"
+        self.error = error
+        self._end()
+
+    @enable_ki_protection
+    def close(self) -> None:
+        """The request is over (answered, timed out, cancelled): leave."""
+        if self.open:
+            self.open = False
+            del self._replies.waiting[self.subject]
+
+    def _end(self) -> None:
+        self.close()
+        self._event.set()
+
+    async def wait(self) -> Message[T]:
+        """Wait for the answer and return it, or raise what ended the request."""
+        await self._event.wait()
+        if self.message is None:
+            assert self.error is not None
+            raise self.error
+        return self.message

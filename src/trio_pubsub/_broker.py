@@ -572,7 +572,8 @@ class Broker(Generic[T]):
             NoRespondersError: no subscription matches ``subject`` (raised at
                 once, and nothing is published), or every one that matches
                 dropped the request by its policy (it is then published, and
-                counted as dropped).
+                counted as dropped), or has nobody behind it (a NATS bridge
+                that heard "no responders" from the server).
             trio.TooSlowError: no answer came within ``timeout``.
             BrokerClosedError: the broker is closed, or closed while this waited.
             InvalidSubjectError: ``subject`` breaks the grammar, has a wildcard
@@ -596,19 +597,18 @@ class Broker(Generic[T]):
             message, targets = self._snapshot(subject, payload, headers)
             if not targets:
                 raise NoRespondersError(message.subject, "no subscription matches it")
-            reply = self._replies.open()
+            reply = self._replies.open(message.subject)
             try:
                 request = request_message(message, reply.subject, self.publish)
                 full: list[Target[T]] = []
-                accepted = self._deliver(request, targets, full)
+                reply.takers += self._deliver(request, targets, full)
                 for inbox in full:
-                    accepted += await inbox.put(request)
+                    reply.takers += await inbox.put(request)
                 self._published += 1
-                if not accepted:
+                reply.publishing = False
+                if reply.takers <= 0:
                     raise NoRespondersError(
-                        message.subject,
-                        f"each of the {len(targets)} subscription(s) it reached "
-                        "dropped it (full)",
+                        message.subject, reply.why_nobody(len(targets))
                     )
                 return await reply.wait()
             finally:

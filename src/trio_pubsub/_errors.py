@@ -56,8 +56,10 @@ class NoRespondersError(BrokerError):
     """A request reached no subscription that could answer it.
 
     Raised by :meth:`Broker.request` at once when no subscription matches its
-    subject (NATS answers "no responders", status 503, in the same case), or
-    when every one that matches dropped the request by its overflow policy.
+    subject (NATS answers "no responders", status 503, in the same case), when
+    every one that matches dropped the request by its overflow policy, or when
+    a NATS bridge was the only one to take it and the server answered "no
+    responders".
 
     Attributes:
         subject: The subject of the request.

@@ -11,7 +11,12 @@ bridge:
   broker (no echo, and no loop between two bridges of one broker), without a
   checkpoint (the bridge takes one per batch);
 * :func:`finish`: wait, as ``publish`` does, for the full ``BLOCK``
-  subscriptions an injected message is still due to.
+  subscriptions an injected message is still due to;
+* for requests across the bridge: :func:`reply_prefix` (the start of the
+  broker's reply subjects, which the bridge listens on in NATS),
+  :func:`inject_request` (a request from NATS, as :func:`inject` publishes a
+  message, with a :class:`Reply` to wait on for the answer) and
+  :func:`decline` (NATS said "no responders" to one of the broker's requests).
 
 It also passes on the option checks the bridge shares with the broker, and
 the token matcher, for subjects from NATS that the broker's grammar refuses.
@@ -25,12 +30,13 @@ from typing import Generic, TypeVar
 
 from trio.lowlevel import enable_ki_protection
 
+from ._message import request_message
 from ._options import (
     check_int as check_int,
     check_policy,
     check_seconds as check_seconds,
 )
-from ._reply import REPLY_ROOT, reserved_pattern
+from ._reply import REPLY_ROOT, Reply as Reply, reserved_pattern
 from ._subject import (
     SEPARATOR as SEPARATOR,
     parse_pattern,
@@ -137,6 +143,21 @@ class Pending(Generic[T]):
         self.full = full
 
 
+def check_unreserved(pattern: str) -> None:
+    """Refuse a pattern (valid already) on the reserved reply subjects.
+
+    Raises:
+        InvalidSubjectError: its first token is ``_INBOX``.
+    """
+    if pattern.split(SEPARATOR, 1)[0] == REPLY_ROOT:
+        raise reserved_pattern(pattern)
+
+
+def reply_prefix(broker: Broker[T]) -> str:
+    """``_INBOX.<random>.``: every reply subject of ``broker`` starts so."""
+    return broker._replies.prefix
+
+
 @enable_ki_protection
 def inject(
     broker: Broker[T],
@@ -156,16 +177,53 @@ def inject(
     Raises:
         InvalidSubjectError, TypeError, BrokerClosedError: as ``publish`` does.
     """
+    return _inject(broker, subject, payload, headers, ask=False)[0]
+
+
+@enable_ki_protection
+def inject_request(
+    broker: Broker[T],
+    subject: str,
+    payload: T,
+    headers: Mapping[str, str] | None,
+) -> tuple[Pending[T] | None, Reply[T] | None]:
+    """:func:`inject` a request, as ``Broker.request`` publishes one.
+
+    Returns what :func:`finish` has left to do, and the reply to wait on for
+    the answer, then close: ``None`` when no subscription took the request
+    (then it is a plain message, published to nobody or dropped by all).
+
+    Raises:
+        InvalidSubjectError, TypeError, BrokerClosedError: as ``publish`` does.
+    """
+    return _inject(broker, subject, payload, headers, ask=True)
+
+
+def _inject(
+    broker: Broker[T],
+    subject: str,
+    payload: T,
+    headers: Mapping[str, str] | None,
+    *,
+    ask: bool,
+) -> tuple[Pending[T] | None, Reply[T] | None]:
     message, targets = broker._snapshot(subject, payload, headers)
     exports = _EXPORTS.get(broker)
     if exports and not exports.isdisjoint(targets):
         targets = tuple(target for target in targets if target not in exports)
+    reply: Reply[T] | None = None
+    if ask and targets:
+        reply = broker._replies.open(message.subject)
+        message = request_message(message, reply.subject, broker.publish)
     full: list[Target[T]] = []
-    broker._deliver(message, targets, full)
+    accepted = broker._deliver(message, targets, full)
+    if reply is not None and not accepted and not full:
+        reply.close()
+        reply = None
     if full:
-        return Pending(message, full)
+        return Pending(message, full), reply
     broker._published += 1
-    return None
+    return None, reply
 
 
 @enable_ki_protection
@@ -178,3 +236,16 @@ async def finish(broker: Broker[T], pending: Pending[T]) -> None:
     for target in pending.full:
         await target.put(pending.message)
     broker._published += 1
+
+
+@enable_ki_protection
+def decline(broker: Broker[T], reply: str) -> None:
+    """NATS answered "no responders" to the request whose reply subject is ``reply``.
+
+    The export that took it has nobody behind it; if no other subscription
+    took the request, it ends with ``NoRespondersError``. Nothing happens if
+    the request has ended.
+    """
+    waiting = broker._replies.waiting.get(reply)
+    if waiting is not None:
+        waiting.decline()

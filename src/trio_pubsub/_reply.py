@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 import trio
 from trio.lowlevel import enable_ki_protection
 
-from ._errors import InvalidSubjectError
+from ._errors import InvalidSubjectError, NoRespondersError
 from ._inbox import _NO_BUFFER
 
 if typing.TYPE_CHECKING:
@@ -88,11 +88,11 @@ class Replies(Generic[T]):
         reply = self.waiting.get(subject)
         return () if reply is None else (reply,)
 
-    def open(self) -> Reply[T]:
-        """Register a new reply, under a subject never used before."""
+    def open(self, asked: str) -> Reply[T]:
+        """Register the reply of a request on ``asked``, under a new subject."""
         self._count += 1
         subject = f"{self.prefix}{self._count}"
-        reply = Reply(subject, self)
+        reply = Reply(subject, asked, self)
         self.waiting[subject] = reply
         return reply
 
@@ -111,16 +111,27 @@ class Reply(Generic[T]):
         "limit",
         "_event",
         "_replies",
+        "asked",
+        "declined",
         "error",
         "message",
         "open",
+        "publishing",
         "subject",
+        "takers",
     )
 
-    def __init__(self, subject: str, replies: Replies[T]) -> None:
+    def __init__(self, subject: str, asked: str, replies: Replies[T]) -> None:
         self.buffer: deque[Message[T]] = _NO_BUFFER
         self.limit = 0
         self.subject = subject
+        self.asked = asked
+        """The subject of the request."""
+        self.takers = 0
+        """Subscriptions that took the request, less those that declined it."""
+        self.declined = 0
+        self.publishing = True
+        """Whether the request is still being published (takers may grow)."""
         self.message: Message[T] | None = None
         self.error: BaseException | None = None
         self.open = True
@@ -153,6 +164,28 @@ class Reply(Generic[T]):
         assert self.open, "only waiting replies are failed"
         self.error = error
         self._end()
+
+    @enable_ki_protection
+    def decline(self) -> None:
+        """One taker has no responder behind it (a bridge heard "no responders").
+
+        When every taker has declined and the request is published, it ends
+        with :class:`NoRespondersError`, as it would have at once had no
+        subscription matched.
+        """
+        self.takers -= 1
+        self.declined += 1
+        if self.takers <= 0 and not self.publishing:
+            self.fail(NoRespondersError(self.asked, self.why_nobody(self.declined)))
+
+    def why_nobody(self, reached: int) -> str:
+        """Why no subscription of the ``reached`` can answer (``takers`` is 0)."""
+        if self.declined:
+            return (
+                f"of the {reached} subscription(s) it reached, none has a "
+                f"responder behind it ({self.declined} answered no responders)"
+            )
+        return f"each of the {reached} subscription(s) it reached dropped it (full)"
 
     @enable_ki_protection
     def close(self) -> None:

@@ -453,6 +453,10 @@ async def test_connection_refused_on_entry(caplog: pytest.LogCaptureFixture) -> 
         ({"inbound": ["x.>>"]}, InvalidSubjectError, "'>>': NATS allows"),
         ({"inbound": ["sh*p"]}, InvalidSubjectError, "'sh\\*p': NATS allows"),
         ({"inbound": ["a"], "prefix": "p>"}, InvalidSubjectError, "'p>'"),
+        # issue 17: reply subjects are the bridge's own business
+        ({"inbound": ["_INBOX.>"]}, InvalidSubjectError, "are reply subjects"),
+        ({"outbound": ["_INBOX.*.1"]}, InvalidSubjectError, "are reply subjects"),
+        ({"outbound": ["a"], "request_timeout": 0}, ValueError, "request_timeout"),
     ],
 )
 async def test_bad_arguments_are_refused_before_connecting(

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
+import trio.testing
 
-from trio_pubsub import Broker, OverflowPolicy, _port
+from trio_pubsub import (
+    Broker,
+    InvalidSubjectError,
+    NoRespondersError,
+    OverflowPolicy,
+    _port,
+)
 
 from ..helpers import drain
 
@@ -158,3 +167,106 @@ async def test_stop_routing_releases_waiting_publishers_normally_issue_16(
         assert drain(export) == [1]
         assert drain(other) == [1, 2]
         assert broker.statistics().published == 2
+
+
+def export(broker: Broker[int], patterns: list[str]) -> Any:
+    return _port.export(
+        broker, patterns, max_buffer_size=10, policy=OverflowPolicy.DROP_NEWEST
+    )
+
+
+async def test_a_decline_ends_a_request_only_no_other_subscription_took(
+    broker: Broker[int],
+) -> None:
+    """As a bridge does on NATS's "no responders" (issue 17)."""
+    async with export(broker, ["q"]) as out, trio.open_nursery() as nursery:
+
+        async def decline_it() -> None:
+            request = await out.receive()
+            assert request.reply is not None
+            _port.decline(broker, request.reply)
+
+        nursery.start_soon(decline_it)
+        with pytest.raises(NoRespondersError, match=r"1 answered no responders"):
+            await broker.request("q", 1, timeout=1)
+        async with broker.subscribe("q") as local:
+
+            async def decline_then_answer() -> None:
+                request = await out.receive()
+                assert request.reply is not None
+                _port.decline(broker, request.reply)
+                await trio.testing.wait_all_tasks_blocked()
+                await local.receive_nowait().respond(5)
+                _port.decline(broker, request.reply)  # ended: nothing happens
+
+            nursery.start_soon(decline_then_answer)
+            assert (await broker.request("q", 1, timeout=1)).payload == 5
+    assert broker.statistics().requests_waiting == 0
+
+
+async def test_a_decline_while_the_request_still_waits_for_room(
+    autojump_clock: trio.testing.MockClock, broker: Broker[int]
+) -> None:
+    """Declined before a BLOCK subscription has room: that one can still answer."""
+    async with (
+        export(broker, ["q"]) as out,
+        broker.subscribe("q", max_buffer_size=1, policy=OverflowPolicy.BLOCK) as full,
+        trio.open_nursery() as nursery,
+    ):
+        broker.publish_nowait("q", 0)
+        out.receive_nowait()
+
+        async def decline_then_make_room() -> None:
+            request = await out.receive()
+            assert request.reply is not None
+            _port.decline(broker, request.reply)
+            await trio.sleep(1)
+            full.receive_nowait()  # room: the request goes in
+            await (await full.receive()).respond(9)
+
+        nursery.start_soon(decline_then_make_room)
+        assert (await broker.request("q", 1, timeout=10)).payload == 9
+
+
+async def test_inject_request_waits_on_a_reply_only_if_someone_took_it(
+    broker: Broker[int],
+) -> None:
+    async with export(broker, ["q.>"]):
+        # only the export matches: a plain message to nobody, nothing waits
+        assert _port.inject_request(broker, "q.a", 1, None) == (None, None)
+        async with broker.subscribe("q.a", max_buffer_size=1) as local:
+            pending, reply = _port.inject_request(broker, "q.a", 2, {"h": "v"})
+            assert pending is None
+            assert reply is not None
+            assert reply.asked == "q.a"
+            request = local.receive_nowait()
+            assert request.headers == {"h": "v"}
+            assert request.reply == reply.subject
+            await request.respond(4)
+            assert (await reply.wait()).payload == 4
+            reply.close()
+            # a full DROP_NEWEST one drops it: nothing waits either
+            broker.publish_nowait("q.a", 0)
+            assert _port.inject_request(broker, "q.a", 3, None) == (None, None)
+            assert local.statistics().dropped == 1
+        async with broker.subscribe(
+            "q.b", max_buffer_size=1, policy=OverflowPolicy.BLOCK
+        ) as blocking:
+            broker.publish_nowait("q.b", 0)
+            pending, reply = _port.inject_request(broker, "q.b", 5, None)
+            assert pending is not None
+            assert reply is not None
+            blocking.receive_nowait()
+            await _port.finish(broker, pending)
+            assert blocking.receive_nowait().reply == reply.subject
+            reply.close()
+    assert broker.statistics().requests_waiting == 0
+
+
+def test_reserved_patterns_are_refused_for_the_bridge(broker: Broker[int]) -> None:
+    _port.check_unreserved("INBOX.>")
+    with pytest.raises(InvalidSubjectError, match="are reply subjects"):
+        _port.check_unreserved("_INBOX.>")
+    with pytest.raises(InvalidSubjectError, match="are reply subjects"):
+        export(broker, ["a", "_INBOX.*"])
+    assert _port.reply_prefix(broker).startswith("_INBOX.")

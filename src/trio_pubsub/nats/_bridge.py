@@ -10,6 +10,16 @@ that same subscription (so nothing imported goes back out). The link
 Every message the export subscription was routed ends in exactly one counter
 once the bridge is closed: exported (confirmed by the server), unconfirmed
 (sent as the connection broke), or one of the causes of ``outbound_dropped``.
+
+Requests cross both ways. A local request that the export takes goes out with
+its reply subject (``_INBOX.<broker>.<n>``); the bridge listens on NATS for
+every reply subject of its broker (one subscription, ``_INBOX.<broker>.*``)
+and imports the answers, which reach the waiting request or nobody; a "no
+responders" status from the server ends the request with
+``NoRespondersError`` unless a local subscription took it too. A request from
+NATS on an inbound pattern is published locally as a request; one task per
+request waits (at most ``request_timeout``) for the first local answer and
+sends it to the NATS reply subject, counted as the exports are.
 """
 
 from __future__ import annotations
@@ -58,9 +68,11 @@ class BridgeStatistics:
     """A snapshot of a bridge's counters (:meth:`Bridge.statistics`)."""
 
     exported: int
-    """Messages sent to NATS and confirmed by the server (a PING/PONG after them)."""
+    """Messages sent to NATS and confirmed by the server (a PING/PONG after them),
+    answers to requests from NATS included."""
     imported: int
-    """Messages from NATS published into the broker."""
+    """Messages from NATS published into the broker, answers to the broker's
+    requests included."""
     dropped: int
     """Messages lost both ways (``outbound_dropped + inbound_dropped``)."""
     reconnects: int
@@ -103,8 +115,10 @@ class Bridge(Generic[T]):
         outbound_policy: OverflowPolicy,
         drain: bool,
         drain_timeout: float,
+        request_timeout: float,
     ) -> None:
         self._broker = broker
+        self._replies = _port.reply_prefix(broker)
         self._encode = encode
         self._decode = decode
         self._outbound = outbound
@@ -115,11 +129,15 @@ class Bridge(Generic[T]):
         self._outbound_policy = outbound_policy
         self._drain = drain
         self._drain_timeout = drain_timeout
+        self._request_timeout = request_timeout
         self._link: Link | None = None
+        self._nursery: trio.Nursery | None = None
         self._export_sub: Subscription[T] | None = None
         self._export_scope: AbstractAsyncContextManager[Subscription[T]] | None = None
         # The export and import tasks' cancel scopes, and whether to start none.
         self._pumps: list[trio.CancelScope] = []
+        # the cancel scopes of the tasks waiting to answer requests from NATS
+        self._answering: set[trio.CancelScope] = set()
         self._pumps_stopped = False
         self._importing = False
         self._export_done = trio.Event()
@@ -128,7 +146,7 @@ class Bridge(Generic[T]):
         # trio-side counters
         self._imported = 0
         self._handed = 0  # messages handed to the link (see Counters.settled)
-        self._in_hand = 0  # taken from the subscription, not yet handed
+        self._in_hand = 0  # taken to be exported (or answers), not yet handed
         self._out_lost = 0  # encode, headers, not handed over
         self._in_lost = 0  # decode, grammar, type, closed broker, left at close
         # one rate-limited warning per cause, so that each cause is named
@@ -137,6 +155,7 @@ class Bridge(Generic[T]):
         self._warn_refused: dict[str, RateLimitedWarning] = {}
         self._warn_decode = RateLimitedWarning(log=logger)
         self._warn_import = RateLimitedWarning(log=logger)
+        self._warn_answer = RateLimitedWarning(log=logger)
 
     def statistics(self) -> BridgeStatistics:
         """Return a snapshot of the bridge's counters."""
@@ -201,8 +220,11 @@ class Bridge(Generic[T]):
     async def _start(self, nursery: trio.Nursery) -> None:
         link = self._link
         assert link is not None
+        self._nursery = nursery
         try:
             if self._outbound:
+                # Listening for answers before a request can go out.
+                await link.subscribe_replies(self._replies + "*")
                 self._export_scope = _port.export(
                     self._broker,
                     self._outbound,
@@ -213,8 +235,9 @@ class Bridge(Generic[T]):
                 nursery.start_soon(self._export)
             else:
                 self._export_done.set()
+            # (answers to exported requests come in too, with no inbound)
+            nursery.start_soon(self._import)
             if self._inbound:
-                nursery.start_soon(self._import)
                 await link.subscribe(
                     [self._head + pattern for pattern in self._inbound],
                     self._queue or "",
@@ -254,7 +277,7 @@ class Bridge(Generic[T]):
                 with trio.move_on_after(self._drain_timeout):
                     await self._drain_all(link)
             self._pumps_stopped = True
-            for scope in self._pumps:
+            for scope in [*self._pumps, *self._answering]:
                 scope.cancel()
             if self._export_sub is not None:
                 self._export_sub.close()  # what it still holds: dropped, counted
@@ -273,6 +296,8 @@ class Bridge(Generic[T]):
         if self._export_sub is not None:
             _port.stop_routing(self._export_sub)
             await self._export_done.wait()
+        while self._answering:  # noqa: ASYNC110 (each ends within request_timeout)
+            await trio.sleep(0.005)
         await link.wait_sent()
         # nats-py's drain: the inbound subscriptions stop, what they hold still
         # comes in (the import task is running), publishes are flushed.
@@ -306,23 +331,33 @@ class Bridge(Generic[T]):
                             trio.ClosedResourceError,
                         ):
                             break
-                    batch = self._outgoing(messages)
-                    self._in_hand = len(batch)  # waiting for the link's credit
-                    try:
-                        handed = await link.send(batch)
-                    except BaseException:
-                        self._out_lost += len(batch)
-                        raise
-                    finally:
-                        self._in_hand = 0
-                    if handed:
-                        self._handed += len(batch)
-                    else:
-                        self._out_lost += len(batch)
+                    await self._hand(link, self._outgoing(messages))
             finally:
                 self._export_done.set()
 
-    def _outgoing(self, messages: list[Message[T]]) -> list[Outgoing]:
+    async def _hand(self, link: Link, batch: list[Outgoing]) -> None:
+        """Hand ``batch`` to the link, counting it in hand, handed, or lost."""
+        self._in_hand += len(batch)  # waiting for the link's credit
+        try:
+            handed = await link.send(batch)
+        except BaseException:
+            self._out_lost += len(batch)
+            raise
+        finally:
+            self._in_hand -= len(batch)
+        if handed:
+            self._handed += len(batch)
+        else:
+            self._out_lost += len(batch)
+
+    def _outgoing(
+        self, messages: list[Message[T]], to: str | None = None
+    ) -> list[Outgoing]:
+        """Encode and check ``messages`` for NATS; count and log what cannot go.
+
+        Each goes to its subject under the prefix, with its reply subject if it
+        is a request; or, given ``to``, to that subject as is (an answer).
+        """
         batch: list[Outgoing] = []
         encode = self._encode
         head = self._head
@@ -343,8 +378,9 @@ class Bridge(Generic[T]):
                     error,
                 )
                 continue
-            subject = head + message.subject
-            refusal = _refusal(subject, data, message.headers, max_payload)
+            subject = head + message.subject if to is None else to
+            reply = message.reply
+            refusal = _refusal(subject, data, message.headers, max_payload, reply)
             if refusal is not None:
                 cause, problem = refusal
                 self._out_lost += 1
@@ -358,7 +394,7 @@ class Bridge(Generic[T]):
                 )
                 continue
             headers = dict(message.headers) if message.headers else None
-            batch.append((subject, data, headers))
+            batch.append((subject, data, headers, reply))
         return batch
 
     # -- import ----------------------------------------------------------------------
@@ -408,6 +444,9 @@ class Bridge(Generic[T]):
         ``BLOCK`` subscriptions it is still to go to.
         """
         remote = item.subject
+        if remote.startswith(self._replies):
+            self._import_answer(item)
+            return None
         try:
             payload = self._decode(item.data)
         except Exception as error:
@@ -420,8 +459,14 @@ class Bridge(Generic[T]):
             )
             return None
         subject = remote[len(self._head) :]
+        reply = None
         try:
-            pending = _port.inject(self._broker, subject, payload, item.headers)
+            if item.reply:
+                pending, reply = _port.inject_request(
+                    self._broker, subject, payload, item.headers
+                )
+            else:
+                pending = _port.inject(self._broker, subject, payload, item.headers)
         except (InvalidSubjectError, TypeError, BrokerClosedError) as error:
             self._in_lost += 1
             self._warn_import(
@@ -430,10 +475,73 @@ class Bridge(Generic[T]):
                 error,
             )
             return None
+        if reply is not None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._answer, reply, item.reply)
         if pending is None:
             self._imported += 1
         return pending
 
+    def _import_answer(self, item: Incoming) -> None:
+        """An answer from NATS to one of the broker's requests: pass it on.
+
+        It reaches the request if it still waits, else nobody (counted as
+        imported all the same: it was published). A "no responders" status
+        carries no answer: it tells the request that nobody in NATS will.
+        """
+        headers = item.headers
+        if headers and headers.get("Status") == _NO_RESPONDERS and not item.data:
+            _port.decline(self._broker, item.subject)
+            return
+        try:
+            payload = self._decode(item.data)
+        except Exception as error:
+            self._in_lost += 1
+            self._warn_decode(
+                "NATS bridge: an answer on %r was not imported: decode failed: %s: %s",
+                item.subject,
+                type(error).__name__,
+                error,
+            )
+            return
+        try:
+            _port.inject(self._broker, item.subject, payload, headers)
+        except (TypeError, BrokerClosedError) as error:
+            self._in_lost += 1
+            self._warn_import(
+                "NATS bridge: an answer on %r was not imported: %s", item.subject, error
+            )
+            return
+        self._imported += 1
+
+    async def _answer(self, reply: _port.Reply[T], to: str) -> None:
+        """Wait for the local answer to a request from NATS; send it to ``to``."""
+        link = self._link
+        assert link is not None
+        with trio.CancelScope() as scope:
+            self._answering.add(scope)
+            if self._pumps_stopped:
+                scope.cancel()
+            try:
+                with trio.move_on_after(self._request_timeout):
+                    answer = await reply.wait()
+                    await self._hand(link, self._outgoing([answer], to=to))
+                    return
+                self._warn_answer(
+                    "NATS bridge: a request from NATS on %r had no local answer "
+                    "within request_timeout (%s s)",
+                    reply.asked,
+                    self._request_timeout,
+                )
+            except BrokerClosedError:
+                pass  # nobody can answer any more
+            finally:
+                reply.close()
+                self._answering.discard(scope)
+
+
+_NO_RESPONDERS = "503"
+"""The status NATS sends to a reply subject when nobody subscribes to the request."""
 
 MAX_CONTROL_LINE = 4096
 """nats-server's default ``max_control_line``: the longest ``HPUB`` line it takes.
@@ -448,7 +556,11 @@ _TOKEN_CHARS = frozenset(
 
 
 def _refusal(
-    subject: str, data: bytes, headers: Mapping[str, str], max_payload: int
+    subject: str,
+    data: bytes,
+    headers: Mapping[str, str],
+    max_payload: int,
+    reply: str | None = None,
 ) -> tuple[str, str] | None:
     """Why NATS cannot carry this message as it is: (cause, explanation), or None.
 
@@ -466,6 +578,8 @@ def _refusal(
             size = len(subject.encode())
         except UnicodeEncodeError:
             return "subject", "the subject is not valid UTF-8 (a lone surrogate)"
+    if reply is not None:
+        size += len(reply) + 1  # (ASCII: the broker makes them)
     if size + _CONTROL_LINE_EXTRA > MAX_CONTROL_LINE:
         return "control line", (
             f"its subject takes {size} bytes, too many for a NATS control line "
@@ -512,6 +626,7 @@ def _patterns(kind: str, patterns: Iterable[str]) -> list[str]:
     out = []
     for pattern in patterns:
         validate_pattern(pattern)
+        _port.check_unreserved(pattern)
         if kind == "inbound":
             _check_nats_tokens(pattern, "pattern")
         out.append(pattern)
@@ -568,6 +683,7 @@ async def open_bridge(
     max_reconnect_attempts: int = -1,
     ping_interval: float = 10.0,
     confirm_timeout: float = 10.0,
+    request_timeout: float = 10.0,
 ) -> AsyncIterator[Bridge[T]]:
     """Bridge ``broker`` to a NATS server for the body of an ``async with`` block.
 
@@ -608,12 +724,26 @@ async def open_bridge(
         confirm_timeout: Seconds to wait for the server's PONG that confirms
             what was sent before it; what it does not confirm in time counts
             as unconfirmed.
+        request_timeout: Seconds to wait for the first local answer to a
+            request from NATS (a message with a reply subject on an inbound
+            pattern) before giving up on it; the requester's own timeout is
+            not known here. An answer is sent to the requester and counted as
+            exported.
+
+    Requests cross in both directions: a local
+    :meth:`trio_pubsub.Broker.request` on an outbound subject reaches
+    responders in NATS (and ends with ``NoRespondersError`` when the server
+    says none listens there and no local subscription took it), and a request
+    from NATS on an inbound subject reaches local responders (see
+    :doc:`/how-to/request-reply`).
 
     Raises:
         ConnectionError: no server could be reached on entry.
         InvalidSubjectError: a pattern or ``prefix`` breaks the subject grammar,
-            or an inbound pattern (or the prefix, with inbound patterns) has
-            ``*`` or ``>`` inside a token, which NATS refuses to subscribe to.
+            a pattern's first token is ``_INBOX`` (reserved for reply
+            subjects), or an inbound pattern (or the prefix, with inbound
+            patterns) has ``*`` or ``>`` inside a token, which NATS refuses to
+            subscribe to.
         TypeError: an argument has the wrong type.
         ValueError: an argument is out of range, or there is nothing to bridge.
     """
@@ -643,6 +773,7 @@ async def open_bridge(
     _port.check_int("max_reconnect_attempts", max_reconnect_attempts, minimum=-1)
     _port.check_seconds("ping_interval", ping_interval)
     _port.check_seconds("confirm_timeout", confirm_timeout)
+    _port.check_seconds("request_timeout", request_timeout)
     if not (callable(typing.cast("object", encode)) and callable(decode)):
         raise TypeError("encode and decode must be callables")
     connect_options: dict[str, Any] = {
@@ -668,6 +799,7 @@ async def open_bridge(
         outbound_policy=outbound_policy,
         drain=drain,
         drain_timeout=drain_timeout,
+        request_timeout=request_timeout,
     )
     await bridge._connect(connect_options, max_inbound, confirm_timeout)
     try:

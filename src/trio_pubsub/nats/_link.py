@@ -49,8 +49,9 @@ IN_FLIGHT = 4
 WATCH_INTERVAL = 1.0
 """Seconds between two looks at whether nats-py's read loop still runs."""
 
-# (remote subject, data, headers or None): one message ready for NATS.
-Outgoing = tuple[str, bytes, dict[str, str] | None]
+# (remote subject, data, headers or None, reply subject or None): one message
+# ready for NATS.
+Outgoing = tuple[str, bytes, dict[str, str] | None, str | None]
 # One message as NATS delivered it: nats-py's own, with its subject, data and
 # headers (a dict, or None), handed over as it is.
 Incoming = Msg
@@ -114,6 +115,9 @@ class Link:
         # one rate-limited warning per cause, made on first use (see _warn)
         self._warnings: dict[str, RateLimitedWarning] = {}
         self._credit = trio.Semaphore(IN_FLIGHT)  # batches handed over and not yet done
+        # The pattern of the subscription for answers, once made: the others
+        # skip what it matches, for it has its own copy.
+        self._replies: tuple[str, ...] | None = None
 
     # -- the thread ---------------------------------------------------------------
 
@@ -204,6 +208,8 @@ class Link:
             # (split, not parsed: a subject from NATS may break the grammar
             # here, and is then dropped and counted once, on import)
             earlier = [] if queue else [tuple(s.split(".")) for s in subjects[:index]]
+            if self._replies is not None:
+                earlier.insert(0, self._replies)
             await self._nc.subscribe(
                 subject,
                 queue=queue,
@@ -216,6 +222,20 @@ class Link:
     async def subscribe(self, subjects: list[str], queue: str) -> None:
         """Subscribe to ``subjects`` (``queue``: a queue group, or "") and confirm."""
         await self.call(self._subscribe(subjects, queue))
+
+    async def _subscribe_replies(self, pattern: str) -> None:
+        assert self._nc is not None
+        await self._nc.subscribe(
+            pattern,
+            cb=functools.partial(self._on_message, []),
+            pending_msgs_limit=self._max_inbound,
+        )
+        self._replies = tuple(pattern.split("."))
+        await self._nc.flush(timeout=self._flush_timeout)  # type: ignore[arg-type]
+
+    async def subscribe_replies(self, pattern: str) -> None:
+        """Subscribe to the answers to the broker's requests, before the others."""
+        await self.call(self._subscribe_replies(pattern))
 
     def _on_malformed(self, what: str) -> None:
         self.counters.malformed += 1
@@ -364,13 +384,15 @@ class Link:
                     await asyncio.sleep(0.01)
                     continue
                 breaks = self._breaks
-                for subject, data, headers in batch[sent:]:
+                for subject, data, headers, reply in batch[sent:]:
                     if not _is_up(nc):  # (it may break during an await below)
                         break
                     sent += 1
                     in_doubt += 1
                     try:
-                        await nc.publish(subject, data, headers=headers)
+                        await nc.publish(
+                            subject, data, reply=reply or "", headers=headers
+                        )
                     except nats.errors.MaxPayloadError:
                         in_doubt -= 1
                         self._refuse(1, "larger than the server's limit", subject)

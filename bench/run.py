@@ -17,7 +17,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from itertools import cycle as forever
 from pathlib import Path
 
@@ -517,6 +517,40 @@ async def main(quick: bool) -> int:
         entry, scan = await w.retained_entry(stored, 200 if quick else 1_000)
         entry_cost[stored] = entry
         report.row(f"{stored:,}", fmt(entry), fmt(scan), f"{scan / entry:,.0f}x")
+
+    # W11 ------------------------------------------------------------------------------
+    print("W11 request/reply", flush=True)
+    report.section(
+        "W11: request/reply round trip in one process (µs; a requester and one "
+        "responder task, every case measured in turn)",
+        ["case", "µs per round trip", "time / the same over trio channels"],
+    )
+    count = 2_000 if quick else 10_000
+    cases: dict[str, Callable[[], Awaitable[float]]] = {
+        "pair": lambda: w.channel_round_trips(count),
+        "fresh": lambda: w.channel_round_trips(count, per_request=True),
+        "ours": lambda: w.request_round_trips(count),
+        "pair, timed": lambda: w.channel_round_trips(count, limit=10),
+        "ours, timed": lambda: w.request_round_trips(count, limit=10),
+    }
+    rounds: dict[str, list[float]] = {key: [] for key in cases}
+    await w.request_round_trips(count // 10)  # warm-up
+    for _ in range(REPEATS):
+        for key, case in cases.items():
+            rounds[key].append(await case())
+    took = {key: statistics.median(times) for key, times in rounds.items()}
+    for label, key, floor in (
+        ("a pair of trio memory channels (request, answer)", "pair", "pair"),
+        ("trio channels, a fresh answer channel per request", "fresh", "pair"),
+        ("`broker.request(timeout=math.inf)` / `msg.respond`", "ours", "pair"),
+        (
+            "the pair, each round trip in `trio.move_on_after(10)`",
+            "pair, timed",
+            "pair, timed",
+        ),
+        ("`broker.request(timeout=10)` / `msg.respond`", "ours, timed", "pair, timed"),
+    ):
+        report.row(label, fmt(took[key]), f"{took[key] / took[floor]:.2f}x")
 
     await nats_bridge(report, quick)
 

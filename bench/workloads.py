@@ -6,6 +6,7 @@ medians over repeats and turns them into ratios measured in the same run.
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -507,3 +508,71 @@ def check_hot_matches(pattern_set: PatternSet) -> None:
     for subject in pattern_set.hot[:50]:
         count = sum(subject_matches(p, subject) for p in pattern_set.patterns)
         assert count == pattern_set.matches_per_hot, (subject, count)
+
+
+# -- request/reply (W11) -------------------------------------------------------
+
+
+async def request_round_trips(count: int, limit: float = math.inf) -> float:
+    """µs per ``await broker.request`` answered by a responder task."""
+    broker = Broker[int]()
+
+    async def responder(*, task_status: trio.TaskStatus[None]) -> None:
+        async with broker.subscribe("svc.double") as requests:
+            task_status.started()
+            async for request in requests:
+                await request.respond(request.payload * 2)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(responder)
+        start = time.perf_counter()
+        for i in range(count):
+            await broker.request("svc.double", i, timeout=limit)
+        elapsed = time.perf_counter() - start
+        nursery.cancel_scope.cancel()
+    return elapsed / count * 1e6
+
+
+async def channel_round_trips(
+    count: int, *, per_request: bool = False, limit: float = math.inf
+) -> float:
+    """µs per round trip through trio memory channels, the floor of request/reply.
+
+    One channel carries requests to a responder task, a second the answers
+    back. With ``per_request``, each request carries a fresh answer channel
+    of its own (what request/reply over raw channels takes once requesters are
+    many and answers must not cross). With a finite ``limit``, each round
+    trip runs inside ``trio.move_on_after(limit)``, as a request with a
+    time limit must.
+    """
+    ask_send, ask_receive = trio.open_memory_channel[
+        tuple[int, trio.MemorySendChannel[int] | None]
+    ](1)
+    answer_send, answer_receive = trio.open_memory_channel[int](1)
+
+    async def responder() -> None:
+        async for payload, back in ask_receive:
+            await (answer_send if back is None else back).send(payload * 2)
+
+    async def one(i: int) -> None:
+        if per_request:
+            back, answer = trio.open_memory_channel[int](1)
+            await ask_send.send((i, back))
+            await answer.receive()
+        else:
+            await ask_send.send((i, None))
+            await answer_receive.receive()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(responder)
+        start = time.perf_counter()
+        if limit == math.inf:
+            for i in range(count):
+                await one(i)
+        else:
+            for i in range(count):
+                with trio.move_on_after(limit):
+                    await one(i)
+        elapsed = time.perf_counter() - start
+        nursery.cancel_scope.cancel()
+    return elapsed / count * 1e6

@@ -214,7 +214,7 @@ def _inject(
     reply: Reply[T] | None = None
     if ask and targets:
         reply = broker._replies.open(message.subject)
-        message = request_message(message, reply.subject, broker.publish)
+        message = request_message(message, reply.subject, broker._respond)
     full: list[Target[T]] = []
     accepted = broker._deliver(message, targets, full)
     if reply is not None and not accepted and not full:

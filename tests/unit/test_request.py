@@ -393,11 +393,27 @@ async def test_a_request_prints_and_compares_with_its_reply_subject() -> None:
     assert copy.reply is None
 
 
-async def test_a_request_can_be_the_broker_s_first_call_in_a_run() -> None:
+def test_a_request_can_be_the_broker_s_first_call_in_a_run() -> None:
+    """Made outside any run, the broker learns its run from a request."""
     broker = Broker(int)
-    with pytest.raises(NoRespondersError):
-        await broker.request("q", 1, timeout=1)
-    assert broker._run.token is trio.lowlevel.current_trio_token()
+
+    async def ask() -> bool:
+        with pytest.raises(NoRespondersError):
+            await broker.request("q", 1, timeout=1)
+        return broker._run.token is trio.lowlevel.current_trio_token()
+
+    assert trio.run(ask)
+
+
+async def test_an_answer_after_the_broker_closed_is_refused() -> None:
+    broker = Broker(int)
+    async with broker.subscribe("q") as sub:
+        with trio.move_on_after(0.01):
+            await broker.request("q", 1, timeout=math.inf)
+        request = sub.receive_nowait()
+    await broker.aclose()
+    with pytest.raises(BrokerClosedError):
+        await request.respond(1)
 
 
 async def test_answering_without_waiting_while_a_block_subscription_is_full() -> None:

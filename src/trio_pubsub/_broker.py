@@ -294,7 +294,8 @@ class Broker(Generic[T]):
         and none twice.
         """
         self._check_open()
-        self._run.learn()
+        if self._run.learn():
+            self._tally.clock = None  # the clock of the run before
         retained = (
             self._retained.matching(inbox.tokens)
             if self._retained and inbox.queue is None and not inbox.also
@@ -684,6 +685,7 @@ class Broker(Generic[T]):
             cache_hits=self._cache_hits,
             cache_misses=self._cache_misses,
             cache_size=len(self._cache),
+            cache_evictions=self._routes.evictions,
             retained=len(self._retained),
             retained_evicted=self._retained.evicted,
             requests_waiting=len(self._replies),

@@ -32,6 +32,23 @@ Invariants (no checkpoint between any check and the mutation that follows it;
   discarded``; so ``delivered`` is derived, ``received + pending + dropped -
   refused``, and the broker's fast path only has to append to the buffer.
 * Only an ``OPEN`` inbox is registered in its broker's routes.
+
+Two figures cost the publish fast path nothing:
+
+* ``high_water``, the most messages buffered at once: the length only grows by
+  appends, so its highest points come right before a removal (a receive, an
+  eviction, a discard), where it is noted, or are the length now.
+* ``oldest_pending_age``, from marks: pairs ``(index, time)`` meaning "the
+  message numbered ``index`` (in buffer order) and every later one arrived at
+  ``time`` or after". ``statistics()`` notes one at every call, and from its
+  first call on (before, nobody sees the figure) so does every receive from
+  the buffer; the slow path notes one when it buffers the first message or
+  evicts for ``DROP_OLDEST`` (those two exactly at the arrival). The age of
+  the oldest pending message is at most the time since the last mark at or
+  before it: high by at most the time between that mark and its arrival,
+  never low. Publishers on the fast path read no clock: one read costs about
+  a third of a publish, and a message arriving at an empty buffer cannot be
+  told from any other there without a test that every delivery would pay.
 """
 
 from __future__ import annotations
@@ -67,7 +84,7 @@ class Tally:
     subscription counts.
     """
 
-    __slots__ = ("delivered", "detach", "disconnected", "dropped")
+    __slots__ = ("clock", "delivered", "detach", "disconnected", "dropped")
 
     def __init__(self, detach: Callable[[_Inbox[typing.Any]], None]) -> None:
         self.detach = detach
@@ -75,6 +92,20 @@ class Tally:
         self.delivered = 0
         self.dropped = 0
         self.disconnected = 0
+        self.clock: Callable[[], float] | None = None
+        """The ``current_time`` of the trio run's clock, once read (the broker
+        forgets it when it moves to another run): half the cost of
+        ``trio.current_time()``."""
+
+    def now(self) -> float | None:
+        """The broker's trio time now, or ``None`` if no run is known."""
+        clock = self.clock
+        if clock is None:
+            try:
+                clock = self.clock = trio.lowlevel.current_clock().current_time
+            except RuntimeError:  # outside a trio run
+                return None
+        return clock()
 
 
 class State(enum.Enum):
@@ -153,6 +184,8 @@ class _Inbox(Generic[T]):
         "disconnect_after",
         "dropped",
         "handles",
+        "high_water",
+        "later",
         "max_buffer_size",
         "name",
         "pattern",
@@ -161,6 +194,8 @@ class _Inbox(Generic[T]):
         "received",
         "receivers",
         "refused",
+        "handed",
+        "since",
         "senders",
         "state",
         "streak",
@@ -168,6 +203,7 @@ class _Inbox(Generic[T]):
         "tally",
         "tokens",
         "warn_drop",
+        "watched",
     )
 
     def __init__(
@@ -211,6 +247,16 @@ class _Inbox(Generic[T]):
         self.received = 0
         self.dropped = 0
         self.refused = 0
+        self.handed = 0  # received straight from a publisher, never buffered
+        self.high_water = 0  # noted before each removal (see the module doc)
+        # The marks (see the module doc): ``since``, the time of the last one at
+        # or before the oldest pending message, and the later ones, in a deque
+        # made only for a consumer that falls behind (a deque takes 600 bytes).
+        self.since: float | None = None
+        self.later: deque[tuple[int, float]] | None = None
+        # Whether statistics() has been read; until then nobody sees the age,
+        # and receives read no clock.
+        self.watched = False
         # Refusals in a row: ``streak`` counts them while ``delivered`` stays at
         # ``streak_mark``; any accepted message moves ``delivered`` and so ends it.
         self.streak = 0
@@ -281,9 +327,12 @@ class _Inbox(Generic[T]):
         if action is Action.WAIT:
             raise trio.WouldBlock
         if action is Action.EVICT_OLDEST:
+            self._note_high_water()
             self.buffer.popleft()
             self._count_drops(1)
+            self._move_marks()
             self._warn_drop(message, "discarded its oldest pending message")
+            self._mark()  # (the slow path already: its arrival, exactly)
             self._accept(message)
             return True
         self._refuse(message, "dropped a new message")
@@ -342,20 +391,67 @@ class _Inbox(Generic[T]):
             # Hand it straight to the longest-waiting receiver, as a trio memory
             # channel does: a waiting receiver is room, and the buffer stays empty.
             self.received += 1
+            self.handed += 1
             _wake_first(self.receivers, outcome.Value(message))
             # If it was the last one, what comes before it resumes takes the
             # fast path.
             self._reopen_fast_path()
         else:
-            if self.buffer is _NO_BUFFER:
-                self.buffer = deque()
-                self.limit = self.max_buffer_size  # no receiver waits: see above
+            if not self.buffer:
+                if self.buffer is _NO_BUFFER:
+                    self.buffer = deque()
+                    self.limit = self.max_buffer_size  # no receiver waits: see above
+                self._mark()  # on the slow path anyway: its arrival, exactly
             self.buffer.append(message)
 
     def _reopen_fast_path(self) -> None:
         """Let the broker append directly again once no receiver waits."""
         if not self.receivers and self.buffer is not _NO_BUFFER:
             self.limit = self.max_buffer_size
+
+    def _note_high_water(self) -> None:
+        """Note the buffer's length before a removal (its peaks come there)."""
+        if len(self.buffer) > self.high_water:
+            self.high_water = len(self.buffer)
+
+    def _mark(self) -> None:
+        """Note that what arrives from now on arrives after ``current_time()``."""
+        now = self.tally.now()
+        if now is None:
+            return
+        if not self.buffer:  # for the message about to arrive: the oldest
+            self.since = now
+            self.later = None
+            return
+        index = self.removed + len(self.buffer)
+        later = self.later
+        if later is None:
+            later = self.later = deque()
+        elif later and later[-1][0] == index:
+            later.pop()  # nothing arrived since: the new time is the closer one
+        later.append((index, now))
+
+    @property
+    def removed(self) -> int:
+        """Messages that left the buffer: received from it, evicted, discarded.
+
+        It is also the index, in buffer order, of the oldest pending one.
+        """
+        return self.received - self.handed + self.dropped - self.refused
+
+    def _move_marks(self) -> None:
+        """Messages left the front of the buffer: the marks move on with it."""
+        later = self.later
+        removed = self.removed
+        while later and later[0][0] <= removed:
+            self.since = later.popleft()[1]
+
+    def oldest_pending_age(self) -> float | None:
+        """Seconds the oldest pending message has waited at most (see above)."""
+        if not self.buffer or self.since is None:
+            return None
+        now = self.tally.now()
+        return None if now is None else now - self.since
 
     def _count_drops(self, count: int) -> None:
         self.dropped += count
@@ -393,9 +489,15 @@ class _Inbox(Generic[T]):
     @enable_ki_protection
     def take(self) -> Message[T]:
         """Take the oldest pending message, or raise what the state says."""
-        if self.buffer:
-            message = self.buffer.popleft()
+        buffer = self.buffer
+        if buffer:
+            if len(buffer) > self.high_water:
+                self.high_water = len(buffer)
+            message = buffer.popleft()
             self.received += 1
+            if self.watched:
+                self._move_marks()
+                self._mark()  # what arrives from now on waits less
             if self.senders and len(self.buffer) < self.max_buffer_size:
                 # Room just appeared: it belongs to the longest-waiting publisher.
                 # (A buffer holding more retained messages than its size has none.)
@@ -488,7 +590,9 @@ class _Inbox(Generic[T]):
             self.tally.detach(self)
         discarded = len(self.buffer)
         if discarded:
+            self._note_high_water()
             self.buffer.clear()
+            self.since = self.later = None
             self._count_drops(discarded)
         self._wake_everyone(broker_closed=False)
 
@@ -500,10 +604,15 @@ class _Inbox(Generic[T]):
         _wake_all(self.receivers, lambda: outcome.Value(None))
 
     def statistics(self) -> SubscriptionStatistics:
+        # From now on, receives look at the clock too: the figure is read.
+        self.watched = True
+        self._mark()
         return SubscriptionStatistics(
             delivered=self.delivered,
             received=self.received,
             pending=len(self.buffer),
             dropped=self.dropped,
             max_buffer_size=self.max_buffer_size,
+            high_water=max(self.high_water, len(self.buffer)),
+            oldest_pending_age=self.oldest_pending_age(),
         )

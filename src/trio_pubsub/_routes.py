@@ -65,6 +65,7 @@ class RouteTable(Generic[T]):
         "_trie",
         "blocking",
         "cache",
+        "evictions",
         "groups",
         "membership",
         "registered",
@@ -79,6 +80,8 @@ class RouteTable(Generic[T]):
         self._arranged = 0  # of those, queue members and multi-pattern inboxes
         self.cache: dict[str, tuple[Target[T], ...]] = {}
         """Literal subject -> its targets. Read by the broker, written here only."""
+        self.evictions = 0
+        """Entries the cache has let go to make room, so far."""
         self.blocking = 0
         """How many registered inboxes have the ``BLOCK`` policy."""
         self.groups: dict[str, _Group] = {}
@@ -160,6 +163,7 @@ class RouteTable(Generic[T]):
         while cache:
             freed = 0
             oldest = list(islice(cache, max(1, len(cache) // 4)))
+            self.evictions += len(oldest)
             for subject in oldest:
                 targets = cache.pop(subject)
                 freed += len(subject) if subject.isascii() else 4 * len(subject)

@@ -43,6 +43,10 @@ class BrokerStatistics:
     """Subjects whose last message is retained now."""
     retained_evicted: int = attrs.field(default=0, eq=False)
     """Retained messages evicted because the store was full (``max_retained``)."""
+    cache_evictions: int = attrs.field(default=0, eq=False)
+    """Subjects the match cache has let go to make room (its oldest quarter at a
+    time); a high rate beside a full cache means it is too small for the
+    subjects in use."""
     requests_waiting: int = attrs.field(default=0, eq=False)
     """Requests (:meth:`Broker.request`) waiting for their answer now."""
 
@@ -68,6 +72,18 @@ class SubscriptionStatistics:
     """Messages routed to it that it will never receive."""
     max_buffer_size: int
     """Its buffer's capacity."""
+    # Informational, like the broker's cache figures: they default to 0/None
+    # and take no part in ==, so snapshots compare by the counters above.
+    high_water: int = attrs.field(default=0, eq=False)
+    """The most messages its buffer has held at once (a message handed straight
+    to a waiting receiver is never held)."""
+    oldest_pending_age: float | None = attrs.field(default=None, eq=False)
+    """Seconds the oldest pending message has waited, by the broker's trio clock
+    (``trio.current_time()``); ``None`` when nothing is pending. Never low:
+    publishers read no clock, so a message's arrival is known to come after
+    the last look at the clock before it (a ``statistics()`` call, its first
+    message, and once its statistics have been read, each receive from it), and
+    the figure may be high by the time between that look and the arrival."""
 
 
 @typing.final

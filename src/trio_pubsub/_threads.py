@@ -32,10 +32,17 @@ class TrioRun:
         self.token: trio.lowlevel.TrioToken | None = None
         self.learn()
 
-    def learn(self) -> None:
-        """Remember the trio run this is called from (outside one: keep the last)."""
+    def learn(self) -> bool:
+        """Remember the trio run this is called from (outside one: keep the last).
+
+        Returns whether it is another run than the one remembered before.
+        """
         with contextlib.suppress(RuntimeError):
-            self.token = trio.lowlevel.current_trio_token()
+            token = trio.lowlevel.current_trio_token()
+            if token is not self.token:
+                self.token = token
+                return True
+        return False
 
     def check_caller(self, what: str) -> None:
         """Refuse a call from the run's own thread, or before a run is known.

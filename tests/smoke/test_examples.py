@@ -53,8 +53,9 @@ EXPECTED: dict[str, list[str]] = {
         "metrics  DROP_NEWEST  received ",
     ],
     "read_counters.py": [
-        "subscription: SubscriptionStatistics(delivered=3, received=1, pending=2, dropped=2, max_buffer_size=3)",
+        "subscription: SubscriptionStatistics(delivered=3, received=1, pending=2, dropped=2, max_buffer_size=3, high_water=3, oldest_pending_age=1.5)",
         "routed to it: 5 = received + pending + dropped",
+        "held at most 3 at once; the oldest pending has waited 1.5 s",
         "broker: published=5 dropped=2",
         "export: {'published': 5, 'delivered': 3, 'dropped': 2,",
     ],

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest docs docs-check bench bench-quick clean
+.PHONY: demo demo-metrics test lint typecheck pytest docs docs-check bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+# The second demo: a broker's Prometheus metrics, served on 127.0.0.1.
+demo-metrics: $(STAMP)
+	$(BIN)/python examples/metrics_dashboard.py --hold 30
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,4 +1,7 @@
-"""The one door through which ``trio_pubsub.nats`` reaches into a broker.
+"""The one door through which the integrations reach into a broker.
+
+They are ``trio_pubsub.nats``, ``trio_pubsub.prometheus`` and
+``trio_pubsub.otel``.
 
 A bridge needs four things that the public API does not offer, and gets them
 here, so that a change inside the broker touches this module rather than the
@@ -16,7 +19,8 @@ bridge:
   broker's reply subjects, which the bridge listens on in NATS),
   :func:`inject_request` (a request from NATS, as :func:`inject` publishes a
   message, with a :class:`Reply` to wait on for the answer) and
-  :func:`decline` (NATS said "no responders" to one of the broker's requests).
+  :func:`decline` (NATS said "no responders" to one of the broker's requests);
+* for metric collectors, which other threads call: :func:`read_in_run`.
 
 It also passes on the option checks the bridge shares with the broker, and
 the token matcher, for subjects from NATS that the broker's grammar refuses.
@@ -28,6 +32,7 @@ import typing
 import weakref
 from typing import Generic, TypeVar
 
+import trio
 from trio.lowlevel import enable_ki_protection
 
 from ._message import request_message
@@ -46,7 +51,7 @@ from ._subject import (
 from ._subscription import SubscriptionScope
 
 if typing.TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from contextlib import AbstractAsyncContextManager
 
     from ._broker import Broker
@@ -57,6 +62,7 @@ if typing.TYPE_CHECKING:
     from ._subscription import Subscription
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _EXPORTS: weakref.WeakKeyDictionary[Broker[typing.Any], set[_Inbox[typing.Any]]] = (
     weakref.WeakKeyDictionary()
@@ -249,3 +255,27 @@ def decline(broker: Broker[T], reply: str) -> None:
     waiting = broker._replies.waiting.get(reply)
     if waiting is not None:
         waiting.decline()
+
+
+def read_in_run(broker: Broker[T], read: Callable[[], R]) -> R:
+    """Call ``read()`` where it is safe to look at ``broker``: in its trio thread.
+
+    For metric collectors, which other threads call (an HTTP server's, an
+    exporter's): from there it runs through ``trio.from_thread.run_sync`` and
+    waits. From the broker's own trio thread, before any run is known, or
+    after its run has ended (then nothing changes the broker any more), it
+    is called at once.
+    """
+    token = broker._run.token
+    if token is None:
+        return read()
+    try:
+        here: trio.lowlevel.TrioToken | None = trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        here = None
+    if here is token:
+        return read()
+    try:
+        return trio.from_thread.run_sync(read, trio_token=token)
+    except trio.RunFinishedError:
+        return read()

@@ -479,3 +479,45 @@ def test_the_statistics_type_is_exported() -> None:
 @pytest.fixture(autouse=True)
 def _bridge_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="trio_pubsub.nats")
+
+
+async def test_the_bridge_collector_reports_what_statistics_say(
+    nats_server: NatsServer,
+) -> None:
+    """trio_pubsub_bridge_* scraped while the bridge runs (issue 18)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from trio_pubsub.prometheus import BridgeCollector
+
+    here, there = Broker[Any](), Broker[Any]()
+    registry = CollectorRegistry()
+    async with (
+        open_bridge(here, nats_server.url, outbound=["m.>"], **JSON) as out,
+        open_bridge(there, nats_server.url, inbound=["m.>"], **JSON) as into,
+        there.subscribe("m.>") as sub,
+    ):
+        collector = BridgeCollector(out, name="out")
+        collector.add_bridge(into, name="in")
+        registry.register(collector)
+        for i in range(10):
+            await here.publish(f"m.{i}", i)
+        await take(sub, 10)
+        await wait_until(lambda: out.statistics().exported == 10)
+
+        def scrape() -> dict[tuple[str, str], float]:
+            text = generate_latest(registry).decode()
+            return {
+                (s.name, s.labels["bridge"]): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+
+        samples = await trio.to_thread.run_sync(scrape)  # another thread, as HTTP
+        assert samples[("trio_pubsub_bridge_exported_total", "out")] == 10
+        assert samples[("trio_pubsub_bridge_imported_total", "in")] == 10
+        assert samples[("trio_pubsub_bridge_connected", "out")] == 1
+        assert samples[("trio_pubsub_bridge_outbound_dropped_total", "out")] == 0
+        assert samples[("trio_pubsub_bridge_outbound_pending", "out")] == 0
+        with pytest.raises(ValueError, match="already"):
+            collector.add_bridge(out, name="in")

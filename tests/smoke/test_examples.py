@@ -59,6 +59,14 @@ EXPECTED: dict[str, list[str]] = {
         "broker: published=5 dropped=2",
         "export: {'published': 5, 'delivered': 3, 'dropped': 2,",
     ],
+    "metrics_dashboard.py": [
+        "serving metrics at http://127.0.0.1:",
+        'trio_pubsub_published_total{broker="shop"} 200.0',
+        'trio_pubsub_dropped_total{broker="shop",pattern="orders.>",queue="",'
+        'subscription="metrics"} 192.0',
+        'trio_pubsub_dropped_total{broker="shop",pattern="orders.*.paid",'
+        'queue="billing",subscription="billing"} 0.0',
+    ],
     "request_reply.py": [
         "tea:  4.50 from pricing-1 in 2 ms",
         "cup: 12.00 from pricing-2 in 2 ms",

@@ -65,6 +65,17 @@ def test_the_bridge_imports_only_the_public_api_port_and_log_issue_15() -> None:
     assert wrong == []
 
 
+def test_the_metric_modules_import_only_the_public_api_and_port_issue_18() -> None:
+    """The prometheus and otel modules reach the broker through _port alone."""
+    public = set(trio_pubsub.__all__)
+    wrong = []
+    for path in sorted(PACKAGE.glob("[a-z]*.py")):
+        for level, target in relative_imports(path):
+            if level == 1 and target not in public | {"_port", "nats"}:
+                wrong.append(f"{path.name} imports {target}")
+    assert wrong == []
+
+
 def test_only_the_inbox_parks_and_wakes_tasks() -> None:
     """Tasks are parked and rescheduled in _inbox alone, the one place to protect."""
     parking = re.compile(r"wait_task_rescheduled|\breschedule\(")

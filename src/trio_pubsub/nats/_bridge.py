@@ -157,6 +157,11 @@ class Bridge(Generic[T]):
         self._warn_import = RateLimitedWarning(log=logger)
         self._warn_answer = RateLimitedWarning(log=logger)
 
+    @property
+    def broker(self) -> Broker[T]:
+        """The broker it bridges."""
+        return self._broker
+
     def statistics(self) -> BridgeStatistics:
         """Return a snapshot of the bridge's counters."""
         link = self._link

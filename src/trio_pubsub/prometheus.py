@@ -1,0 +1,268 @@
+"""Prometheus metrics for a broker and its bridges, read at scrape time.
+
+Needs the ``prometheus`` extra (``prometheus-client``). A collector reads
+``statistics()`` and ``subscriptions()`` when Prometheus scrapes it, in the
+broker's trio thread (the HTTP server's thread hands the read over and waits),
+so publishing does no work for it at all::
+
+    from prometheus_client import CollectorRegistry, start_http_server
+    from trio_pubsub.prometheus import BrokerCollector
+
+    registry = CollectorRegistry()
+    registry.register(BrokerCollector(broker, name="orders"))
+    start_http_server(9464, addr="127.0.0.1", registry=registry)
+
+Names follow Prometheus's rules: base units (seconds), ``_total`` on
+counters. Labels are ``broker`` and, per subscription, ``subscription`` (its
+name), ``pattern`` and ``queue``; never a subject, whose values are unbounded.
+See :doc:`/how-to/monitor-a-broker` for the table of metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from . import _port
+
+if typing.TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from prometheus_client.metrics_core import Metric
+
+    from . import Broker, BrokerStatistics, SubscriptionInfo
+    from .nats import Bridge, BridgeStatistics
+
+__all__ = ["BridgeCollector", "BrokerCollector"]
+
+_SUBSCRIPTION = ["broker", "subscription", "pattern", "queue"]
+_LEFT = ("", "", "")
+"""The labels of the series that keeps what subscriptions no longer open counted."""
+
+
+def _read(
+    broker: Broker[typing.Any],
+) -> tuple[BrokerStatistics, tuple[SubscriptionInfo, ...]]:
+    return broker.statistics(), broker.subscriptions()
+
+
+def _label(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str, not {name!r}")
+    return name
+
+
+class BrokerCollector(Collector):
+    """The metrics of one broker, for a ``prometheus_client.CollectorRegistry``.
+
+    Args:
+        broker: The broker to report on.
+        name: The value of the ``broker`` label, to tell several brokers apart.
+
+    Per broker: ``trio_pubsub_published_total``,
+    ``trio_pubsub_disconnected_total``, ``trio_pubsub_subscriptions``,
+    ``trio_pubsub_cache_evictions_total``. Per subscription:
+    ``trio_pubsub_delivered_total``, ``trio_pubsub_dropped_total``,
+    ``trio_pubsub_pending``, ``trio_pubsub_high_water`` and
+    ``trio_pubsub_oldest_pending_age_seconds``. Subscriptions with the same
+    name, pattern and queue share one series (name them to tell them apart).
+    The two per-subscription counters also have a series with empty
+    ``subscription``, ``pattern`` and ``queue`` labels for the subscriptions
+    that are no longer open, so that their sum over a broker is its total.
+
+    A registry takes one collector of these metric names: report more brokers
+    through the same one with :meth:`add_broker`.
+    """
+
+    def __init__(self, broker: Broker[typing.Any], *, name: str = "default") -> None:
+        self._brokers: dict[str, Broker[typing.Any]] = {}
+        self.add_broker(broker, name=name)
+
+    def add_broker(self, broker: Broker[typing.Any], *, name: str) -> None:
+        """Report ``broker`` too, under ``broker=name``.
+
+        Raises:
+            TypeError: ``name`` is not a non-empty ``str``.
+            ValueError: a broker is reported under ``name`` already.
+        """
+        if _label(name) in self._brokers:
+            raise ValueError(f"a broker is reported as {name!r} already")
+        self._brokers[name] = broker
+
+    def describe(self) -> Iterable[Metric]:
+        """The metric families, without samples (for the registry's name check)."""
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        """Read each broker's counters now, in its trio thread, and yield them."""
+        readings = {
+            name: _port.read_in_run(broker, functools.partial(_read, broker))
+            for name, broker in self._brokers.items()
+        }
+        return list(self._families(readings))
+
+    def _families(
+        self,
+        readings: dict[str, tuple[BrokerStatistics, tuple[SubscriptionInfo, ...]]]
+        | None = None,
+    ) -> Iterator[Metric]:
+        published = CounterMetricFamily(
+            "trio_pubsub_published",
+            "Publish calls that returned normally.",
+            labels=["broker"],
+        )
+        disconnected = CounterMetricFamily(
+            "trio_pubsub_disconnected",
+            "Subscriptions cut off by the DISCONNECT policy.",
+            labels=["broker"],
+        )
+        open_now = GaugeMetricFamily(
+            "trio_pubsub_subscriptions",
+            "Subscriptions open now (that a new message would be offered to).",
+            labels=["broker"],
+        )
+        evictions = CounterMetricFamily(
+            "trio_pubsub_cache_evictions",
+            "Subjects the full match cache let go to make room.",
+            labels=["broker"],
+        )
+        delivered = CounterMetricFamily(
+            "trio_pubsub_delivered",
+            "Message copies that entered a subscription's buffer (or went straight "
+            "to a waiting receiver).",
+            labels=_SUBSCRIPTION,
+        )
+        dropped = CounterMetricFamily(
+            "trio_pubsub_dropped",
+            "Message copies routed to a subscription and never received.",
+            labels=_SUBSCRIPTION,
+        )
+        pending = GaugeMetricFamily(
+            "trio_pubsub_pending",
+            "Messages in a subscription's buffer now.",
+            labels=_SUBSCRIPTION,
+        )
+        high_water = GaugeMetricFamily(
+            "trio_pubsub_high_water",
+            "The most messages a subscription's buffer has held at once.",
+            labels=_SUBSCRIPTION,
+        )
+        age = GaugeMetricFamily(
+            "trio_pubsub_oldest_pending_age_seconds",
+            "How long the oldest pending message of a subscription has waited "
+            "(never low; absent when nothing is pending).",
+            labels=_SUBSCRIPTION,
+        )
+        for name, (totals, subscriptions) in (readings or {}).items():
+            published.add_metric([name], totals.published)
+            disconnected.add_metric([name], totals.disconnected)
+            open_now.add_metric([name], totals.subscriptions)
+            evictions.add_metric([name], totals.cache_evictions)
+            series: dict[tuple[str, str, str], list[float]] = {}
+            for info in subscriptions:
+                stats = info.statistics
+                key = (info.name, info.pattern, info.queue or "")
+                row = series.setdefault(key, [0, 0, 0, 0, -1.0])
+                row[0] += stats.delivered
+                row[1] += stats.dropped
+                row[2] += stats.pending
+                row[3] = max(row[3], stats.high_water)
+                if stats.oldest_pending_age is not None:
+                    row[4] = max(row[4], stats.oldest_pending_age)
+            left_delivered = totals.delivered - sum(row[0] for row in series.values())
+            left_dropped = totals.dropped - sum(row[1] for row in series.values())
+            delivered.add_metric([name, *_LEFT], left_delivered)
+            dropped.add_metric([name, *_LEFT], left_dropped)
+            for key, row in series.items():
+                labels = [name, *key]
+                delivered.add_metric(labels, row[0])
+                dropped.add_metric(labels, row[1])
+                pending.add_metric(labels, row[2])
+                high_water.add_metric(labels, row[3])
+                if row[4] >= 0:
+                    age.add_metric(labels, row[4])
+        yield from (published, disconnected, open_now, evictions)
+        yield from (delivered, dropped, pending, high_water, age)
+
+
+_BRIDGE_COUNTERS = {
+    "exported": "Messages sent to NATS and confirmed by the server.",
+    "imported": "Messages from NATS published into the broker.",
+    "outbound_dropped": "Local messages not exported (overflow, encode, refused).",
+    "inbound_dropped": "Messages from NATS not imported (overflow, decode, grammar).",
+    "unconfirmed": "Messages sent as the connection broke: they may not have arrived.",
+    "reconnects": "Times the connection was restored after a break.",
+}
+
+
+class BridgeCollector(Collector):
+    """The metrics of one NATS bridge, as ``trio_pubsub_bridge_*``.
+
+    Args:
+        bridge: The bridge to report on; after it has closed, its final counts.
+        name: The value of the ``bridge`` label.
+
+    Counters ``trio_pubsub_bridge_exported_total``, ``..._imported_total``,
+    ``..._outbound_dropped_total``, ``..._inbound_dropped_total``,
+    ``..._unconfirmed_total``, ``..._reconnects_total``; gauges
+    ``trio_pubsub_bridge_outbound_pending`` and ``trio_pubsub_bridge_connected``
+    (1 or 0). Report more bridges through the same collector with
+    :meth:`add_bridge`.
+    """
+
+    def __init__(self, bridge: Bridge[typing.Any], *, name: str = "default") -> None:
+        self._bridges: dict[str, Bridge[typing.Any]] = {}
+        self.add_bridge(bridge, name=name)
+
+    def add_bridge(self, bridge: Bridge[typing.Any], *, name: str) -> None:
+        """Report ``bridge`` too, under ``bridge=name``.
+
+        Raises:
+            TypeError: ``name`` is not a non-empty ``str``.
+            ValueError: a bridge is reported under ``name`` already.
+        """
+        if _label(name) in self._bridges:
+            raise ValueError(f"a bridge is reported as {name!r} already")
+        self._bridges[name] = bridge
+
+    def describe(self) -> Iterable[Metric]:
+        """The metric families, without samples (for the registry's name check)."""
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        """Read each bridge's counters now, in its broker's trio thread."""
+        readings = {
+            name: _port.read_in_run(bridge.broker, bridge.statistics)
+            for name, bridge in self._bridges.items()
+        }
+        return list(self._families(readings))
+
+    def _families(
+        self, readings: dict[str, BridgeStatistics] | None = None
+    ) -> Iterator[Metric]:
+        readings = readings or {}
+        for field, help_text in _BRIDGE_COUNTERS.items():
+            counter = CounterMetricFamily(
+                f"trio_pubsub_bridge_{field}", help_text, labels=["bridge"]
+            )
+            for name, stats in readings.items():
+                counter.add_metric([name], getattr(stats, field))
+            yield counter
+        pending = GaugeMetricFamily(
+            "trio_pubsub_bridge_outbound_pending",
+            "Local messages waiting to be exported now.",
+            labels=["bridge"],
+        )
+        connected = GaugeMetricFamily(
+            "trio_pubsub_bridge_connected",
+            "Whether the connection to NATS is up now (1) or not (0).",
+            labels=["bridge"],
+        )
+        for name, stats in readings.items():
+            pending.add_metric([name], stats.outbound_pending)
+            connected.add_metric([name], int(stats.connected))
+        yield pending
+        yield connected

@@ -552,6 +552,23 @@ async def main(quick: bool) -> int:
     ):
         report.row(label, fmt(took[key]), f"{took[key] / took[floor]:.2f}x")
 
+    # W12 ------------------------------------------------------------------------------
+    print("W12 OpenTelemetry", flush=True)
+    report.section(
+        "W12: `publish_nowait` with OpenTelemetry on (one cached subject, fan-out "
+        "1; µs per publish, the three measured in turn)",
+        ["case", "µs per publish", "ratio to plain"],
+    )
+    costs = await w.otel_publish_costs(2_000 if quick else 20_000, REPEATS)
+    for key, cost in costs.items():
+        report.row(key, fmt(cost), f"{cost / costs['plain']:.2f}x")
+    metrics_ratio = costs["metrics"] / costs["plain"]
+    report.target(
+        "W12 metrics on: at most 2x a plain publish",
+        f"{metrics_ratio:.2f}x",
+        metrics_ratio <= 2.0,
+    )
+
     await nats_bridge(report, quick)
 
     # output ---------------------------------------------------------------------------

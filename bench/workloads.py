@@ -576,3 +576,63 @@ async def channel_round_trips(
         elapsed = time.perf_counter() - start
         nursery.cancel_scope.cancel()
     return elapsed / count * 1e6
+
+
+# -- OpenTelemetry (W12) ------------------------------------------------------
+
+
+async def otel_publish_costs(messages: int, repeats: int) -> dict[str, float]:
+    """µs per ``publish_nowait`` (one cached subject, fan-out 1), in turn.
+
+    Plain, instrumented with metrics (the SDK's MeterProvider and an
+    in-memory reader), and instrumented with traces as well (the SDK's
+    TracerProvider: a span per publish, its context injected in the headers;
+    no exporter, so the figure is the making of the spans, not their export).
+    """
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from trio_pubsub.otel import instrument
+
+    meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    tracers = TracerProvider()
+    brokers: dict[str, Broker[int]] = {
+        "plain": Broker[int](max_buffer_size=BIG),
+        "metrics": Broker[int](max_buffer_size=BIG),
+        "metrics and traces": Broker[int](max_buffer_size=BIG),
+    }
+    handles = [
+        instrument(brokers["metrics"], meter_provider=meters),
+        instrument(
+            brokers["metrics and traces"],
+            meter_provider=meters,
+            tracer_provider=tracers,
+        ),
+    ]
+    times: dict[str, list[float]] = {key: [] for key in brokers}
+    async with AsyncExitStack() as stack:
+        subs = {
+            key: await stack.enter_async_context(broker.subscribe("m.1"))
+            for key, broker in brokers.items()
+        }
+        for round_ in range(repeats + 1):
+            for key, broker in brokers.items():
+                publish = broker.publish_nowait
+                start = time.perf_counter()
+                for i in range(messages):
+                    publish("m.1", i)
+                elapsed = time.perf_counter() - start
+                sub = subs[key]
+                while True:
+                    try:
+                        sub.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                if round_:  # the first round warms up
+                    times[key].append(elapsed / messages * 1e6)
+    for handle in handles:
+        handle.uninstrument()
+    meters.shutdown()
+    tracers.shutdown()
+    return {key: statistics.median(values) for key, values in times.items()}

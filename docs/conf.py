@@ -28,7 +28,11 @@ napoleon_use_rtype = False
 # link to: names from those projects are left as plain text. Everything of this
 # project must resolve.
 nitpick_ignore_regex = [
-    (r"py:.*", r"(trio|attrs|typing|collections|contextlib|types|opentelemetry)\..*"),
+    (
+        r"py:.*",
+        r"(trio|attrs|typing|collections|contextlib|types|opentelemetry|hypothesis)"
+        r"\..*",
+    ),
     (r"py:.*", r"(trio_pubsub(\.\w+)*\.)?(T|T_co)"),
     # Subscription's generic base, ReceiveChannel[Message[T]], is resolved by
     # autodoc under Message's defining module; the page shows trio_pubsub.Message.

@@ -23,7 +23,7 @@ import types  # noqa: TC003 (the API reference resolves it)
 import typing
 
 # Runtime imports, so that the API reference can resolve the annotations.
-from collections.abc import Mapping  # noqa: TC003
+from collections.abc import Callable, Mapping  # noqa: TC003
 from contextlib import AbstractAsyncContextManager  # noqa: TC003
 from typing import Generic, TypeVar
 
@@ -118,6 +118,7 @@ class Broker(Generic[T]):
         "_disconnect_after",
         "_max_buffer_size",
         "_message_type",
+        "_on_subscribe",
         "_policy",
         "_published",
         "_replies",
@@ -167,6 +168,15 @@ class Broker(Generic[T]):
         self._cache_hits = 0
         self._cache_misses = 0
         self._closed = False
+        # Set by an integration (trio_pubsub.otel) to wrap each subscription's
+        # scope; subscribing is not on the publish path, so this costs nothing.
+        self._on_subscribe: (
+            Callable[
+                [AbstractAsyncContextManager[Subscription[T]]],
+                AbstractAsyncContextManager[Subscription[T]],
+            ]
+            | None
+        ) = None
 
     def __repr__(self) -> str:
         kind = "" if self._message_type is None else type_name(self._message_type)
@@ -246,7 +256,9 @@ class Broker(Generic[T]):
             block_timeout=check_timeout("block_timeout", block_timeout),
         )
         self._check_open()
-        return SubscriptionScope(inbox, self._attach)
+        scope = SubscriptionScope(inbox, self._attach)
+        hook = self._on_subscribe
+        return scope if hook is None else hook(scope)
 
     def _inbox(
         self,

@@ -20,7 +20,8 @@ bridge:
   :func:`inject_request` (a request from NATS, as :func:`inject` publishes a
   message, with a :class:`Reply` to wait on for the answer) and
   :func:`decline` (NATS said "no responders" to one of the broker's requests);
-* for metric collectors, which other threads call: :func:`read_in_run`.
+* for metric collectors, which other threads call: :func:`read_in_run`;
+  and for OpenTelemetry, :func:`on_subscribe`, a hook on every new scope.
 
 It also passes on the option checks the bridge shares with the broker, and
 the token matcher, for subjects from NATS that the broker's grammar refuses.
@@ -279,3 +280,19 @@ def read_in_run(broker: Broker[T], read: Callable[[], R]) -> R:
         return trio.from_thread.run_sync(read, trio_token=token)
     except trio.RunFinishedError:
         return read()
+
+
+def on_subscribe(
+    broker: Broker[T],
+    hook: Callable[
+        [AbstractAsyncContextManager[Subscription[T]]],
+        AbstractAsyncContextManager[Subscription[T]],
+    ]
+    | None,
+) -> None:
+    """Have ``hook`` wrap the scope of every subscription ``subscribe`` makes.
+
+    ``None`` removes it. For trio_pubsub.otel, which watches what consumers
+    receive; nothing on the publish path reads it.
+    """
+    broker._on_subscribe = hook

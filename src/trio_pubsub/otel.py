@@ -18,10 +18,10 @@ subscription's pattern (never a subject on a metric: subjects are unbounded),
 
 Counts are read from the broker's own counters when the SDK collects them
 (observable instruments), so they cost a publish nothing; with metrics only,
-publishing runs the broker's own code. With instrumentation off, nothing of
-this runs: :func:`instrument` changes the broker's class to a subclass for as
-long as it is instrumented (one that publishes with spans when there is a
-tracer), and :meth:`Instrumentation.uninstrument` changes it back.
+publishing runs the broker's own code, unchanged (the instrumentation watches
+new subscriptions through a hook that ``subscribe`` calls). With a tracer,
+:func:`instrument` changes the broker's class to a subclass whose publishes
+make spans, and :meth:`Instrumentation.uninstrument` changes it back.
 """
 
 from __future__ import annotations
@@ -131,6 +131,7 @@ class Instrumentation:
         self._active = False
         if _ACTIVE.get(self._broker) is self:
             del _ACTIVE[self._broker]
+        _port.on_subscribe(self._broker, None)
         self._broker.__class__ = Broker
         for sub in self._subscriptions:
             _HANDLES.pop(sub).end()
@@ -296,21 +297,12 @@ def _state(broker: Broker[typing.Any]) -> Instrumentation | None:
     return _ACTIVE.get(broker)
 
 
-class _InstrumentedBroker(Broker[T]):  # type: ignore[misc]  # final, on purpose
-    """A Broker while instrumented without traces: publishing is untouched."""
+class _TracedBroker(Broker[T]):  # type: ignore[misc]  # final, on purpose
+    """A Broker while instrumented with traces: each publish makes a span.
 
-    __slots__ = ()
-
-    def subscribe(  # the same, with a wrapped scope
-        self, pattern: str, **options: typing.Any
-    ) -> AbstractAsyncContextManager[Subscription[T]]:
-        scope = Broker.subscribe(self, pattern, **options)
-        state = _state(self)
-        return scope if state is None else _WatchedScope(scope, state)
-
-
-class _TracedBroker(_InstrumentedBroker[T]):  # type: ignore[misc]  # (Broker is final)
-    """A Broker while instrumented with traces: each publish makes a span."""
+    Only with a tracer does instrument() change the broker's class, to this
+    one; metrics need no change to publishing at all.
+    """
 
     __slots__ = ()
 
@@ -470,5 +462,7 @@ def instrument(
         raise ValueError("this broker is instrumented already: uninstrument() first")
     instrumentation = Instrumentation(broker, meter_provider, tracer_provider)
     _ACTIVE[broker] = instrumentation
-    broker.__class__ = _InstrumentedBroker if tracer_provider is None else _TracedBroker
+    _port.on_subscribe(broker, functools.partial(_WatchedScope, state=instrumentation))
+    if tracer_provider is not None:
+        broker.__class__ = _TracedBroker
     return instrumentation

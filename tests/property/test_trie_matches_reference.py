@@ -9,11 +9,12 @@ from tests.strategies import deep_subjects, patterns, subjects
 from trio_pubsub import subject_matches
 from trio_pubsub._subject import parse_pattern, parse_subject
 from trio_pubsub._trie import SubjectTrie
+from trio_pubsub.testing import reference_match as kit_reference_match
 
 from ..helpers import LabelledRoutes
 
 
-def reference_match(pattern: str, subject: str) -> bool:
+def recursive_match(pattern: str, subject: str) -> bool:
     """NATS matching, written independently of the library: recursion on lists."""
 
     def walk(pat: list[str], sub: list[str]) -> bool:
@@ -27,6 +28,13 @@ def reference_match(pattern: str, subject: str) -> bool:
         return (head in ("*", sub[0])) and walk(rest, sub[1:])
 
     return walk(pattern.split("."), subject.split("."))
+
+
+def reference_match(pattern: str, subject: str) -> bool:
+    """The kit's reference matcher, checked here against a second one."""
+    expected = kit_reference_match(pattern, subject)
+    assert expected == recursive_match(pattern, subject), (pattern, subject)
+    return expected
 
 
 def check_trie_against_reference(pats: list[str], subs: list[str]) -> None:

@@ -67,6 +67,7 @@ EXPECTED: dict[str, list[str]] = {
         'trio_pubsub_dropped_total{broker="shop",pattern="orders.*.paid",'
         'queue="billing",subscription="billing"} 0.0',
     ],
+    "property_test_routing.py": ["every routing property holds"],
     "request_reply.py": [
         "tea:  4.50 from pricing-1 in 2 ms",
         "cup: 12.00 from pricing-2 in 2 ms",

@@ -1,0 +1,302 @@
+"""A test kit: hypothesis strategies for subjects and patterns, and helpers.
+
+Needs the ``testing`` extra (``hypothesis``). The strategies make what the
+broker accepts: tokens without dots or whitespace, subjects of literal
+tokens, patterns where a token may be ``*`` and the last ``>``; and matching
+pairs (:func:`subjects_matching`, :func:`patterns_matching`) for properties
+such as "every subject a pattern matches reaches its subscription". Nothing
+they make starts with the token ``_INBOX``, reserved for reply subjects.
+:func:`reference_match` is a matcher written apart from the broker's routing,
+to compare routing tables with. See :doc:`/how-to/property-test-routing`.
+"""
+
+from __future__ import annotations
+
+import typing
+from contextlib import asynccontextmanager
+from typing import Generic, TypeVar
+
+import trio
+from hypothesis import strategies as st
+
+from . import (
+    Broker,
+    Message,
+    SlowConsumerError,
+    Subscription,
+    validate_pattern,
+    validate_subject,
+)
+
+if typing.TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+__all__ = [
+    "Recording",
+    "drain",
+    "patterns",
+    "patterns_matching",
+    "recorder",
+    "reference_match",
+    "subjects",
+    "subjects_matching",
+    "tokens",
+]
+
+T = TypeVar("T")
+
+_RESERVED = "_INBOX"
+_WILDCARDS = ("*", ">")
+
+
+def _is_token(text: str) -> bool:
+    return (
+        bool(text)
+        and text not in _WILDCARDS
+        and "." not in text
+        and not any(c.isspace() for c in text)
+    )
+
+
+def tokens(
+    *,
+    vocabulary: Sequence[str] | None = None,
+    alphabet: str | st.SearchStrategy[str] | None = None,
+    max_size: int = 8,
+) -> st.SearchStrategy[str]:
+    """Literal tokens: non-empty, without ``.`` or whitespace, not ``*`` or ``>``.
+
+    Args:
+        vocabulary: Draw from these tokens only (a small vocabulary makes
+            subjects and patterns match often). Each must be a valid token.
+        alphabet: Otherwise, the characters of generated tokens (as
+            ``hypothesis.strategies.text`` takes them); by default any
+            character but ``.``, whitespace, controls and surrogates, so that
+            tokens such as ``a*``, ``>>`` or ``日本`` come up (the broker takes
+            them as literals; NATS refuses ``*`` or ``>`` inside a token in
+            what it subscribes to).
+        max_size: The longest generated token.
+
+    Raises:
+        ValueError: a vocabulary token is not a valid literal token.
+    """
+    if vocabulary is not None:
+        words: list[object] = list(vocabulary)
+        for word in words:
+            if not isinstance(word, str) or not _is_token(word):
+                raise ValueError(f"{word!r} is not a literal token")
+        if not words:
+            raise ValueError("the vocabulary is empty")
+        return st.sampled_from(typing.cast("list[str]", words))
+    characters = (
+        st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters=".")
+        if alphabet is None
+        else alphabet
+    )
+    return st.text(characters, min_size=1, max_size=max_size).filter(_is_token)
+
+
+def subjects(
+    *,
+    tokens: st.SearchStrategy[str] | None = None,
+    min_depth: int = 1,
+    max_depth: int = 6,
+) -> st.SearchStrategy[str]:
+    """Literal subjects of ``min_depth`` to ``max_depth`` tokens.
+
+    Args:
+        tokens: Where the tokens come from (default: :func:`tokens`).
+        min_depth: The fewest tokens (>= 1).
+        max_depth: The most tokens.
+    """
+    drawn = _tokens_or_default(tokens)
+    return (
+        st.lists(drawn, min_size=max(1, min_depth), max_size=max_depth)
+        .filter(lambda parts: parts[0] != _RESERVED)
+        .map(".".join)
+    )
+
+
+@st.composite
+def patterns(
+    draw: st.DrawFn,
+    *,
+    tokens: st.SearchStrategy[str] | None = None,
+    min_depth: int = 1,
+    max_depth: int = 6,
+    single: bool = True,
+    multi: bool = True,
+) -> str:
+    """Patterns of ``min_depth`` to ``max_depth`` tokens.
+
+    Args:
+        draw: Given by hypothesis (call ``patterns(...)`` without it).
+        tokens: Where the literal tokens come from (default: :func:`tokens`).
+        min_depth: The fewest tokens (>= 1).
+        max_depth: The most tokens.
+        single: Whether a token may be ``*`` (about half of them are).
+        multi: Whether the last token may be ``>`` (in about half of them).
+    """
+    literal = _tokens_or_default(tokens)
+    depth = draw(st.integers(max(1, min_depth), max_depth))
+    parts = [
+        "*" if single and draw(st.booleans()) else draw(literal) for _ in range(depth)
+    ]
+    if multi and draw(st.booleans()):
+        parts[-1] = ">"
+    if parts[0] == _RESERVED:
+        parts[0] = "*"
+    return ".".join(parts)
+
+
+def subjects_matching(
+    pattern: str,
+    *,
+    tokens: st.SearchStrategy[str] | None = None,
+    max_tail: int = 3,
+) -> st.SearchStrategy[str]:
+    """Subjects that ``pattern`` matches.
+
+    A token for each ``*``, 1 to ``max_tail`` tokens for a final ``>``.
+
+    Raises:
+        InvalidSubjectError: ``pattern`` breaks the grammar (at the call).
+    """
+    validate_pattern(pattern)
+    return _subjects_matching(pattern, _tokens_or_default(tokens), max_tail)
+
+
+@st.composite
+def _subjects_matching(
+    draw: st.DrawFn, pattern: str, literal: st.SearchStrategy[str], max_tail: int
+) -> str:
+    parts: list[str] = []
+    for token in pattern.split("."):
+        if token == "*":
+            parts.append(draw(literal))
+        elif token == ">":
+            parts.extend(draw(st.lists(literal, min_size=1, max_size=max_tail)))
+        else:
+            parts.append(token)
+    return ".".join(parts)
+
+
+def patterns_matching(
+    subject: str, *, single: bool = True, multi: bool = True
+) -> st.SearchStrategy[str]:
+    """Patterns that match ``subject``.
+
+    Some of its tokens turned to ``*``, and perhaps its end (one token or
+    more) to ``>``.
+
+    Raises:
+        InvalidSubjectError: ``subject`` is not a valid literal subject (at
+            the call).
+    """
+    validate_subject(subject)
+    return _patterns_matching(subject, single, multi)
+
+
+@st.composite
+def _patterns_matching(draw: st.DrawFn, subject: str, single: bool, multi: bool) -> str:
+    parts = subject.split(".")
+    pattern = ["*" if single and draw(st.booleans()) else part for part in parts]
+    if multi and draw(st.booleans()):
+        keep = draw(st.integers(0, len(parts) - 1))
+        pattern = [*pattern[:keep], ">"]
+    return ".".join(pattern)
+
+
+def reference_match(pattern: str, subject: str) -> bool:
+    """Whether ``pattern`` matches ``subject`` by the NATS rules, plainly.
+
+    Written apart from the broker's trie and cache, token by token, for
+    tests to compare routing with. It does not check the grammar.
+    """
+    pattern_tokens = pattern.split(".")
+    subject_tokens = subject.split(".")
+    for index, token in enumerate(pattern_tokens):
+        if token == ">" and index == len(pattern_tokens) - 1:
+            return len(subject_tokens) > index
+        if index >= len(subject_tokens):
+            return False
+        if token != "*" and token != subject_tokens[index]:
+            return False
+    return len(subject_tokens) == len(pattern_tokens)
+
+
+def drain(sub: Subscription[T]) -> list[Message[T]]:
+    """Take every message ``sub`` holds now, without waiting.
+
+    Stops at the first that is not there, and at the end of the stream
+    (closed, drained, cut off): what a test wants to look at after publishing.
+    """
+    taken: list[Message[T]] = []
+    while True:
+        try:
+            taken.append(sub.receive_nowait())
+        except (
+            trio.WouldBlock,
+            trio.EndOfChannel,
+            trio.ClosedResourceError,
+            SlowConsumerError,
+        ):
+            return taken
+
+
+class Recording(Generic[T]):
+    """What :func:`recorder` yields: every message on its pattern, in order."""
+
+    def __init__(self, sub: Subscription[T]) -> None:
+        self._sub = sub
+        self._messages: list[Message[T]] = []
+
+    @property
+    def messages(self) -> list[Message[T]]:
+        """The messages recorded so far (a new list each time).
+
+        Raises:
+            AssertionError: the recording's buffer overflowed and dropped
+                some: raise ``max_buffer_size``, or read more often.
+        """
+        self._messages.extend(drain(self._sub))
+        dropped = self._sub.statistics().dropped
+        if dropped:
+            raise AssertionError(
+                f"the recorder on {self._sub.pattern!r} dropped {dropped} "
+                "message(s): raise its max_buffer_size"
+            )
+        return list(self._messages)
+
+    @property
+    def payloads(self) -> list[T]:
+        """The payloads of :attr:`messages`."""
+        return [message.payload for message in self.messages]
+
+    @property
+    def subjects(self) -> list[str]:
+        """The subjects of :attr:`messages`."""
+        return [message.subject for message in self.messages]
+
+
+@asynccontextmanager
+async def recorder(
+    broker: Broker[T], pattern: str, *, max_buffer_size: int = 100_000
+) -> AsyncIterator[Recording[T]]:
+    """Record every message on ``pattern`` for the body of an ``async with``.
+
+    A subscription of its own (named ``recorder``) that nobody needs to read:
+    :attr:`Recording.messages` takes what it holds when asked. It never makes a
+    publisher wait; if it overflows, reading it raises instead of losing
+    messages silently.
+    """
+    async with broker.subscribe(
+        pattern, name="recorder", max_buffer_size=max_buffer_size
+    ) as sub:
+        yield Recording(sub)
+
+
+def _tokens_or_default(
+    strategy: st.SearchStrategy[str] | None,
+) -> st.SearchStrategy[str]:
+    return tokens() if strategy is None else strategy

@@ -1,0 +1,127 @@
+"""trio_pubsub.testing: its strategies make what they promise (issue 19)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from trio_pubsub import (
+    Broker,
+    InvalidSubjectError,
+    subject_matches,
+    validate_pattern,
+    validate_subject,
+)
+from trio_pubsub.testing import (
+    drain,
+    patterns,
+    patterns_matching,
+    recorder,
+    reference_match,
+    subjects,
+    subjects_matching,
+    tokens,
+)
+
+SMALL = tokens(vocabulary=["a", "b", "orders", "42", "a*", "日本"])
+
+
+@given(tokens())
+def test_tokens_are_literal_tokens(token: str) -> None:
+    validate_subject(token)
+    assert "." not in token
+
+
+@given(subjects(), patterns())
+def test_subjects_and_patterns_are_valid(subject: str, pattern: str) -> None:
+    validate_subject(subject)
+    validate_pattern(pattern)
+    assert subject.split(".")[0] != "_INBOX"
+    assert pattern.split(".")[0] != "_INBOX"
+
+
+@given(patterns(tokens=SMALL, min_depth=2, max_depth=3, single=False, multi=False))
+def test_the_options_shape_the_patterns(pattern: str) -> None:
+    assert 2 <= len(pattern.split(".")) <= 3
+    assert "*" not in pattern.split(".")
+    assert ">" not in pattern.split(".")
+
+
+@given(st.data(), patterns(tokens=SMALL))
+def test_subjects_matching_a_pattern_match_it(
+    data: st.DataObject, pattern: str
+) -> None:
+    subject = data.draw(subjects_matching(pattern, tokens=SMALL))
+    validate_subject(subject)
+    assert reference_match(pattern, subject)
+    assert subject_matches(pattern, subject)
+
+
+@given(st.data(), subjects(tokens=SMALL))
+def test_patterns_matching_a_subject_match_it(
+    data: st.DataObject, subject: str
+) -> None:
+    pattern = data.draw(patterns_matching(subject))
+    validate_pattern(pattern)
+    assert reference_match(pattern, subject)
+    assert subject_matches(pattern, subject)
+
+
+@given(patterns(tokens=SMALL), subjects(tokens=SMALL))
+def test_the_reference_matcher_agrees_with_the_broker(
+    pattern: str, subject: str
+) -> None:
+    assert reference_match(pattern, subject) == subject_matches(pattern, subject)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data(), patterns(tokens=SMALL))
+def test_a_recorder_sees_what_the_pattern_matches(
+    data: st.DataObject, pattern: str
+) -> None:
+    subject = data.draw(subjects_matching(pattern, tokens=SMALL))
+    other = data.draw(subjects(tokens=SMALL))
+
+    async def main() -> None:
+        broker = Broker(int)
+        async with recorder(broker, pattern) as recording:
+            await broker.publish(subject, 1)
+            await broker.publish(other, 2)
+            expected = [1] + ([2] if reference_match(pattern, other) else [])
+            assert recording.payloads == expected
+            assert recording.subjects[0] == subject
+
+    trio.run(main)
+
+
+def test_a_vocabulary_must_hold_tokens() -> None:
+    for bad in (["a.b"], ["*"], ["a b"], [""], []):
+        with pytest.raises(ValueError, match=r"token|empty"):
+            tokens(vocabulary=bad)
+    with pytest.raises(InvalidSubjectError):
+        subjects_matching("a.>.b")
+    with pytest.raises(InvalidSubjectError):
+        patterns_matching("a.*")
+
+
+async def test_a_recorder_that_overflows_says_so() -> None:
+    broker = Broker(int)
+    async with recorder(broker, "a", max_buffer_size=2) as recording:
+        for i in range(3):
+            broker.publish_nowait("a", i)
+        with pytest.raises(AssertionError, match="dropped 1 message"):
+            _ = recording.messages
+
+
+async def test_drain_takes_what_is_there_up_to_the_end() -> None:
+    broker = Broker(int)
+    async with broker.subscribe("a") as sub:
+        assert drain(sub) == []
+        broker.publish_nowait("a", 1)
+        broker.publish_nowait("a", 2)
+        assert [m.payload for m in drain(sub)] == [1, 2]
+        broker.publish_nowait("a", 3)
+        await broker.aclose()
+        assert [m.payload for m in drain(sub)] == [3]  # then the end
+        assert drain(sub) == []

@@ -34,6 +34,8 @@ nitpick_ignore_regex = [
         r"\..*",
     ),
     (r"py:.*", r"(trio_pubsub(\.\w+)*\.)?(T|T_co)"),
+    # hypothesis's strategy type, as trio_pubsub.testing's signatures name it
+    (r"py:class", r"(st\.)?SearchStrategy"),
     # Subscription's generic base, ReceiveChannel[Message[T]], is resolved by
     # autodoc under Message's defining module; the page shows trio_pubsub.Message.
     (r"py:class", r"trio_pubsub\._message\.Message"),

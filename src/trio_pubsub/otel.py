@@ -26,9 +26,10 @@ make spans, and :meth:`Instrumentation.uninstrument` changes it back.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import trio
 from opentelemetry import metrics, propagate, trace
@@ -82,42 +83,55 @@ class Instrumentation:
             description="Time from async for handing a message over to the "
             "consumer asking for the next one.",
         )
-        meter.create_observable_counter(
-            "messaging.client.sent.messages",
-            callbacks=[self._sent],
-            unit="{message}",
-            description="Messages published.",
-        )
-        meter.create_observable_counter(
-            "messaging.client.consumed.messages",
-            callbacks=[functools.partial(self._per_subscription, "received")],
-            unit="{message}",
-            description="Messages a subscription's consumer received.",
-        )
-        meter.create_observable_counter(
-            "trio_pubsub.subscription.dropped",
-            callbacks=[functools.partial(self._per_subscription, "dropped")],
-            unit="{message}",
-            description="Messages routed to a subscription and never received.",
-        )
-        meter.create_observable_counter(
-            "trio_pubsub.subscription.disconnected",
-            callbacks=[self._disconnected],
-            unit="{subscription}",
-            description="Subscriptions cut off by the DISCONNECT policy.",
-        )
-        meter.create_observable_up_down_counter(
-            "trio_pubsub.subscription.pending",
-            callbacks=[functools.partial(self._per_subscription, "pending")],
-            unit="{message}",
-            description="Messages in a subscription's buffer now.",
-        )
-        meter.create_observable_gauge(
-            "trio_pubsub.subscription.high_water",
-            callbacks=[functools.partial(self._per_subscription, "high_water")],
-            unit="{message}",
-            description="The most messages a subscription's buffer has held.",
-        )
+
+        def per_subscription(field: str) -> Callable[..., Iterable[Observation]]:
+            return functools.partial(self._per_subscription, field)
+
+        for create, name, callback, unit, description in (
+            (
+                meter.create_observable_counter,
+                "messaging.client.sent.messages",
+                self._sent,
+                "{message}",
+                "Messages published.",
+            ),
+            (
+                meter.create_observable_counter,
+                "messaging.client.consumed.messages",
+                per_subscription("received"),
+                "{message}",
+                "Messages a subscription's consumer received.",
+            ),
+            (
+                meter.create_observable_counter,
+                "trio_pubsub.subscription.dropped",
+                per_subscription("dropped"),
+                "{message}",
+                "Messages routed to a subscription and never received.",
+            ),
+            (
+                meter.create_observable_counter,
+                "trio_pubsub.subscription.disconnected",
+                self._disconnected,
+                "{subscription}",
+                "Subscriptions cut off by the DISCONNECT policy.",
+            ),
+            (
+                meter.create_observable_up_down_counter,
+                "trio_pubsub.subscription.pending",
+                per_subscription("pending"),
+                "{message}",
+                "Messages in a subscription's buffer now.",
+            ),
+            (
+                meter.create_observable_gauge,
+                "trio_pubsub.subscription.high_water",
+                per_subscription("high_water"),
+                "{message}",
+                "The most messages a subscription's buffer has held.",
+            ),
+        ):
+            create(name, callbacks=[callback], unit=unit, description=description)
 
     def uninstrument(self) -> None:
         """Stop: the broker and its subscriptions are plain again. Idempotent.
@@ -314,17 +328,8 @@ class _TracedBroker(Broker[T]):  # type: ignore[misc]  # final, on purpose
         headers: Mapping[str, str] | None = None,
         retain: bool = False,
     ) -> int:
-        state = _state(self)
-        span, headers = (
-            (None, headers)
-            if state is None
-            else state._traced_headers(subject, headers)
-        )
-        if span is None:
-            return await Broker.publish(
-                self, subject, payload, headers=headers, retain=retain
-            )
-        with trace.use_span(span, end_on_exit=True):
+        span, headers = _traced(self, subject, headers)
+        with trace.use_span(span, end_on_exit=True) if span else _NOTHING:
             return await Broker.publish(
                 self, subject, payload, headers=headers, retain=retain
             )
@@ -337,20 +342,21 @@ class _TracedBroker(Broker[T]):  # type: ignore[misc]  # final, on purpose
         headers: Mapping[str, str] | None = None,
         retain: bool = False,
     ) -> int:
-        state = _state(self)
-        span, headers = (
-            (None, headers)
-            if state is None
-            else state._traced_headers(subject, headers)
-        )
-        if span is None:
+        span, headers = _traced(self, subject, headers)
+        with trace.use_span(span, end_on_exit=True) if span else _NOTHING:
             return Broker.publish_nowait(
                 self, subject, payload, headers=headers, retain=retain
             )
-        with trace.use_span(span, end_on_exit=True):
-            return Broker.publish_nowait(
-                self, subject, payload, headers=headers, retain=retain
-            )
+
+
+_NOTHING = contextlib.nullcontext()
+
+
+def _traced(
+    broker: Broker[typing.Any], subject: str, headers: Mapping[str, str] | None
+) -> tuple[trace.Span | None, Mapping[str, str] | None]:
+    state = _state(broker)
+    return (None, headers) if state is None else state._traced_headers(subject, headers)
 
 
 class _WatchedScope(typing.Generic[T]):

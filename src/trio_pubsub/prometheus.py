@@ -38,6 +38,8 @@ if typing.TYPE_CHECKING:
 
 __all__ = ["BridgeCollector", "BrokerCollector"]
 
+R = typing.TypeVar("R")
+
 _SUBSCRIPTION = ["broker", "subscription", "pattern", "queue"]
 _LEFT = ("", "", "")
 """The labels of the series that keeps what subscriptions no longer open counted."""
@@ -49,10 +51,13 @@ def _read(
     return broker.statistics(), broker.subscriptions()
 
 
-def _label(name: object) -> str:
+def _add(table: dict[str, R], item: R, name: object, what: str) -> None:
+    """Report ``item`` under ``name`` (a label value), once."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, not {name!r}")
-    return name
+    if name in table:
+        raise ValueError(f"a {what} is reported as {name!r} already")
+    table[name] = item
 
 
 class BrokerCollector(Collector):
@@ -88,9 +93,7 @@ class BrokerCollector(Collector):
             TypeError: ``name`` is not a non-empty ``str``.
             ValueError: a broker is reported under ``name`` already.
         """
-        if _label(name) in self._brokers:
-            raise ValueError(f"a broker is reported as {name!r} already")
-        self._brokers[name] = broker
+        _add(self._brokers, broker, name, "broker")
 
     def describe(self) -> Iterable[Metric]:
         """The metric families, without samples (for the registry's name check)."""
@@ -224,9 +227,7 @@ class BridgeCollector(Collector):
             TypeError: ``name`` is not a non-empty ``str``.
             ValueError: a bridge is reported under ``name`` already.
         """
-        if _label(name) in self._bridges:
-            raise ValueError(f"a bridge is reported as {name!r} already")
-        self._bridges[name] = bridge
+        _add(self._bridges, bridge, name, "bridge")
 
     def describe(self) -> Iterable[Metric]:
         """The metric families, without samples (for the registry's name check)."""

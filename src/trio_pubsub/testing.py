@@ -31,6 +31,8 @@ from . import (
 if typing.TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
+    from hypothesis.strategies import SearchStrategy
+
 __all__ = [
     "Recording",
     "drain",
@@ -61,9 +63,9 @@ def _is_token(text: str) -> bool:
 def tokens(
     *,
     vocabulary: Sequence[str] | None = None,
-    alphabet: str | st.SearchStrategy[str] | None = None,
+    alphabet: str | SearchStrategy[str] | None = None,
     max_size: int = 8,
-) -> st.SearchStrategy[str]:
+) -> SearchStrategy[str]:
     """Literal tokens: non-empty, without ``.`` or whitespace, not ``*`` or ``>``.
 
     Args:
@@ -98,10 +100,10 @@ def tokens(
 
 def subjects(
     *,
-    tokens: st.SearchStrategy[str] | None = None,
+    tokens: SearchStrategy[str] | None = None,
     min_depth: int = 1,
     max_depth: int = 6,
-) -> st.SearchStrategy[str]:
+) -> SearchStrategy[str]:
     """Literal subjects of ``min_depth`` to ``max_depth`` tokens.
 
     Args:
@@ -121,7 +123,7 @@ def subjects(
 def patterns(
     draw: st.DrawFn,
     *,
-    tokens: st.SearchStrategy[str] | None = None,
+    tokens: SearchStrategy[str] | None = None,
     min_depth: int = 1,
     max_depth: int = 6,
     single: bool = True,
@@ -152,9 +154,9 @@ def patterns(
 def subjects_matching(
     pattern: str,
     *,
-    tokens: st.SearchStrategy[str] | None = None,
+    tokens: SearchStrategy[str] | None = None,
     max_tail: int = 3,
-) -> st.SearchStrategy[str]:
+) -> SearchStrategy[str]:
     """Subjects that ``pattern`` matches.
 
     A token for each ``*``, 1 to ``max_tail`` tokens for a final ``>``.
@@ -168,7 +170,7 @@ def subjects_matching(
 
 @st.composite
 def _subjects_matching(
-    draw: st.DrawFn, pattern: str, literal: st.SearchStrategy[str], max_tail: int
+    draw: st.DrawFn, pattern: str, literal: SearchStrategy[str], max_tail: int
 ) -> str:
     parts: list[str] = []
     for token in pattern.split("."):
@@ -183,7 +185,7 @@ def _subjects_matching(
 
 def patterns_matching(
     subject: str, *, single: bool = True, multi: bool = True
-) -> st.SearchStrategy[str]:
+) -> SearchStrategy[str]:
     """Patterns that match ``subject``.
 
     Some of its tokens turned to ``*``, and perhaps its end (one token or
@@ -297,6 +299,6 @@ async def recorder(
 
 
 def _tokens_or_default(
-    strategy: st.SearchStrategy[str] | None,
-) -> st.SearchStrategy[str]:
+    strategy: SearchStrategy[str] | None,
+) -> SearchStrategy[str]:
     return tokens() if strategy is None else strategy

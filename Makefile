@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-metrics test lint typecheck pytest docs docs-check bench bench-quick clean
+.PHONY: demo demo-metrics dist test lint typecheck pytest docs docs-check bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ docs: $(STAMP)
 	@echo "open docs/_build/html/index.html"
 
 test: lint typecheck pytest docs-check
+
+# The sdist and the wheel in dist/, checked as an index would check them.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 # Not part of `make test`: takes several minutes and measures, it does not check.
 # Rewrites bench/results.md and docs/_static/publish-vs-patterns.png.

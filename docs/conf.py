@@ -46,6 +46,9 @@ nitpick_ignore_regex = [
     ),
 ]
 
-html_theme = "alabaster"
+# furo: a maintained theme with a navigation sidebar, prev/next links and a
+# light and a dark mode; the version stands in the title.
+html_theme = "furo"
 html_static_path = ["_static"]
-html_title = "trio-pubsub"
+html_css_files = ["width.css"]
+html_title = f"trio-pubsub {release}"

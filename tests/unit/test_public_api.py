@@ -54,3 +54,25 @@ def test_py_typed_ships() -> None:
     from importlib.resources import files
 
     assert files("trio_pubsub").joinpath("py.typed").is_file()
+
+
+def test_the_integrations_export_what_spec_and_reference_name() -> None:
+    """trio_pubsub.prometheus, .otel and .testing: their __all__, sorted."""
+    from trio_pubsub import otel, prometheus, testing
+
+    assert prometheus.__all__ == ["BridgeCollector", "BrokerCollector"]
+    assert otel.__all__ == ["Instrumentation", "instrument"]
+    assert testing.__all__ == [
+        "Recording",
+        "drain",
+        "patterns",
+        "patterns_matching",
+        "recorder",
+        "reference_match",
+        "subjects",
+        "subjects_matching",
+        "tokens",
+    ]
+    for module in (prometheus, otel, testing):
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.{name}"

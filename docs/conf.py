@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pkgutil
+
+from sphinx.pycode import ModuleAnalyzer
+
 import trio_pubsub
 
 project = "trio-pubsub"
@@ -19,7 +23,9 @@ myst_heading_anchors = 3
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
-autodoc_preserve_defaults = True
+# Signatures show default values (64, OverflowPolicy.DROP_NEWEST), not the
+# names of the constants that hold them.
+autodoc_preserve_defaults = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
@@ -52,3 +58,29 @@ html_theme = "furo"
 html_static_path = ["_static"]
 html_css_files = ["width.css"]
 html_title = f"trio-pubsub {release}"
+
+
+def _read_public_names_at_their_source() -> None:
+    """Let autodoc find source order and attribute docstrings of public names.
+
+    The package sets ``__module__`` of its public names to ``trio_pubsub``, so
+    autodoc reads ``trio_pubsub/__init__.py`` for their source and finds
+    neither the order of their members nor the docstrings of attrs fields.
+    Merge what the private modules that define them say into that reading.
+    """
+    public = ModuleAnalyzer.for_module("trio_pubsub")
+    public.analyze()
+    for info in pkgutil.iter_modules(trio_pubsub.__path__):
+        if not info.name.startswith("_") or info.ispkg:
+            continue
+        part = ModuleAnalyzer.for_module(f"trio_pubsub.{info.name}")
+        part.analyze()
+        public.attr_docs.update(part.attr_docs)
+        public.tagorder.update(part.tagorder)
+        public.tags.update(part.tags)
+        public.annotations.update(part.annotations)
+    if ("BrokerStatistics", "published") not in public.attr_docs:
+        raise RuntimeError("the statistics fields' docstrings were not found")
+
+
+_read_public_names_at_their_source()

@@ -4,7 +4,9 @@ Modules import one way only, each from those before it in this list:
 _errors, _subject, _trie, _retained, _policy, _options, _stats, _message,
 _log, _inbox, _groups, _reply, _routes, _subscription, _threads, _broker, _port; and
 nats/ imports the public API, _port and _log. Only _inbox parks and wakes
-tasks. See the module map in docs/explanation/design.md.
+tasks. _pytest_plugin and _pytest_fixtures are the pytest plugin, no part of
+the core: they import the public API and testing. See the module map in
+docs/explanation/design.md.
 """
 
 from ._broker import Broker as Broker

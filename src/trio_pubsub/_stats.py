@@ -24,9 +24,9 @@ class BrokerStatistics:
     """Message copies that entered a subscription's buffer (or went straight to a
     waiting receiver)."""
     dropped: int
-    """Message copies routed to a subscription and never received: refused by a
+    """Message copies routed to a subscription and never received (refused by a
     full buffer, evicted by ``DROP_OLDEST``, or discarded when a subscription ended
-    with messages still pending."""
+    with messages still pending)."""
     disconnected: int
     """Subscriptions cut off by the ``DISCONNECT`` policy."""
     subscriptions: int

@@ -79,7 +79,7 @@ class Subscription(trio.abc.ReceiveChannel[Message[T_co]]):
 
     @property
     def name(self) -> str:
-        """Its label in logs and ``Broker.subscriptions()`` (default: the pattern)."""
+        """Its label in logs and ``Broker.subscriptions()``, the pattern by default."""
         return self._inbox.name
 
     @property

@@ -32,6 +32,9 @@ print(json.dumps({
     "typed": resources.files("trio_pubsub").joinpath("py.typed").is_file(),
     "extras": sorted(dist.metadata.get_all("Provides-Extra") or []),
     "requires": sorted(dist.requires or []),
+    "plugins": sorted(
+        f"{e.name}={e.value}" for e in dist.entry_points if e.group == "pytest11"
+    ),
     "file": trio_pubsub.__file__,
 }))
 """
@@ -79,6 +82,7 @@ def test_the_wheel_installs_in_a_fresh_venv_and_runs_the_quickstart(
     assert facts["typed"]
     assert str(home) in facts["file"]
     assert facts["extras"] == ["nats", "otel", "prometheus", "testing"]
+    assert facts["plugins"] == ["trio_pubsub=trio_pubsub._pytest_plugin"]
     requires = facts["requires"]
 
     def of(extra: str | None) -> list[str]:
@@ -101,3 +105,39 @@ def test_the_wheel_installs_in_a_fresh_venv_and_runs_the_quickstart(
     (away / "quickstart.py").write_text(quickstart)
     out = run(python, "quickstart.py", cwd=away)
     assert "orders.42.created: order 42 was created" in out
+
+
+def fixture_example() -> str:
+    """The example of the pytest fixtures in the property-testing how-to."""
+    page = (ROOT / "docs" / "how-to" / "property-test-routing.md").read_text()
+    section = page.split("## The pytest fixtures", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_how_to_example_passes_with_the_testing_extra_from_the_wheel(
+    built: Path, tmp_path: Path
+) -> None:
+    # What the property-testing how-to promises: install the wheel with
+    # [testing], copy its example, and the hypothesis suite passes.
+    (wheel,) = built.glob("*.whl")
+    home = tmp_path / "venv"
+    venv.create(home, with_pip=True)
+    python = home / "bin" / "python"
+    run(
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        f"{wheel}[testing]",
+        "pytest",
+        "pytest-trio",
+    )
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+    example = (ROOT / "examples" / "property_test_routing.py").read_text()
+    (away / "test_routing.py").write_text(example)
+    (away / "test_fixture.py").write_text(fixture_example())
+    (away / "pytest.ini").write_text("[pytest]\ntrio_mode = true\n")
+    out = run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=away)
+    assert re.search(r"\b4 passed\b", out), out

@@ -15,6 +15,8 @@ from pathlib import Path
 import trio_pubsub
 
 PACKAGE = Path(trio_pubsub.__file__).parent
+# The pytest plugin: no part of the core, loaded by pytest alone.
+PYTEST_PLUGIN = {"_pytest_plugin", "_pytest_fixtures"}
 
 
 def stated_order() -> list[str]:
@@ -40,7 +42,7 @@ def test_the_stated_order_names_every_core_module() -> None:
     """Every private module of the core is in the list, once."""
     order = stated_order()
     modules = {p.stem for p in PACKAGE.glob("_*.py") if p.stem != "__init__"}
-    assert sorted(order) == sorted(modules)
+    assert sorted(order) == sorted(modules - PYTEST_PLUGIN)
 
 
 def test_core_modules_import_only_modules_before_them_issue_15() -> None:
@@ -73,6 +75,18 @@ def test_the_metric_modules_import_only_the_public_api_and_port_issue_18() -> No
         for level, target in relative_imports(path):
             if level == 1 and target not in public | {"_port", "nats", "__version__"}:
                 wrong.append(f"{path.name} imports {target}")
+    assert wrong == []
+
+
+def test_the_pytest_plugin_imports_only_the_public_api_and_the_kit_issue_19() -> None:
+    """The plugin is a user of the library, as a test suite would be."""
+    public = set(trio_pubsub.__all__)
+    wrong = [
+        f"{name} imports {target}"
+        for name in sorted(PYTEST_PLUGIN)
+        for _, target in relative_imports(PACKAGE / f"{name}.py")
+        if target not in public | {"testing", *PYTEST_PLUGIN}
+    ]
     assert wrong == []
 
 

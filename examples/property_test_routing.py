@@ -38,6 +38,7 @@ from trio_pubsub.testing import (
     reference_match,
     subjects,
     subjects_matching,
+    subjects_near,
     tokens,
 )
 
@@ -91,6 +92,21 @@ def test_a_matching_subject_reaches_its_route(data: st.DataObject) -> None:
         async with broker.subscribe(ROUTES[name]) as sub:
             assert broker.publish_nowait(subject, 1) == 1
             assert [m.subject for m in drain(sub)] == [subject]
+
+    run(main)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.data())
+def test_a_near_miss_does_not_reach_the_route(data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(sorted(ROUTES)))
+    subject = data.draw(subjects_near(ROUTES[name], tokens=SHOP_TOKENS))
+
+    async def main() -> None:
+        broker = Broker(int)
+        async with broker.subscribe(ROUTES[name]) as sub:
+            assert broker.publish_nowait(subject, 1) == 0
+            assert drain(sub) == []
 
     run(main)
 
@@ -161,5 +177,6 @@ def test_subscribing_and_leaving_in_any_order() -> None:
 if __name__ == "__main__":
     test_each_subscription_gets_exactly_what_its_pattern_matches()
     test_a_matching_subject_reaches_its_route()
+    test_a_near_miss_does_not_reach_the_route()
     test_subscribing_and_leaving_in_any_order()
     print("every routing property holds")

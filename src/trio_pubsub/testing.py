@@ -38,10 +38,12 @@ __all__ = [
     "drain",
     "patterns",
     "patterns_matching",
+    "patterns_near",
     "recorder",
     "reference_match",
     "subjects",
     "subjects_matching",
+    "subjects_near",
     "tokens",
 ]
 
@@ -207,6 +209,100 @@ def _patterns_matching(draw: st.DrawFn, subject: str, single: bool, multi: bool)
         keep = draw(st.integers(0, len(parts) - 1))
         pattern = [*pattern[:keep], ">"]
     return ".".join(pattern)
+
+
+def subjects_near(
+    pattern: str,
+    *,
+    tokens: SearchStrategy[str] | None = None,
+    max_tail: int = 3,
+) -> SearchStrategy[str]:
+    """Near misses: subjects ``pattern`` does not match, one step from one it does.
+
+    A subject it matches, then one change: a literal token of the pattern
+    replaced by another, one token too few, or (without a final ``>``) one
+    too many. For properties such as "what should not arrive does not".
+
+    Raises:
+        InvalidSubjectError: ``pattern`` breaks the grammar (at the call).
+        ValueError: ``pattern`` is ``>``, which matches every subject.
+    """
+    validate_pattern(pattern)
+    if pattern == ">":
+        raise ValueError("pattern '>' matches every subject: nothing is a near miss")
+    return _subjects_near(pattern, _tokens_or_default(tokens), max_tail)
+
+
+@st.composite
+def _subjects_near(
+    draw: st.DrawFn, pattern: str, literal: SearchStrategy[str], max_tail: int
+) -> str:
+    parts = draw(_subjects_matching(pattern, literal, max_tail)).split(".")
+    wanted = pattern.split(".")
+    literals = [i for i, token in enumerate(wanted) if token not in _WILDCARDS]
+    changes = [
+        *(["swap"] if literals else []),
+        *(["short"] if len(wanted) > 1 else []),
+        *(["long"] if wanted[-1] != ">" else []),
+    ]
+    change = draw(st.sampled_from(changes))
+    if change == "swap":
+        at = draw(st.sampled_from(literals))
+        parts[at] = draw(literal.filter(lambda t: t not in (wanted[at], _RESERVED)))
+    elif change == "short":
+        parts = parts[: len(wanted) - 1]
+    else:
+        parts.append(draw(literal))
+    return ".".join(parts)
+
+
+def patterns_near(
+    subject: str,
+    *,
+    tokens: SearchStrategy[str] | None = None,
+    single: bool = True,
+    multi: bool = True,
+) -> SearchStrategy[str]:
+    """Near misses: patterns that do not match ``subject``, one step from one that does.
+
+    A pattern that matches it (see :func:`patterns_matching`), then one
+    change: a token made a literal other than the subject's, one token too
+    many, or (for a subject of two tokens or more) one too few.
+
+    Raises:
+        InvalidSubjectError: ``subject`` is not a valid literal subject (at
+            the call).
+    """
+    validate_subject(subject)
+    return _patterns_near(subject, _tokens_or_default(tokens), single, multi)
+
+
+@st.composite
+def _patterns_near(
+    draw: st.DrawFn,
+    subject: str,
+    literal: SearchStrategy[str],
+    single: bool,
+    multi: bool,
+) -> str:
+    given = subject.split(".")
+    changes = ["swap", "long", *(["short"] if len(given) > 1 else [])]
+    change = draw(st.sampled_from(changes))
+    if change == "swap":
+        parts = draw(_patterns_matching(subject, single, multi)).split(".")
+        at = draw(st.integers(0, len(parts) - 1))
+        if parts[at] == ">":  # it stood for the rest: keep it after the change
+            parts[at:] = [given[at], ">"]
+        parts[at] = draw(literal.filter(lambda t: t not in (given[at], _RESERVED)))
+    else:
+        # Every token, or all but the last, as patterns_matching would make
+        # them, without a final '>' (it would match a longer subject)
+        whole = draw(_patterns_matching(subject, single, multi=False)).split(".")
+        if change == "long":
+            parts = [*whole, "*" if single and draw(st.booleans()) else draw(literal)]
+        else:
+            parts = whole[:-1]
+    return ".".join(parts)
 
 
 def reference_match(pattern: str, subject: str) -> bool:

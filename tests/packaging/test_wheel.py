@@ -140,4 +140,4 @@ def test_the_how_to_example_passes_with_the_testing_extra_from_the_wheel(
     (away / "test_fixture.py").write_text(fixture_example())
     (away / "pytest.ini").write_text("[pytest]\ntrio_mode = true\n")
     out = run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=away)
-    assert re.search(r"\b4 passed\b", out), out
+    assert re.search(r"\b5 passed\b", out), out

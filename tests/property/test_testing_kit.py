@@ -17,10 +17,12 @@ from trio_pubsub.testing import (
     drain,
     patterns,
     patterns_matching,
+    patterns_near,
     recorder,
     reference_match,
     subjects,
     subjects_matching,
+    subjects_near,
     tokens,
 )
 
@@ -66,6 +68,37 @@ def test_patterns_matching_a_subject_match_it(
     validate_pattern(pattern)
     assert reference_match(pattern, subject)
     assert subject_matches(pattern, subject)
+
+
+@given(st.data(), patterns(tokens=SMALL).filter(lambda p: p != ">"))
+def test_near_miss_subjects_are_valid_and_do_not_match(
+    data: st.DataObject, pattern: str
+) -> None:
+    subject = data.draw(subjects_near(pattern, tokens=SMALL))
+    validate_subject(subject)
+    assert not reference_match(pattern, subject)
+    assert not subject_matches(pattern, subject)
+    # one step away: a token more, a token less, or as many tokens
+    assert abs(subject.count(".") - pattern.count(".")) <= 1 or pattern.endswith(">")
+
+
+@given(st.data(), subjects(tokens=SMALL))
+def test_near_miss_patterns_are_valid_and_do_not_match(
+    data: st.DataObject, subject: str
+) -> None:
+    pattern = data.draw(patterns_near(subject, tokens=SMALL))
+    validate_pattern(pattern)
+    assert not reference_match(pattern, subject)
+    assert not subject_matches(pattern, subject)
+
+
+def test_every_subject_matches_the_full_wildcard_so_none_is_near() -> None:
+    with pytest.raises(ValueError, match="matches every subject"):
+        subjects_near(">")
+    with pytest.raises(InvalidSubjectError):
+        subjects_near("a..b")
+    with pytest.raises(InvalidSubjectError):
+        patterns_near("a.*")
 
 
 @given(patterns(tokens=SMALL), subjects(tokens=SMALL))

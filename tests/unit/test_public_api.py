@@ -67,10 +67,12 @@ def test_the_integrations_export_what_spec_and_reference_name() -> None:
         "drain",
         "patterns",
         "patterns_matching",
+        "patterns_near",
         "recorder",
         "reference_match",
         "subjects",
         "subjects_matching",
+        "subjects_near",
         "tokens",
     ]
     for module in (prometheus, otel, testing):

@@ -32,7 +32,14 @@ from trio.lowlevel import enable_ki_protection
 
 from ._errors import BrokerClosedError, InvalidSubjectError, NoRespondersError
 from ._inbox import Tally, _Inbox
-from ._message import Message, new_message, request_message
+from ._message import (
+    Message,
+    new_message,
+    new_object,
+    request_message,
+    set_payload,
+    set_subject,
+)
 from ._options import (
     check_int,
     check_message_type,
@@ -444,16 +451,42 @@ class Broker(Generic[T]):
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._run.token is None:
             self._run.learn()
-        message, targets = self._snapshot(subject, payload, headers)
+        # The common case in this one frame: a cached str subject without
+        # headers (see _snapshot for the rest), delivered as _deliver does.
+        targets = self._cache.get(subject) if type(subject) is str else None
+        if targets is None or headers is not None:
+            message, targets = self._snapshot(subject, payload, headers)
+        else:
+            self._cache_hits += 1
+            message_type = self._message_type
+            if message_type is not None and not isinstance(payload, message_type):
+                raise payload_error(message_type, payload)
+            message = new_object(Message)
+            set_subject(message, subject)
+            set_payload(message, payload)
         if retain:
             self._retained.put(message.subject, message)
-        full: list[Target[T]] = []
-        accepted = self._deliver(message, targets, full)
-        if full:
+        full: list[Target[T]] | None = None
+        appended = accepted = 0
+        for inbox in targets:
+            buffer = inbox.buffer
+            if len(buffer) < inbox.limit:
+                buffer.append(message)
+                appended += 1
+            else:
+                try:
+                    accepted += inbox.offer(message)
+                except trio.WouldBlock:
+                    if full is None:
+                        full = []
+                    full.append(inbox)
+        self._tally.delivered += appended
+        accepted += appended
+        if full is None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
             for inbox in full:
                 accepted += await inbox.put(message)
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
         self._published += 1
         return accepted
 
@@ -483,7 +516,18 @@ class Broker(Generic[T]):
             raise retain_error(retain)
         if retain:
             _check_retainable(subject)
-        message, targets = self._snapshot(subject, payload, headers)
+        # The hit path of publish(), written out here too (one frame less).
+        targets = self._cache.get(subject) if type(subject) is str else None
+        if targets is None or headers is not None:
+            message, targets = self._snapshot(subject, payload, headers)
+        else:
+            self._cache_hits += 1
+            message_type = self._message_type
+            if message_type is not None and not isinstance(payload, message_type):
+                raise payload_error(message_type, payload)
+            message = new_object(Message)
+            set_subject(message, subject)
+            set_payload(message, payload)
         if self._routes.blocking:
             for inbox in targets:
                 # Below its fast-path limit, an inbox cannot be full.

@@ -12,6 +12,7 @@ from typing import Generic, TypeVar
 import trio
 from trio.lowlevel import enable_ki_protection
 
+from ._inbox import State
 from ._message import Message
 from ._policy import OverflowPolicy  # noqa: TC001
 
@@ -197,10 +198,18 @@ class Subscription(trio.abc.ReceiveChannel[Message[T_co]]):
 
     @enable_ki_protection
     async def __anext__(self) -> Message[T_co]:
+        # _Inbox.receive written out, the frame of the message a loop spends
+        # most time in: its waiting half stays in _inbox.
         if self._closed:
             raise self._handle_closed()
+        inbox = self._inbox
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            return await self._inbox.receive(self)
+            if inbox.buffer or inbox.state is not State.OPEN:
+                message = inbox.take()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return message
+            return await inbox.wait(self)
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
 

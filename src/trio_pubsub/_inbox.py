@@ -533,6 +533,48 @@ class _Inbox(Generic[T]):
         raise trio.ClosedResourceError(f"subscription {self.name!r} is closed")
 
     @enable_ki_protection
+    def take_batch(self, max_items: int) -> list[Message[T]]:
+        """Take up to ``max_items`` pending messages, oldest first, at least one.
+
+        With nothing pending, raises what :meth:`take` raises. Room made for
+        waiting publishers goes to them in turn, as after each ``take()``.
+        """
+        buffer = self.buffer
+        if not buffer:
+            return [self.take()]  # raises: WouldBlock, or the end of the stream
+        length = len(buffer)
+        if length > self.high_water:
+            self.high_water = length
+        if max_items >= length:
+            batch = list(buffer)
+            buffer.clear()
+        else:
+            popleft = buffer.popleft
+            batch = [popleft() for _ in range(max_items)]
+        self.received += len(batch)
+        if self.watched:
+            self._move_marks()
+            self._mark()
+        senders = self.senders
+        while senders and len(buffer) < self.max_buffer_size:
+            self._accept(_wake_first(senders, outcome.Value(True)))
+        return batch
+
+    @enable_ki_protection
+    async def receive_batch(self, max_items: int, handle: object) -> list[Message[T]]:
+        """Wait for messages, take up to ``max_items``: one checkpoint for all."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.buffer or self.state is not State.OPEN:
+            batch = self.take_batch(max_items)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return batch
+        first = await self.wait(handle)
+        if max_items == 1 or not self.buffer:
+            return [first]
+        # What was published after it, before this task ran again
+        return [first, *self.take_batch(max_items - 1)]
+
+    @enable_ki_protection
     async def receive(self, handle: object = None) -> Message[T]:
         """Wait for the next message (a checkpoint); see ``Subscription.receive``.
 

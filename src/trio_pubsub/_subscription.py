@@ -7,6 +7,9 @@ the work; it is made only by the scope that ``Broker.subscribe()`` returns.
 from __future__ import annotations
 
 import typing
+
+# A runtime import, so that the API reference can resolve the annotation.
+from collections.abc import AsyncIterator  # noqa: TC003
 from typing import Generic, TypeVar
 
 import trio
@@ -14,6 +17,7 @@ from trio.lowlevel import enable_ki_protection
 
 from ._inbox import State
 from ._message import Message
+from ._options import check_int
 from ._policy import OverflowPolicy  # noqa: TC001
 
 if typing.TYPE_CHECKING:
@@ -135,6 +139,46 @@ class Subscription(trio.abc.ReceiveChannel[Message[T_co]]):
             raise self._handle_closed()
         return self._inbox.take()
 
+    @enable_ki_protection
+    async def receive_batch(self, max_items: int) -> list[Message[T_co]]:
+        """Wait for the next messages and return up to ``max_items`` of them.
+
+        A trio checkpoint, one for the whole batch: for a consumer that can
+        take several messages at once, and falls behind now and then. It
+        waits only while the buffer is empty, then returns at least one
+        message, the oldest first; publishers waiting for room in a ``BLOCK``
+        buffer are let in for every message taken, as with :meth:`receive`.
+
+        Args:
+            max_items: The most messages to return (an int >= 1).
+
+        Returns:
+            One message or more, in the order they were published.
+
+        Raises:
+            TypeError, ValueError: ``max_items`` is not an int >= 1.
+            trio.EndOfChannel: as for :meth:`receive`, once nothing is pending.
+            SlowConsumerError: as for :meth:`receive`.
+            trio.ClosedResourceError: as for :meth:`receive`.
+
+        If cancelled, no message is taken.
+        """
+        check_int("max_items", max_items)
+        if self._closed:
+            raise self._handle_closed()
+        return await self._inbox.receive_batch(max_items, self)
+
+    def batches(self, max_items: int) -> AsyncIterator[list[Message[T_co]]]:
+        """Iterate over batches: ``async for batch in sub.batches(64)``.
+
+        Each step is :meth:`receive_batch` (``max_items`` at most, one
+        checkpoint); the loop ends where ``async for message in sub`` ends.
+
+        Raises:
+            TypeError, ValueError: ``max_items`` is not an int >= 1 (at the call).
+        """
+        return _Batches(self, check_int("max_items", max_items))
+
     def _handle_closed(self) -> trio.ClosedResourceError:
         return trio.ClosedResourceError(
             f"this handle on subscription {self._inbox.name!r} is closed"
@@ -210,6 +254,26 @@ class Subscription(trio.abc.ReceiveChannel[Message[T_co]]):
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return message
             return await inbox.wait(self)
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+@typing.final
+class _Batches(Generic[T_co]):
+    """What :meth:`Subscription.batches` returns: an async iterator of lists."""
+
+    __slots__ = ("_max_items", "_sub")
+
+    def __init__(self, sub: Subscription[T_co], max_items: int) -> None:
+        self._sub = sub
+        self._max_items = max_items
+
+    def __aiter__(self) -> _Batches[T_co]:
+        return self
+
+    async def __anext__(self) -> list[Message[T_co]]:
+        try:
+            return await self._sub.receive_batch(self._max_items)
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
 

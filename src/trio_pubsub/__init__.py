@@ -30,6 +30,7 @@ from ._subject import (
     validate_subject as validate_subject,
 )
 from ._subscription import Subscription as Subscription
+from ._threads import ThreadPublisher as ThreadPublisher
 
 __all__ = [
     "Broker",
@@ -44,6 +45,7 @@ __all__ = [
     "Subscription",
     "SubscriptionInfo",
     "SubscriptionStatistics",
+    "ThreadPublisher",
     "subject_matches",
     "validate_pattern",
     "validate_subject",

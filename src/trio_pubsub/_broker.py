@@ -34,6 +34,7 @@ from ._errors import BrokerClosedError, InvalidSubjectError, NoRespondersError
 from ._inbox import Tally, _Inbox
 from ._message import (
     Message,
+    freeze_headers,
     new_message,
     new_object,
     request_message,
@@ -57,7 +58,7 @@ from ._routes import RouteTable
 from ._stats import BrokerStatistics, SubscriptionInfo
 from ._subject import parse_pattern, parse_queue, parse_subject
 from ._subscription import Subscription, SubscriptionScope
-from ._threads import TrioRun
+from ._threads import ThreadPublisher, TrioRun
 
 if typing.TYPE_CHECKING:
     from ._groups import Target
@@ -70,6 +71,7 @@ DEFAULT_DISCONNECT_AFTER: typing.Final = 1
 DEFAULT_MATCH_CACHE_SIZE: typing.Final = 8192
 DEFAULT_MATCH_CACHE_BYTES: typing.Final = 8 << 20
 DEFAULT_MAX_RETAINED: typing.Final = 10_000
+DEFAULT_MAX_PENDING: typing.Final = 1024  # a thread publisher's queue
 
 
 @typing.final
@@ -588,6 +590,73 @@ class Broker(Generic[T]):
                 self.publish, subject, payload, headers=headers, retain=retain
             )
         )
+
+    def thread_publisher(
+        self, *, max_pending: int = DEFAULT_MAX_PENDING
+    ) -> ThreadPublisher[T]:
+        """A batched entry for threads that publish many messages.
+
+        ``publish_from_thread`` waits for the trio thread once per message;
+        the :class:`ThreadPublisher` this returns queues messages instead,
+        and the trio thread publishes them a batch at a time, woken once per
+        batch. Its ``publish(subject, payload, *, headers=None)`` checks the
+        message in the calling thread (raising what ``publish`` would raise,
+        there) and returns once it is queued; ``flush()`` returns once every
+        message queued so far is published; as a context manager its exit
+        flushes and closes it. Create it anywhere, and share it between
+        threads or give each its own.
+
+        Args:
+            max_pending: How many messages may wait in its queue (an int >=
+                1); a thread that would queue more waits for room. A full
+                ``BLOCK`` subscription holds the queue back, and so the threads.
+
+        Messages queued from one thread are published in the order they were
+        queued; those of different threads interleave. Each is published with
+        ``publish_nowait``, or, when a ``BLOCK`` buffer is full, with ``await
+        publish`` by a task that waits for room (and holds the rest of the
+        queue back meanwhile). Queued messages it could not publish because
+        the broker closed, or its trio run ended, are counted in ``lost``, and
+        ``flush()`` raises :class:`BrokerClosedError` for them.
+
+        Raises:
+            TypeError, ValueError: ``max_pending`` is not an int >= 1.
+            BrokerClosedError: the broker is closed.
+        """
+        check_int("max_pending", max_pending)
+        self._check_open()
+        return ThreadPublisher(
+            self._run,
+            self._thread_item,
+            self.publish,
+            self.publish_nowait,
+            max_pending,
+        )
+
+    def _thread_item(
+        self, subject: object, payload: object, headers: object
+    ) -> tuple[str, T, Mapping[str, str] | None]:
+        """Check a message for the thread publisher, in the calling thread.
+
+        The checks of ``publish``, in its order; a subject already in the
+        match cache (a plain dict, read whole under the interpreter's lock) is
+        known to be valid.
+        """
+        if type(subject) is not str or subject not in self._cache:
+            tokens = parse_subject(subject)  # so it is a str from here on
+            subject = str.__str__(typing.cast("str", subject))
+            if tokens[0] == REPLY_ROOT:
+                raise InvalidSubjectError(
+                    subject,
+                    "a request is answered with Message.respond() in the trio "
+                    "thread, not from a thread publisher",
+                )
+        message_type = self._message_type
+        if message_type is not None and not isinstance(payload, message_type):
+            raise payload_error(message_type, payload)
+        frozen = None if headers is None else freeze_headers(headers) or None
+        self._check_open()
+        return subject, typing.cast("T", payload), frozen
 
     # -- request/reply --------------------------------------------------------
 

@@ -280,14 +280,55 @@ def paired(
     return statistics.median(a), statistics.median(b)
 
 
-def rows(repeats: int = 5, scale: float = 1.0) -> list[tuple[str, int, float, float]]:
-    """(case, K, µs per message ours, µs per message raw same shape)."""
+def rows(repeats: int = 5, scale: float = 1.0) -> list[dict[str, Any]]:
+    """W10: each case at each K, ours against both raw baselines, in turn."""
     out = []
-    for label, ours, raw in CASES:
+    for label, ours, same_shape in CASES:
         for consumers, messages in SIZES.items():
             n = max(50, int(messages * scale))
-            mine, theirs = paired(ours, raw, consumers, n, repeats)
-            out.append((label, consumers, mine / n * 1e6, theirs / n * 1e6))
+            mine, theirs = paired(ours, same_shape, consumers, n, repeats)
+            _, sends = paired(ours, raw_await_send, consumers, n, repeats)
+            out.append(
+                {
+                    "case": label,
+                    "consumers": consumers,
+                    "ours": mine / n * 1e6,
+                    "same_shape": theirs / n * 1e6,
+                    "await_send": sends / n * 1e6,
+                }
+            )
+    return out
+
+
+def batch_rows(repeats: int = 5, scale: float = 1.0) -> list[dict[str, Any]]:
+    """Batch receive: async for against batches(64), publisher running ahead."""
+    out = []
+    for consumers in (1, 10):
+        n = max(50, int(20_000 // consumers * scale))
+        each, batched = paired(ours_block_bursts, ours_batches, consumers, n, repeats)
+        deliveries = n * consumers
+        out.append(
+            {
+                "case": f"end to end, BLOCK bursts, K={consumers}",
+                "async_for": each / deliveries * 1e6,
+                "batches": batched / deliveries * 1e6,
+            }
+        )
+    n = max(500, int(20_000 * scale))
+    each, batched = paired(
+        lambda _k, m: drain_rate(m, None),
+        lambda _k, m: drain_rate(m, BUFFER),
+        1,
+        n,
+        repeats,
+    )
+    out.append(
+        {
+            "case": "one consumer draining a full buffer",
+            "async_for": each / n * 1e6,
+            "batches": batched / n * 1e6,
+        }
+    )
     return out
 
 
@@ -338,11 +379,26 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as into:
             ab(load_before(sys.argv[2], Path(into)), rounds=9, scale=0.5)
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--json":
+        import json
+
+        scale = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
+        print(json.dumps({"w10": rows(scale=scale), "batch": batch_rows(scale=scale)}))
+        return
     scale = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
-    for label, k, mine, theirs in rows(scale=scale):
+    for row in rows(scale=scale):
         print(
-            f"{label:30} K={k:<4} ours {mine:8.2f} us  raw {theirs:8.2f} us  "
-            f"ratio {theirs / mine:5.2f}x",
+            f"{row['case']:30} K={row['consumers']:<4} ours {row['ours']:8.2f} us"
+            f"  same shape {row['same_shape']:8.2f} us"
+            f" ({row['same_shape'] / row['ours']:5.2f}x)"
+            f"  await send {row['await_send']:8.2f} us"
+            f" ({row['await_send'] / row['ours']:5.2f}x)",
+            flush=True,
+        )
+    for row in batch_rows(scale=scale):
+        print(
+            f"{row['case']:40} async for {row['async_for']:7.2f} us  batches "
+            f"{row['batches']:7.2f} us  ({row['async_for'] / row['batches']:5.1f}x)",
             flush=True,
         )
 

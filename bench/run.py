@@ -385,6 +385,66 @@ async def main(quick: bool) -> int:
         )
         report.row(fanout, fmt(t_ours), fmt(t_raw), f"{t_raw / t_ours:.2f}x")
 
+    # W10 ------------------------------------------------------------------------------
+    print("W10 end to end, and batch receive", flush=True)
+    # In a process of its own (each case is a trio.run of its own)
+    measured = await trio.run_process(
+        [sys.executable, "endtoend.py", "--json", "0.25" if quick else "1"],
+        cwd=Path(__file__).parent,
+        capture_stdout=True,
+    )
+    ends = json.loads(measured.stdout)
+    report.section(
+        "W10: end to end, one publisher and K consumers doing `async for` (buffer "
+        "64; µs per published message, until every consumer has it; raw trio "
+        "channels of the same shape: `send_nowait` to each, `await send` on a "
+        "full one, and a checkpoint per message where the call is `await publish`)",
+        [
+            "case",
+            "K",
+            "trio-pubsub",
+            "raw, same shape",
+            "ratio",
+            "raw, `await send` to each",
+            "ratio",
+        ],
+    )
+    for row in ends["w10"]:
+        report.row(
+            row["case"],
+            row["consumers"],
+            fmt(row["ours"]),
+            fmt(row["same_shape"]),
+            f"{row['same_shape'] / row['ours']:.2f}x",
+            fmt(row["await_send"]),
+            f"{row['await_send'] / row['ours']:.2f}x",
+        )
+    worst = min(ends["w10"], key=lambda row: row["same_shape"] / row["ours"])
+    report.target(
+        "W10 end to end: >= 1.0x raw trio channels of the same shape, every case",
+        f"worst {worst['same_shape'] / worst['ours']:.2f}x ({worst['case']}, "
+        f"K={worst['consumers']})",
+        worst["same_shape"] / worst["ours"] >= 1.0,
+    )
+    report.section(
+        "W10b: batch receive, `async for batch in sub.batches(64)` against "
+        "`async for message in sub` (µs per delivery; the publisher runs ahead)",
+        ["case", "async for", "batches", "deliveries/s, batches / async for"],
+    )
+    for row in ends["batch"]:
+        report.row(
+            row["case"],
+            fmt(row["async_for"]),
+            fmt(row["batches"]),
+            f"{row['async_for'] / row['batches']:.1f}x",
+        )
+    gain = min(row["async_for"] / row["batches"] for row in ends["batch"])
+    report.target(
+        "W10b batch receive: >= 5x the deliveries/s of async for",
+        f"worst {gain:.1f}x",
+        gain >= 5,
+    )
+
     # W5 -------------------------------------------------------------------------------
     print("W5 churn", flush=True)
     report.section(
@@ -508,6 +568,35 @@ async def main(quick: bool) -> int:
         report.row(
             f"publish_from_thread, {threads} thread(s)", fmt(t), f"{t / t_loop:.1f}x"
         )
+    report.section(
+        "W8a: `broker.thread_publisher()`, a handle per thread, batches to a "
+        "consumer task (µs per message)",
+        ["case", "µs per message", "messages/s", "speed-up on publish_from_thread"],
+    )
+    entry_speedups = []
+    for threads in (1, 4):
+        for policy in (w.OverflowPolicy.DROP_NEWEST, w.OverflowPolicy.BLOCK):
+            t = statistics.median(
+                [
+                    await w.thread_publisher_rate(threads, count * 5 // threads, policy)
+                    for _ in range(REPEATS)
+                ]
+            )
+            speedup = thread_cost[threads] / t
+            entry_speedups.append(speedup)
+            report.row(
+                f"{threads} thread(s), {policy.name} (buffer "
+                f"{64 if policy is w.OverflowPolicy.BLOCK else 'large'})",
+                fmt(t),
+                f"{1e6 / t:,.0f}",
+                f"{speedup:.0f}x",
+            )
+    report.target(
+        "W8a thread_publisher: >= 30x the messages/s of publish_from_thread "
+        "(1 and 4 threads)",
+        f"worst {min(entry_speedups):.0f}x",
+        min(entry_speedups) >= 30,
+    )
     report.section(
         "W8b: entering a subscription that matches 10 of R retained subjects "
         "(µs, match cache off; the naive scan checks every retained subject)",

@@ -273,6 +273,43 @@ async def thread_publishes(threads: int, per_thread: int) -> float:
     return elapsed / (threads * per_thread) * 1e6
 
 
+async def thread_publisher_rate(
+    threads: int, per_thread: int, policy: OverflowPolicy = OverflowPolicy.DROP_NEWEST
+) -> float:
+    """µs per message through ``broker.thread_publisher()``, ``threads`` at once.
+
+    Each thread has a handle of its own and flushes it at the end; a consumer
+    task takes the messages in batches (with ``BLOCK``, through a buffer of
+    64, so the threads are held back whenever it falls behind).
+    """
+    block = policy is OverflowPolicy.BLOCK
+    broker = Broker[int](max_buffer_size=64 if block else BIG)
+
+    def worker(number: int) -> None:
+        with broker.thread_publisher() as publisher:
+            for i in range(per_thread):
+                publisher.publish(f"t.{number}", i)
+
+    async with broker.subscribe("t.*", policy=policy) as sub:
+        taken = 0
+
+        async def consume() -> None:
+            nonlocal taken
+            async for batch in sub.batches(256):
+                taken += len(batch)
+
+        async with trio.open_nursery() as outer:
+            outer.start_soon(consume)
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for number in range(threads):
+                    nursery.start_soon(trio.to_thread.run_sync, worker, number)
+            elapsed = time.perf_counter() - start
+            sub.drain()
+    assert taken == threads * per_thread, taken
+    return elapsed / (threads * per_thread) * 1e6
+
+
 async def loop_publishes(count: int) -> float:
     """µs per ``await publish`` from a trio task, for comparison."""
     broker = Broker[int](max_buffer_size=BIG)

@@ -65,10 +65,22 @@ if typing.TYPE_CHECKING:
 T = TypeVar("T")
 R = TypeVar("R")
 
-_EXPORTS: weakref.WeakKeyDictionary[Broker[typing.Any], set[_Inbox[typing.Any]]] = (
-    weakref.WeakKeyDictionary()
-)
-"""The exports open now on each broker, whichever bridge opened them."""
+_EXPORTS: dict[int, set[_Inbox[typing.Any]]] = {}
+"""The exports open now on each broker (by ``id``), whichever bridge opened them.
+
+Keyed by ``id`` rather than held in a ``WeakKeyDictionary``: every imported
+message looks its broker up, and a weak key makes a weak reference per
+lookup. An entry goes with its broker (``weakref.finalize``), so an ``id``
+is never met again while its entry is there.
+"""
+
+
+def _exports_of(broker: Broker[typing.Any]) -> set[_Inbox[typing.Any]]:
+    exports = _EXPORTS.get(id(broker))
+    if exports is None:
+        exports = _EXPORTS[id(broker)] = set()
+        weakref.finalize(broker, _EXPORTS.pop, id(broker), None)
+    return exports
 
 
 def export(
@@ -120,13 +132,11 @@ class _Export(Generic[T]):
 
     async def __aenter__(self) -> Subscription[T]:
         subscription = await self._scope.__aenter__()
-        _EXPORTS.setdefault(self._broker, set()).add(self._inbox)
+        _exports_of(self._broker).add(self._inbox)
         return subscription
 
     async def __aexit__(self, *exc_info: object) -> None:
-        exports = _EXPORTS.get(self._broker)
-        if exports is not None:
-            exports.discard(self._inbox)
+        _exports_of(self._broker).discard(self._inbox)
         await self._scope.__aexit__(None, None, None)
 
 
@@ -215,7 +225,7 @@ def _inject(
     ask: bool,
 ) -> tuple[Pending[T] | None, Reply[T] | None]:
     message, targets = broker._snapshot(subject, payload, headers)
-    exports = _EXPORTS.get(broker)
+    exports = _EXPORTS.get(id(broker))
     if exports and not exports.isdisjoint(targets):
         targets = tuple(target for target in targets if target not in exports)
     reply: Reply[T] | None = None

@@ -89,8 +89,9 @@ class TrioRun:
 
 # -- the batched entry: broker.thread_publisher() ---------------------------------
 
-Item = tuple[str, T, "Mapping[str, str] | None"]
-"""A message as it waits in the queue: subject, payload, headers (checked)."""
+Item = tuple["str | None", typing.Any, "Mapping[str, str] | None"]
+"""A message as it waits in the queue: subject, payload, headers (checked); or,
+with ``None`` for a subject, a flush mark: a ``threading.Event`` to set."""
 
 
 class ThreadPublisher(typing.Generic[T]):
@@ -106,29 +107,38 @@ class ThreadPublisher(typing.Generic[T]):
                 publisher.publish("sensor.temp", reading)
     """
 
+    # How it stays cheap for the threads: a message is one append to a deque
+    # (atomic under the interpreter lock), with no lock taken, unless the queue
+    # is full (then the thread waits on the condition) or no drain is due (then
+    # the thread claims the drain under the lock and wakes the trio thread).
+    # Only the trio thread takes messages out and counts them (``_published``,
+    # ``_lost``, ``_taken``), so the counts need no lock either. The drain
+    # claims and gives up ``_scheduled`` so that a message is never left
+    # behind: it clears the flag, then looks at the queue once more, and a
+    # thread appends first and looks at the flag after.
+
     __slots__ = (
         "_check",
         "_closed",
         "_condition",
-        "_finished",
         "_lost",
         "_max_pending",
-        "_pending",
         "_publish",
         "_publish_nowait",
         "_published",
         "_queue",
-        "_queued",
         "_run",
         "_scheduled",
+        "_taken",
         "_trio_thread",
+        "_waiting",
         "_why",
     )
 
     def __init__(
         self,
         run: TrioRun,
-        check: Callable[[object, object, object], Item[T]],
+        check: Callable[[object, object, object], Item],
         publish: Callable[..., Awaitable[int]],
         publish_nowait: Callable[..., int],
         max_pending: int,
@@ -139,12 +149,11 @@ class ThreadPublisher(typing.Generic[T]):
         self._publish_nowait = publish_nowait
         self._max_pending = max_pending
         self._condition = threading.Condition(threading.Lock())
-        self._queue: collections.deque[Item[T]] = collections.deque()
-        self._pending = 0  # queued, or taken and not yet published
-        self._queued = 0  # ever queued
+        self._queue: collections.deque[Item] = collections.deque()
+        self._taken = 0  # messages the trio thread holds, not yet published
         self._published = 0
         self._lost = 0
-        self._finished = 0  # published or lost: done with
+        self._waiting = 0  # threads waiting for room
         self._scheduled = False  # a drain is due or running in the trio thread
         self._closed = False
         self._why = ""  # why messages were lost, for the errors to say
@@ -162,7 +171,7 @@ class ThreadPublisher(typing.Generic[T]):
     ) -> None:
         """Queue a message for the broker; return once it is queued.
 
-        Waits while ``max_pending`` messages are queued (backpressure: a
+        Waits while ``max_pending`` messages are pending (backpressure: a
         ``BLOCK`` subscription whose buffer is full holds the queue back, and
         so the threads). Messages queued from one thread are published in the
         order they were queued.
@@ -180,19 +189,35 @@ class ThreadPublisher(typing.Generic[T]):
         trio_thread = self._trio_thread
         if trio_thread is None or threading.get_ident() == trio_thread:
             self._run.check_caller("ThreadPublisher.publish()")
+        queue = self._queue
+        if len(queue) + self._taken >= self._max_pending:
+            self._wait_for_room()
+        if self._closed:
+            raise BrokerClosedError(f"this thread publisher is closed{self._why}")
+        queue.append(item)
+        if not self._scheduled:
+            self._claim_drain()
+
+    def _wait_for_room(self) -> None:
         condition = self._condition
         with condition:
-            while self._pending >= self._max_pending and not self._closed:
-                condition.wait()
-            if self._closed:
-                raise BrokerClosedError(f"this thread publisher is closed{self._why}")
-            self._queue.append(item)
-            self._pending += 1
-            self._queued += 1
-            wake = not self._scheduled
+            self._waiting += 1
+            try:
+                while (
+                    len(self._queue) + self._taken >= self._max_pending
+                    and not self._closed
+                ):
+                    condition.wait()
+            finally:
+                self._waiting -= 1
+
+    def _claim_drain(self) -> None:
+        """Wake the trio thread to drain, unless a drain is due already."""
+        with self._condition:
+            if self._scheduled:
+                return
             self._scheduled = True
-        if wake:
-            self._wake()
+        self._wake()
 
     def flush(self) -> None:
         """Wait until every message queued so far has been published.
@@ -204,14 +229,18 @@ class ThreadPublisher(typing.Generic[T]):
             RuntimeError: called from the broker's own trio thread.
         """
         self._run.check_caller("ThreadPublisher.flush()")
-        with self._condition:
-            target = self._queued
-            while self._finished < target:
-                self._condition.wait()
-            if self._lost:
-                raise BrokerClosedError(
-                    f"{self._lost} queued message(s) could not be published{self._why}"
-                )
+        done = threading.Event()
+        # A mark behind everything queued so far: the drain sets it when it
+        # gets there (or counts what it could not publish, and sets it).
+        self._queue.append((None, done, None))
+        if not self._scheduled:
+            with contextlib.suppress(BrokerClosedError):
+                self._claim_drain()  # (if the run has ended, done is set)
+        done.wait()
+        if self._lost:
+            raise BrokerClosedError(
+                f"{self._lost} queued message(s) could not be published{self._why}"
+            )
 
     def close(self) -> None:
         """Flush, then refuse further messages. Idempotent."""
@@ -241,7 +270,8 @@ class ThreadPublisher(typing.Generic[T]):
     @property
     def pending(self) -> int:
         """Messages queued and not yet published."""
-        return self._pending
+        marks = sum(1 for item in list(self._queue) if item[0] is None)
+        return len(self._queue) - marks + self._taken
 
     def _wake(self) -> None:
         """Ask the trio thread to drain the queue: once per batch."""
@@ -251,114 +281,123 @@ class ThreadPublisher(typing.Generic[T]):
             token.run_sync_soon(self._drain)
         except trio.RunFinishedError:
             why = " (the broker's trio run has ended)"
-            self._drain_lost(why)
             with self._condition:
                 self._closed = True
+                self._why = why
+                self._lose_queued(why)  # nobody else drains it now
             raise BrokerClosedError(
                 f"the trio run the broker belonged to has ended{why}"
             ) from None
 
     # -- in the trio thread ----------------------------------------------------
 
-    def _take(self) -> collections.deque[Item[T]] | None:
-        """Take everything queued; ``None`` (and the drain is over) if nothing is."""
-        with self._condition:
-            if not self._queue:
-                self._scheduled = False
-                return None
-            batch, self._queue = self._queue, collections.deque()
-            return batch
+    def _drain(self) -> None:
+        """Publish one batch without waiting (a ``run_sync_soon`` callback).
 
-    def _done(self, published: int, lost: int, why: str = "") -> None:
-        """Count messages done with, and wake the threads that wait on that."""
+        A full ``BLOCK`` buffer hands the message it refused, and the rest of
+        the queue after it, to a task that can wait. Nothing may escape: an
+        exception here would crash the trio run.
+        """
+        self._trio_thread = threading.get_ident()
+        item = self._publish_batch()
+        if item is not None:
+            try:
+                trio.lowlevel.spawn_system_task(self._wait_and_drain, item)
+            except RuntimeError:  # the run is shutting down: no more tasks
+                self._lose(" (the broker's trio run ended)", held=1)
+
+    def _publish_batch(self) -> Item | None:
+        """Publish what is queued now with ``publish_nowait``, in order.
+
+        Returns the message a full ``BLOCK`` buffer refused, taken out of the
+        queue, for the caller to wait with; or ``None`` once the batch is done
+        (and the next drain queued if more came meanwhile, so the run's other
+        tasks, the consumers, get a turn in between) or lost.
+        """
+        queue = self._queue
+        publish_nowait = self._publish_nowait
+        for _ in range(len(queue)):
+            subject, payload, headers = item = queue[0]
+            if subject is None:
+                payload.set()  # a flush mark: everything before it is done
+                queue.popleft()
+                continue
+            try:
+                publish_nowait(subject, payload, headers=headers)
+            except trio.WouldBlock:
+                queue.popleft()
+                self._taken += 1
+                self._room()
+                return item
+            except Exception as error:  # it must not crash the run
+                self._lose(f" ({type(error).__name__}: {error})")
+                return None
+            queue.popleft()
+            self._published += 1
+        self._end_batch()
+        return None
+
+    async def _wait_and_drain(self, item: Item) -> None:
+        """Publish ``item``, waiting for room, then go on with the queue."""
+        next_item: Item | None = item
+        while next_item is not None:
+            subject, payload, headers = next_item
+            try:
+                await self._publish(subject, payload, headers=headers)
+            except Exception as error:  # a system task must not raise
+                self._lose(f" ({type(error).__name__}: {error})", held=1)
+                return
+            except BaseException:  # Cancelled, as the run ends
+                self._lose(" (the broker's trio run ended)", held=1)
+                raise
+            self._taken -= 1
+            self._published += 1
+            next_item = self._publish_batch()
+
+    def _room(self) -> None:
+        """Wake the threads waiting for room, if any: messages were taken out."""
+        if self._waiting:
+            with self._condition:
+                self._condition.notify_all()
+
+    def _end_batch(self) -> None:
+        """Wake the threads waiting for room; queue the next drain if needed."""
+        self._room()
+        self._scheduled = False
+        if self._queue:  # queued after the batch was counted: claim it back
+            with self._condition:
+                if self._scheduled:
+                    return  # a thread has claimed it and woken a drain
+                self._scheduled = True
+            token = self._run.token
+            assert token is not None
+            try:
+                token.run_sync_soon(self._drain)
+            except trio.RunFinishedError:
+                self._lose(" (the broker's trio run ended)")
+
+    def _lose(self, why: str, held: int = 0) -> None:
+        """Count everything queued (and ``held`` taken out) as lost; end the drain."""
         with self._condition:
-            self._published += published
-            self._lost += lost
-            self._finished += published + lost
-            self._pending -= published + lost
-            if lost:
-                self._why = why
+            self._taken -= held
+            self._lose_queued(why, held)
+            self._scheduled = False
             self._condition.notify_all()
+
+    def _lose_queued(self, why: str, lost: int = 0) -> None:
+        """Take everything queued out as lost (with the condition held)."""
+        queue = self._queue
+        while queue:
+            subject, payload, _ = queue.popleft()
+            if subject is None:
+                payload.set()
+            else:
+                lost += 1
+        self._lost += lost
         if lost:
+            self._why = why
             logger.warning(
                 "a thread publisher could not publish %d queued message(s)%s",
                 lost,
                 why,
             )
-
-    def _drain_lost(self, why: str) -> None:
-        """Count everything still queued as lost, and end the drain."""
-        while (batch := self._take()) is not None:
-            self._done(0, len(batch), why)
-
-    def _drain(self) -> None:
-        """Publish one batch without waiting (a ``run_sync_soon`` callback).
-
-        One batch per call, then the call is queued again if more came: the
-        trio run's other tasks (the consumers) get their turn in between. A
-        full ``BLOCK`` buffer hands the rest of the batch to a task that can
-        wait. Nothing may escape: an exception here would crash the run.
-        """
-        self._trio_thread = threading.get_ident()
-        batch = self._take()
-        if batch is None:
-            return
-        published = 0
-        publish_nowait = self._publish_nowait
-        try:
-            while batch:
-                subject, payload, headers = batch[0]
-                publish_nowait(subject, payload, headers=headers)
-                batch.popleft()
-                published += 1
-        except trio.WouldBlock:
-            self._done(published, 0)
-            try:
-                trio.lowlevel.spawn_system_task(self._wait_and_drain, batch)
-            except RuntimeError:  # the run is shutting down: no more tasks
-                self._lose(batch, " (the broker's trio run ended)")
-            return
-        except Exception as error:
-            self._done(published, 0)
-            self._lose(batch, f" ({type(error).__name__}: {error})")
-            return
-        self._done(published, 0)
-        self._again()
-
-    async def _wait_and_drain(self, batch: collections.deque[Item[T]]) -> None:
-        """Publish the rest of ``batch``, waiting for room where it must."""
-        published = 0
-        publish_nowait = self._publish_nowait
-        try:
-            try:
-                while batch:
-                    subject, payload, headers = batch[0]
-                    try:
-                        publish_nowait(subject, payload, headers=headers)
-                    except trio.WouldBlock:
-                        await self._publish(subject, payload, headers=headers)
-                    batch.popleft()
-                    published += 1
-            finally:
-                self._done(published, 0)
-        except Exception as error:  # a system task must not raise
-            self._lose(batch, f" ({type(error).__name__}: {error})")
-            return
-        except BaseException:  # Cancelled, as the run ends
-            self._lose(batch, " (the broker's trio run ended)")
-            raise
-        self._again()
-
-    def _again(self) -> None:
-        """Queue the next drain (it ends the drain if nothing is queued)."""
-        token = self._run.token
-        assert token is not None
-        try:
-            token.run_sync_soon(self._drain)
-        except trio.RunFinishedError:
-            self._drain_lost(" (the broker's trio run ended)")
-
-    def _lose(self, batch: collections.deque[Item[T]], why: str) -> None:
-        """Count ``batch`` and everything queued after it as lost."""
-        self._done(0, len(batch), why)
-        self._drain_lost(why)

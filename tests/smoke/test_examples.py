@@ -90,6 +90,12 @@ EXPECTED: dict[str, list[str]] = {
         "dropped: 0",
         "from the trio thread itself: RuntimeError: publish_from_thread() was called",
     ],
+    "thread_batches.py": [
+        "in the feed thread: invalid subject 'ticks.*': wildcards",
+        "ticks: 100000 of 100000 in ",
+        "batches, in order per feed: True",
+        "dropped: 0",
+    ],
     "retained_state.py": [
         "config.db.host     = db1.internal",
         "config.db.port     = 5432",

@@ -264,7 +264,7 @@ class ThreadPublisher(typing.Generic[T]):
 
     @property
     def lost(self) -> int:
-        """Queued messages it could not publish: the broker closed first."""
+        """Queued messages it could not publish, as the broker closed first."""
         return self._lost
 
     @property

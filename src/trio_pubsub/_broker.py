@@ -394,10 +394,11 @@ class Broker(Generic[T]):
                 buffer.append(message)
                 appended += 1
             else:
-                try:
-                    accepted += inbox.offer(message)
-                except trio.WouldBlock:
+                taken = inbox.offer(message)
+                if taken < 0:  # WAIT: a full BLOCK buffer
                     full.append(inbox)
+                else:
+                    accepted += taken
         self._tally.delivered += appended
         return accepted + appended
 
@@ -476,11 +477,12 @@ class Broker(Generic[T]):
                 buffer.append(message)
                 appended += 1
             else:
-                try:
-                    accepted += inbox.offer(message)
-                except trio.WouldBlock:
-                    if full is None:
-                        full = []
+                taken = inbox.offer(message)
+                if taken >= 0:
+                    accepted += taken
+                elif full is None:  # WAIT: a full BLOCK buffer
+                    full = [inbox]
+                else:
                     full.append(inbox)
         self._tally.delivered += appended
         accepted += appended

@@ -27,10 +27,8 @@ import typing
 from collections import OrderedDict
 from typing import Generic, Protocol, TypeVar
 
-import trio
-
 from ._errors import BrokerClosedError
-from ._inbox import _NO_BUFFER, State, _Inbox
+from ._inbox import _NO_BUFFER, WAIT, State, _Inbox
 from ._policy import OverflowPolicy
 
 if typing.TYPE_CHECKING:
@@ -52,7 +50,7 @@ class Target(Protocol[T]):
 
     def would_block(self) -> bool: ...
 
-    def offer(self, message: Message[T]) -> bool: ...
+    def offer(self, message: Message[T]) -> int: ...
 
     async def put(self, message: Message[T]) -> bool: ...
 
@@ -120,18 +118,18 @@ class GroupTarget(Generic[T]):
         member, roomy = self._choose()
         return member is not None and not roomy and member.would_block()
 
-    def offer(self, message: Message[T]) -> bool:
+    def offer(self, message: Message[T]) -> int:
         """Route ``message`` to one member without waiting; see the module doc.
 
-        Raises:
-            trio.WouldBlock: no member has room and the one whose turn it is
-                has the ``BLOCK`` policy (nothing is routed yet).
+        Returns as ``_Inbox.offer`` does: 1 or 0, or ``WAIT`` when no member
+        has room and the one whose turn it is has the ``BLOCK`` policy
+        (nothing is routed yet).
         """
         member, roomy = self._choose()
         if member is None:
-            return False
+            return 0
         if not roomy and member.policy is OverflowPolicy.BLOCK:
-            raise trio.WouldBlock
+            return WAIT
         self.group.order.move_to_end(member)
         return member.offer(message)
 
@@ -157,7 +155,7 @@ class GroupTarget(Generic[T]):
                 return False
             self.group.order.move_to_end(member)
             if roomy or member.policy is not OverflowPolicy.BLOCK:
-                return member.offer(message)
+                return member.offer(message) > 0
             if await member.put(message):
                 return True
             if member.state is State.OPEN:

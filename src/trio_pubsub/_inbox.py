@@ -166,6 +166,9 @@ def _wake_all(
     waiters.clear()
 
 
+WAIT: typing.Final = -1
+"""What ``offer()`` returns for a full ``BLOCK`` buffer: wait with ``put()``."""
+
 _NO_BUFFER: typing.Final[deque[typing.Any]] = deque()
 """The buffer of every inbox that has not buffered a message yet. Never appended
 to: ``limit`` is 0 while it is in place, and ``_accept`` replaces it first."""
@@ -305,20 +308,24 @@ class _Inbox(Generic[T]):
                 self.offer(message)
 
     @enable_ki_protection
-    def offer(self, message: Message[T]) -> bool:
-        """Offer a message without waiting; return whether it was accepted.
+    def offer(self, message: Message[T]) -> int:
+        """Offer a message without waiting.
 
-        Raises:
-            trio.WouldBlock: this is a ``BLOCK`` inbox and its buffer is full.
+        Returns 1 if it was accepted, 0 if not (refused, or this inbox is no
+        longer open), and ``WAIT`` (-1) if this is a ``BLOCK`` inbox whose
+        buffer is full: an ordinary answer rather than an exception, as every
+        message of a publisher that keeps a ``BLOCK`` buffer full gets it.
         """
         if self.state is not State.OPEN:
-            return False  # left, or cut off, after the publisher's snapshot
+            return 0  # left, or cut off, after the publisher's snapshot
         if len(self.buffer) < self.max_buffer_size:
             # Room (a receiver may be waiting): what decide() would say at once,
             # without working out the drop streak it does not need here.
             self._accept(message)
-            return True
+            return 1
         policy = self.policy
+        if policy is OverflowPolicy.BLOCK:
+            return WAIT  # what decide() says for a full BLOCK buffer, without it
         action = decide(
             policy,
             pending=len(self.buffer),
@@ -329,11 +336,6 @@ class _Inbox(Generic[T]):
             ),
             disconnect_after=self.disconnect_after,
         )
-        if action is Action.DELIVER:
-            self._accept(message)
-            return True
-        if action is Action.WAIT:
-            raise trio.WouldBlock
         if action is Action.EVICT_OLDEST:
             self._note_high_water()
             self.buffer.popleft()
@@ -342,11 +344,11 @@ class _Inbox(Generic[T]):
             self._warn_drop(message, "discarded its oldest pending message")
             self._mark()  # (the slow path already: its arrival, exactly)
             self._accept(message)
-            return True
+            return 1
         self._refuse(message, "dropped a new message")
         if action is Action.DISCONNECT:
             self._cut_off()
-        return False
+        return 0
 
     def _refuse(self, message: Message[T], what: str) -> None:
         """Count ``message`` as routed here and dropped, never buffered."""
@@ -374,7 +376,7 @@ class _Inbox(Generic[T]):
             # The publish was still due to deliver here when the broker closed.
             raise self._broker_closed()
         if not self.would_block():
-            return self.offer(message)  # (which cannot raise WouldBlock then)
+            return self.offer(message) > 0  # (it cannot say WAIT then)
         if self.block_timeout == math.inf:
             # No deadline, so no cancel scope: the wait is cancelled only from
             # outside, and then nothing entered the buffer.

@@ -53,6 +53,20 @@ def run(*command: str | Path, cwd: Path = ROOT) -> str:
     return done.stdout
 
 
+def fresh_venv(tmp_path: Path, *requirements: str) -> tuple[Path, Path]:
+    """A new venv with ``requirements``: its python, and a place to run it.
+
+    The place is outside the clone, so that no ``src/`` is on the path.
+    """
+    home = tmp_path / "venv"
+    venv.create(home, with_pip=True)
+    python = home / "bin" / "python"
+    run(python, "-m", "pip", "install", "--quiet", *requirements)
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+    return python, away
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
@@ -71,12 +85,8 @@ def test_the_wheel_installs_in_a_fresh_venv_and_runs_the_quickstart(
     built: Path, tmp_path: Path
 ) -> None:
     (wheel,) = built.glob("*.whl")
+    python, away = fresh_venv(tmp_path, str(wheel))
     home = tmp_path / "venv"
-    venv.create(home, with_pip=True)
-    python = home / "bin" / "python"
-    run(python, "-m", "pip", "install", "--quiet", wheel)
-    away = tmp_path / "elsewhere"  # not the clone: no src/ on the path
-    away.mkdir()
     facts = json.loads(run(python, "-c", CHECK, cwd=away))
     assert facts["version"] == facts["metadata_version"] == trio_pubsub.__version__
     assert facts["typed"]
@@ -120,21 +130,7 @@ def test_the_how_to_example_passes_with_the_testing_extra_from_the_wheel(
     # What the property-testing how-to promises: install the wheel with
     # [testing], copy its example, and the hypothesis suite passes.
     (wheel,) = built.glob("*.whl")
-    home = tmp_path / "venv"
-    venv.create(home, with_pip=True)
-    python = home / "bin" / "python"
-    run(
-        python,
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        f"{wheel}[testing]",
-        "pytest",
-        "pytest-trio",
-    )
-    away = tmp_path / "elsewhere"
-    away.mkdir()
+    python, away = fresh_venv(tmp_path, f"{wheel}[testing]", "pytest", "pytest-trio")
     example = (ROOT / "examples" / "property_test_routing.py").read_text()
     (away / "test_routing.py").write_text(example)
     (away / "test_fixture.py").write_text(fixture_example())

@@ -15,7 +15,8 @@ arrives inside one is delivered at the next checkpoint instead, never between
 two mutations that belong together.
 
 Invariants (no checkpoint between any check and the mutation that follows it;
-``put`` and ``receive`` are the only methods that wait):
+``put``, ``receive``, ``receive_batch`` and ``wait`` are the only methods that
+wait):
 
 * ``len(buffer) <= max_buffer_size``, except in a ``BLOCK`` inbox that took more
   retained messages on entry than it holds (see ``take_retained``); ``limit`` is
@@ -400,21 +401,15 @@ class _Inbox(Generic[T]):
 
     def _accept(self, message: Message[T]) -> None:
         self.tally.delivered += 1
-        receivers = self.receivers
-        if receivers:
+        if self.receivers:
             # Hand it straight to the longest-waiting receiver, as a trio memory
             # channel does: a waiting receiver is room, and the buffer stays empty.
-            # (_wake_first and _reopen_fast_path written out: every message to
-            # a consumer that keeps up comes here.)
             self.received += 1
             self.handed += 1
-            task = next(iter(receivers))
-            del receivers[task]
-            trio.lowlevel.reschedule(task, outcome.Value(message))
-            if not receivers and self.buffer is not _NO_BUFFER:
-                # It was the last one: what comes before it resumes takes the
-                # fast path.
-                self.limit = self.max_buffer_size
+            _wake_first(self.receivers, outcome.Value(message))
+            # If it was the last one, what comes before it resumes takes the
+            # fast path.
+            self._reopen_fast_path()
         else:
             if not self.buffer:
                 if self.buffer is _NO_BUFFER:

@@ -627,13 +627,7 @@ class Broker(Generic[T]):
         """
         check_int("max_pending", max_pending)
         self._check_open()
-        return ThreadPublisher(
-            self._run,
-            self._thread_item,
-            self.publish,
-            self.publish_nowait,
-            max_pending,
-        )
+        return ThreadPublisher(self._run, self._thread_item, self, max_pending)
 
     def _thread_item(
         self, subject: object, payload: object, headers: object

@@ -89,6 +89,27 @@ class TrioRun:
 
 # -- the batched entry: broker.thread_publisher() ---------------------------------
 
+
+class _Publishes(typing.Protocol):
+    """What a thread publisher needs of its broker (which it cannot import)."""
+
+    def publish_nowait(
+        self,
+        subject: str,
+        payload: typing.Any,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> int: ...
+
+    async def publish(
+        self,
+        subject: str,
+        payload: typing.Any,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> int: ...
+
+
 Item = tuple["str | None", typing.Any, "Mapping[str, str] | None"]
 """A message as it waits in the queue: subject, payload, headers (checked); or,
 with ``None`` for a subject, a flush mark: a ``threading.Event`` to set."""
@@ -118,13 +139,12 @@ class ThreadPublisher(typing.Generic[T]):
     # thread appends first and looks at the flag after.
 
     __slots__ = (
+        "_broker",
         "_check",
         "_closed",
         "_condition",
         "_lost",
         "_max_pending",
-        "_publish",
-        "_publish_nowait",
         "_published",
         "_queue",
         "_run",
@@ -139,14 +159,14 @@ class ThreadPublisher(typing.Generic[T]):
         self,
         run: TrioRun,
         check: Callable[[object, object, object], Item],
-        publish: Callable[..., Awaitable[int]],
-        publish_nowait: Callable[..., int],
+        broker: _Publishes,
         max_pending: int,
     ) -> None:
         self._run = run
         self._check = check
-        self._publish = publish
-        self._publish_nowait = publish_nowait
+        # Its publish methods are looked up for each batch, not bound once: a
+        # broker whose class changes (trio_pubsub.otel's tracing) is followed.
+        self._broker = broker
         self._max_pending = max_pending
         self._condition = threading.Condition(threading.Lock())
         self._queue: collections.deque[Item] = collections.deque()
@@ -315,7 +335,7 @@ class ThreadPublisher(typing.Generic[T]):
         tasks, the consumers, get a turn in between) or lost.
         """
         queue = self._queue
-        publish_nowait = self._publish_nowait
+        publish_nowait = self._broker.publish_nowait
         for _ in range(len(queue)):
             subject, payload, headers = item = queue[0]
             if subject is None:
@@ -342,8 +362,9 @@ class ThreadPublisher(typing.Generic[T]):
         next_item: Item | None = item
         while next_item is not None:
             subject, payload, headers = next_item
+            assert subject is not None  # (a flush mark is never refused)
             try:
-                await self._publish(subject, payload, headers=headers)
+                await self._broker.publish(subject, payload, headers=headers)
             except Exception as error:  # a system task must not raise
                 self._lose(f" ({type(error).__name__}: {error})", held=1)
                 return

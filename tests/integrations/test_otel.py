@@ -198,6 +198,27 @@ async def test_a_publish_carries_its_trace_to_the_consumer_s_span(
         assert attributes["messaging.system"] == "trio_pubsub"
 
 
+async def test_a_thread_publisher_made_before_instrument_is_traced(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = spans
+    broker = Broker(int)
+    publisher = broker.thread_publisher()  # before the broker's class changes
+    instrumentation = instrument(broker, tracer_provider=provider)
+    async with broker.subscribe("orders.*") as sub:
+        with trio.fail_after(30):
+            await trio.to_thread.run_sync(publisher.publish, "orders.1", 1)
+            await trio.to_thread.run_sync(publisher.flush)
+        assert "traceparent" in sub.receive_nowait().headers
+    instrumentation.uninstrument()
+    producers = [
+        s for s in exporter.get_finished_spans() if s.kind is SpanKind.PRODUCER
+    ]
+    assert [(s.attributes or {})["messaging.destination.name"] for s in producers] == [
+        "orders.1"
+    ]
+
+
 async def test_uninstrument_leaves_a_plain_broker(
     reader: tuple[MeterProvider, InMemoryMetricReader],
 ) -> None:

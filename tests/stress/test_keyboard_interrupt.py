@@ -4,7 +4,8 @@ A trace function counts the lines the library executes during a scenario
 that exercises every state change (entry with retained messages, every
 policy, hand-off to a waiting receiver, a publisher waiting on a full BLOCK
 buffer, a queue group, DISCONNECT, close, clones, drain, a block timeout,
-a request answered and one timed out, aclose). Then the scenario is run
+a request answered and one timed out, batches taken from a full
+BLOCK buffer with publishers waiting, aclose). Then the scenario is run
 once per line k, and at the k-th library line the trace function sends the
 process a real SIGINT with ``signal.raise_signal``. Trio's own handler decides
 what happens: a KeyboardInterrupt raised right there when the code is not
@@ -87,14 +88,19 @@ class Scenario:
                 subscribe("a.b") as newest,
             ):
 
-                async def consume(sub: Subscription[int], count: int) -> None:
+                async def consume(
+                    sub: Subscription[int], count: int, batch: bool = False
+                ) -> None:
                     # The scope may close it under the consumer when interrupted.
                     with contextlib.suppress(trio.ClosedResourceError):
                         for _ in range(count):
-                            await sub.receive()
+                            if batch:  # lets in waiting publishers, several
+                                await sub.receive_batch(2)
+                            else:
+                                await sub.receive()
                             await trio.sleep(0.01)
 
-                nursery.start_soon(consume, blocking, 4)
+                nursery.start_soon(consume, blocking, 3, True)
                 nursery.start_soon(consume, second, 2)
                 await trio.testing.wait_all_tasks_blocked()
                 for payload in range(5):

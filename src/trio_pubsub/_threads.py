@@ -290,8 +290,8 @@ class ThreadPublisher(typing.Generic[T]):
     @property
     def pending(self) -> int:
         """Messages queued and not yet published."""
-        marks = sum(1 for item in list(self._queue) if item[0] is None)
-        return len(self._queue) - marks + self._taken
+        queued = sum(1 for item in list(self._queue) if item[0] is not None)
+        return queued + self._taken  # (the flush marks are no messages)
 
     def _wake(self) -> None:
         """Ask the trio thread to drain the queue: once per batch."""
@@ -304,7 +304,7 @@ class ThreadPublisher(typing.Generic[T]):
             with self._condition:
                 self._closed = True
                 self._why = why
-                self._lose_queued(why)  # nobody else drains it now
+            self._lose(why)  # nobody else drains it now, and nobody waits on
             raise BrokerClosedError(
                 f"the trio run the broker belonged to has ended{why}"
             ) from None
@@ -386,16 +386,9 @@ class ThreadPublisher(typing.Generic[T]):
         self._room()
         self._scheduled = False
         if self._queue:  # queued after the batch was counted: claim it back
-            with self._condition:
-                if self._scheduled:
-                    return  # a thread has claimed it and woken a drain
-                self._scheduled = True
-            token = self._run.token
-            assert token is not None
-            try:
-                token.run_sync_soon(self._drain)
-            except trio.RunFinishedError:
-                self._lose(" (the broker's trio run ended)")
+            # (unless a thread has; if the run is ending, it is counted lost)
+            with contextlib.suppress(BrokerClosedError):
+                self._claim_drain()
 
     def _lose(self, why: str, held: int = 0) -> None:
         """Count everything queued (and ``held`` taken out) as lost; end the drain."""

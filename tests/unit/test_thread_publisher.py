@@ -255,6 +255,34 @@ def test_after_the_trio_run_ended_a_publish_is_refused_and_counted() -> None:
     assert (publisher.published, publisher.lost, publisher.pending) == (0, 1, 0)
 
 
+def test_after_a_refused_publish_flush_still_returns_and_says_why() -> None:
+    """The run's end, found by one publish, ends the handle: nothing waits on."""
+
+    async def main() -> ThreadPublisher[int]:
+        return Broker(int).thread_publisher()
+
+    publisher = trio.run(main)
+    errors: list[BaseException] = []
+
+    def publish_one() -> None:
+        publisher.publish("t", 1)
+
+    def work() -> None:
+        for call in (publish_one, publisher.flush):
+            try:
+                call()
+            except BrokerClosedError as error:
+                errors.append(error)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(GUARD)
+    assert not thread.is_alive(), "flush() waited for a drain that never comes"
+    assert [str(e) for e in errors][1:] == [
+        "1 queued message(s) could not be published (the broker's trio run has ended)"
+    ]
+
+
 def test_a_run_that_ends_while_the_task_waits_for_room_counts_the_rest() -> None:
     holder: dict[str, ThreadPublisher[int]] = {}
 

@@ -187,9 +187,9 @@ class _RequestMessage(_HeadedMessage):  # type: ignore[override]  # __attrs_init
 # Message is built on every publish.
 # (The broker builds a plain message with these three itself on its hottest
 # path, a publish on a cached subject: one call less a publish.)
-new_object = _new_object = object.__new__
-set_subject = _set_subject = Message.__dict__["subject"].__set__
-set_payload = _set_payload = Message.__dict__["payload"].__set__
+new_object = object.__new__
+set_subject = Message.__dict__["subject"].__set__
+set_payload = Message.__dict__["payload"].__set__
 _set_headers = _HeadedMessage.__dict__["_headers"].__set__
 _set_reply = _RequestMessage.__dict__["_reply"].__set__
 _set_publish = _RequestMessage.__dict__["_publish"].__set__
@@ -210,14 +210,14 @@ def new_message(
     if headers is not None:
         frozen = freeze_headers(headers)
         if frozen:
-            headed: Message[T] = _new_object(_HeadedMessage)
-            _set_subject(headed, subject)
-            _set_payload(headed, payload)
+            headed: Message[T] = new_object(_HeadedMessage)
+            set_subject(headed, subject)
+            set_payload(headed, payload)
             _set_headers(headed, frozen)
             return headed
-    message: Message[T] = _new_object(Message)
-    _set_subject(message, subject)
-    _set_payload(message, payload)
+    message: Message[T] = new_object(Message)
+    set_subject(message, subject)
+    set_payload(message, payload)
     return message
 
 
@@ -227,9 +227,9 @@ def request_message(message: Message[T], reply: str, publish: Publish) -> Messag
     Its headers are ``message``'s, checked already; ``publish`` is called as
     ``publish(reply, payload, headers=...)`` by :meth:`Message.respond`.
     """
-    request: Message[T] = _new_object(_RequestMessage)
-    _set_subject(request, message.subject)
-    _set_payload(request, message.payload)
+    request: Message[T] = new_object(_RequestMessage)
+    set_subject(request, message.subject)
+    set_payload(request, message.payload)
     _set_headers(request, message.headers)
     _set_reply(request, reply)
     _set_publish(request, publish)

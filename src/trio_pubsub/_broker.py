@@ -230,9 +230,11 @@ class Broker(Generic[T]):
                 subscriptions on one pattern can be told apart: a non-empty
                 ``str``; ``None``: the pattern.
             block_timeout: For ``BLOCK``, the longest a publish waits for room
-                here (seconds > 0, ``math.inf``: for ever); then the message is
-                dropped for this subscription, counted and logged, and the
-                publish goes on. ``None``: the broker's.
+                here (seconds > 0, ``math.inf``: for ever); then the message goes
+                in if there is room, else it is dropped for this subscription,
+                counted and logged, and the publish goes on. ``None``: the
+                broker's. (Waiting publishers are let in once a quarter of the
+                buffer is free, or at their deadline.)
 
         Returns:
             An async context manager yielding the :class:`Subscription`. Entering
@@ -509,9 +511,10 @@ class Broker(Generic[T]):
             How many subscriptions accepted the message into their buffer.
 
         Raises:
-            trio.WouldBlock: a matching ``BLOCK`` subscription's buffer is full;
-                then no subscription gets the message, it is not retained, and
-                no counter but the match cache's changes.
+            trio.WouldBlock: a matching ``BLOCK`` subscription's buffer is full,
+                or publishers wait for room in it; then no subscription gets the
+                message, it is not retained, and no counter but the match
+                cache's changes.
             InvalidSubjectError: as for :meth:`publish`.
             TypeError: as for :meth:`publish`.
             BrokerClosedError: the broker is closed.

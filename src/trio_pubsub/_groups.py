@@ -8,7 +8,8 @@ any subscription, and the target passes it on to one member.
 Which member (:meth:`GroupTarget._choose`, the one chooser), in this order:
 a member with a receiver waiting (it is idle: the message is handed to it at
 once); else the member with the fewest pending messages among those with
-room; ties, and the first rule among several idle members, go to the one
+room (below its size, and no publisher waiting for it); ties, and the first
+rule among several idle members, go to the one
 routed a message least recently. If no member has room, the least recently
 routed one gets it all the same, and its own policy decides (a ``BLOCK``
 member makes the publisher wait for it, a ``DROP_NEWEST`` one drops and counts
@@ -105,7 +106,8 @@ class GroupTarget(Generic[T]):
             if member.receivers:
                 return member, True
             pending = len(member.buffer)
-            if pending < member.max_buffer_size:
+            # Room, and no publisher waiting for it (as _Inbox.offer() asks)
+            if pending < member.max_buffer_size and not member.senders:
                 if best is None or pending < fewest:
                     best, fewest = member, pending
             elif turn is None:

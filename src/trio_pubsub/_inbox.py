@@ -25,9 +25,14 @@ wait):
 * ``buffer`` is the shared, always empty ``_NO_BUFFER`` until a message is
   buffered: an idle subscription owns no deque.
 * Tasks wait in ``receivers`` only while ``buffer`` is empty, and publishers wait
-  in ``senders`` only while it is full: a message offered while a receiver waits
-  goes straight to that receiver, and room made by a receive goes straight to the
-  first waiting publisher, so messages keep their order.
+  in ``senders`` only while it is not empty: a message offered while a receiver
+  waits goes straight to that receiver; a publisher waits only for a full
+  ``BLOCK`` buffer, and once one waits, every later message waits behind it, so
+  messages keep their order. Waiting publishers are let in together, once
+  receives have made room for a quarter of the buffer (at least one message;
+  ``let_in_at``) rather than at every message taken: a publisher that fills the
+  buffer then wakes once per quarter of it, not once per message. A waiting
+  publisher's deadline (``block_timeout``) lets it in at once if there is room.
 * Every message that entered the buffer (or went straight to a receiver) is
   received, pending, evicted or discarded, and ``dropped == refused + evicted +
   discarded``; so ``delivered`` is derived, ``received + pending + dropped -
@@ -246,7 +251,8 @@ class _Inbox(Generic[T]):
         self.buffer: deque[Message[T]] = _NO_BUFFER
         # What the fast path may fill the buffer up to: max_buffer_size, or 0
         # while receivers wait (a message for them takes the slow path and is
-        # handed over) and while there is no deque yet (the slow path makes it).
+        # handed over), while publishers wait (a new message waits behind them)
+        # and while there is no deque yet (the slow path makes it).
         self.limit = 0
         # dicts used as FIFO sets of waiting tasks: receivers with the handle
         # they wait on, publishers with their message
@@ -284,12 +290,20 @@ class _Inbox(Generic[T]):
     # -- sending side ---------------------------------------------------------
 
     def would_block(self) -> bool:
-        """True when this is a ``BLOCK`` inbox whose buffer is full."""
+        """Whether a message offered now would wait (a ``BLOCK`` inbox).
+
+        It would when the buffer is full, or publishers still wait for room.
+        """
         return (
             self.policy is OverflowPolicy.BLOCK
             and self.state is State.OPEN
-            and len(self.buffer) >= self.max_buffer_size
+            and (len(self.buffer) >= self.max_buffer_size or bool(self.senders))
         )
+
+    @property
+    def let_in_at(self) -> int:
+        """The length at or below which receives let waiting publishers in."""
+        return self.max_buffer_size - max(1, self.max_buffer_size // 4)
 
     @enable_ki_protection
     def take_retained(self, messages: list[Message[T]]) -> None:
@@ -320,6 +334,8 @@ class _Inbox(Generic[T]):
         if self.state is not State.OPEN:
             return 0  # left, or cut off, after the publisher's snapshot
         if len(self.buffer) < self.max_buffer_size:
+            if self.senders:
+                return WAIT  # behind the publishers already waiting (BLOCK)
             # Room (a receiver may be waiting): what decide() would say at once,
             # without working out the drop streak it does not need here.
             self._accept(message)
@@ -378,16 +394,27 @@ class _Inbox(Generic[T]):
             raise self._broker_closed()
         if not self.would_block():
             return self.offer(message) > 0  # (it cannot say WAIT then)
-        if self.block_timeout == math.inf:
-            # No deadline, so no cancel scope: the wait is cancelled only from
-            # outside, and then nothing entered the buffer.
-            waited_for: bool = await _park(self.senders, message)
-            return waited_for
-        with trio.move_on_after(self.block_timeout) as waited:
-            accepted: bool = await _park(self.senders, message)
-            return accepted
+        self.limit = 0  # later messages wait behind this one
+        try:
+            if self.block_timeout == math.inf:
+                # No deadline, so no cancel scope: the wait is cancelled only
+                # from outside, and then nothing entered the buffer.
+                waited_for: bool = await _park(self.senders, message)
+                return waited_for
+            with trio.move_on_after(self.block_timeout) as waited:
+                accepted: bool = await _park(self.senders, message)
+                return accepted
+        finally:
+            # a publisher let in, cancelled or out of time: it may have been
+            # the last one waiting
+            self._reopen_fast_path()
         # block_timeout passed: the wait was given up and nothing entered
         assert waited.cancelled_caught
+        if self.state is State.OPEN and len(self.buffer) < self.max_buffer_size:
+            # Room, made after it began to wait: publishers are let in a
+            # quarter of the buffer at a time, but never after their deadline.
+            self._accept(message)
+            return True
         self._refuse(message, f"dropped a message after {self.block_timeout} s")
         return False
 
@@ -419,9 +446,17 @@ class _Inbox(Generic[T]):
             self.buffer.append(message)
 
     def _reopen_fast_path(self) -> None:
-        """Let the broker append directly again once no receiver waits."""
-        if not self.receivers and self.buffer is not _NO_BUFFER:
+        """Let the broker append directly again once nobody waits."""
+        if not self.receivers and not self.senders and self.buffer is not _NO_BUFFER:
             self.limit = self.max_buffer_size
+
+    def _let_in(self) -> None:
+        """Room was made: waiting publishers' messages fill it, in turn."""
+        senders = self.senders
+        buffer = self.buffer
+        while senders and len(buffer) < self.max_buffer_size:
+            self._accept(_wake_first(senders, outcome.Value(True)))
+        self._reopen_fast_path()
 
     def _note_high_water(self) -> None:
         """Note the buffer's length before a removal (its peaks come there)."""
@@ -512,10 +547,11 @@ class _Inbox(Generic[T]):
             if self.watched:
                 self._move_marks()
                 self._mark()  # what arrives from now on waits less
-            if self.senders and len(self.buffer) < self.max_buffer_size:
-                # Room just appeared: it belongs to the longest-waiting publisher.
-                # (A buffer holding more retained messages than its size has none.)
-                self._accept(_wake_first(self.senders, outcome.Value(True)))
+            if self.senders and len(buffer) <= self.let_in_at:
+                # Room for a quarter of the buffer: it belongs to the waiting
+                # publishers, longest-waiting first. (A buffer holding more
+                # retained messages than its size has none.)
+                self._let_in()
             return message
         if self.state is State.OPEN:
             raise trio.WouldBlock
@@ -552,9 +588,8 @@ class _Inbox(Generic[T]):
         if self.watched:
             self._move_marks()
             self._mark()
-        senders = self.senders
-        while senders and len(buffer) < self.max_buffer_size:
-            self._accept(_wake_first(senders, outcome.Value(True)))
+        if self.senders and len(buffer) <= self.let_in_at:
+            self._let_in()
         return batch
 
     @enable_ki_protection

@@ -147,7 +147,7 @@ class Subscription(trio.abc.ReceiveChannel[Message[T_co]]):
         take several messages at once, and falls behind now and then. It
         waits only while the buffer is empty, then returns at least one
         message, the oldest first; publishers waiting for room in a ``BLOCK``
-        buffer are let in for every message taken, as with :meth:`receive`.
+        buffer are let in for the room it makes, as with :meth:`receive`.
 
         Args:
             max_items: The most messages to return (an int >= 1).

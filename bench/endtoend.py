@@ -225,6 +225,69 @@ async def raw_dropping(consumers: int, messages: int) -> float:
     return await _raw(consumers, messages, _raw_dropping, block=False)
 
 
+# -- what carrying a message costs a raw channel (the K=1 case) -----------------------
+
+
+class Carried:
+    """A message as a hand-rolled channel pub/sub would carry one: two slots."""
+
+    __slots__ = ("payload", "subject")
+
+    def __init__(self, subject: str, payload: int) -> None:
+        self.subject = subject
+        self.payload = payload
+
+
+async def _consume_carried(
+    receive: trio.MemoryReceiveChannel[Carried], taken: list[int]
+) -> None:
+    count = 0
+    async for item in receive:
+        count += item.payload is not None
+    taken.append(count)
+
+
+async def raw_same_shape_carrying(consumers: int, messages: int) -> float:
+    """``raw_same_shape``, each message a new ``Carried`` read by the consumer."""
+    taken: list[int] = []
+    checkpoint = trio.lowlevel.checkpoint
+    async with trio.open_nursery() as nursery:
+        senders = []
+        for _ in range(consumers):
+            send, receive = trio.open_memory_channel[Carried](BUFFER)
+            senders.append(send)
+            nursery.start_soon(_consume_carried, receive, taken)
+        await trio.testing.wait_all_tasks_blocked()
+        start = time.perf_counter()
+        for i in range(messages):
+            item = Carried(SUBJECT, i)
+            for send in senders:
+                try:
+                    send.send_nowait(item)
+                except trio.WouldBlock:
+                    await send.send(item)
+            await checkpoint()
+        for send in senders:
+            await send.aclose()
+        await _wait_for(taken, consumers)
+        elapsed = time.perf_counter() - start
+    assert taken == [messages] * consumers, taken
+    return elapsed
+
+
+def carry_rows(repeats: int = 5, scale: float = 1.0) -> dict[str, float]:
+    """K=1, BLOCK, ``await publish``: ours, raw with ints, raw with objects."""
+    n = max(500, int(SIZES[1] * scale))
+    ints, objects = paired(raw_same_shape, raw_same_shape_carrying, 1, n, repeats)
+    ours, objects_again = paired(ours_block, raw_same_shape_carrying, 1, n, repeats)
+    return {
+        "ints": ints / n * 1e6,
+        "objects": objects / n * 1e6,
+        "ours": ours / n * 1e6,
+        "objects_again": objects_again / n * 1e6,
+    }
+
+
 # -- consumer alone: the publisher far ahead ------------------------------------------
 
 
@@ -383,7 +446,15 @@ def main() -> None:
         import json
 
         scale = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
-        print(json.dumps({"w10": rows(scale=scale), "batch": batch_rows(scale=scale)}))
+        print(
+            json.dumps(
+                {
+                    "w10": rows(scale=scale),
+                    "batch": batch_rows(scale=scale),
+                    "carry": carry_rows(scale=scale),
+                }
+            )
+        )
         return
     scale = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
     for row in rows(scale=scale):
@@ -395,6 +466,14 @@ def main() -> None:
             f" ({row['await_send'] / row['ours']:5.2f}x)",
             flush=True,
         )
+    carry = carry_rows(scale=scale)
+    print(
+        f"K=1 raw same shape: ints {carry['ints']:.2f} us, objects "
+        f"{carry['objects']:.2f} us ({carry['ints'] / carry['objects']:.3f}x); "
+        f"ours {carry['ours']:.2f} us, "
+        f"{carry['objects_again'] / carry['ours']:.3f}x the objects' run",
+        flush=True,
+    )
     for row in batch_rows(scale=scale):
         print(
             f"{row['case']:40} async for {row['async_for']:7.2f} us  batches "

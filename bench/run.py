@@ -426,6 +426,23 @@ async def main(quick: bool) -> int:
         f"K={worst['consumers']})",
         worst["same_shape"] / worst["ours"] >= 1.0,
     )
+    carry = ends["carry"]
+    report.section(
+        "W10c: the K=1 case, BLOCK, `await publish`: what carrying a message "
+        "object costs raw channels (µs per message; each pair in turn)",
+        ["run", "µs per message", "ratio"],
+    )
+    report.row("raw, same shape, an int per message", fmt(carry["ints"]), "1.00x")
+    report.row(
+        "raw, same shape, a new two-slot object per message (read by the consumer)",
+        fmt(carry["objects"]),
+        f"{carry['ints'] / carry['objects']:.2f}x the ints",
+    )
+    report.row(
+        "trio-pubsub, in turn with the objects again",
+        f"{fmt(carry['ours'])} (objects {fmt(carry['objects_again'])})",
+        f"{carry['objects_again'] / carry['ours']:.2f}x the objects",
+    )
     report.section(
         "W10b: batch receive, `async for batch in sub.batches(64)` against "
         "`async for message in sub` (µs per delivery; the publisher runs ahead)",

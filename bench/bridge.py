@@ -7,11 +7,18 @@ last receipt. Round trip: each message is also sent back by the receiving side
 (a relay), and the time runs until the first side has received all of them.
 Plain nats-py runs both connections on one asyncio loop of its own, in a
 worker thread; the bridges run in this trio run, each with its own thread.
+
+Across processes (``process_rate``), one way: the receiving side and the
+publishing side each run in a process of their own, as a bridge is deployed
+(one per process), plain nats-py or a broker with its bridge on either side;
+the receiving process times the transfer, from its first message to its
+last. ``python bridge.py side <role> <url> <count>`` is one such process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -156,3 +163,116 @@ async def bridge_rate(url: str, count: int, *, round_trip: bool) -> float:
         assert near_bridge.statistics().dropped == 0
         nursery.cancel_scope.cancel()
     return count / elapsed
+
+
+# -- across processes: one side each ------------------------------------------------
+
+
+def _plain_receiver(url: str, count: int) -> None:
+    import nats
+
+    async def main() -> None:
+        connection = await nats.connect(url)
+        done = asyncio.Event()
+        received = 0
+        first = 0.0
+
+        async def on_message(_msg: Any) -> None:
+            nonlocal received, first
+            received += 1
+            if received == 1:
+                first = time.perf_counter()
+            if received == count:
+                done.set()
+
+        await connection.subscribe("ow", cb=on_message, pending_msgs_limit=count + 1)
+        await connection.flush()
+        print("ready", flush=True)
+        await asyncio.wait_for(done.wait(), 120)
+        print(f"rate {(count - 1) / (time.perf_counter() - first)}", flush=True)
+        await connection.close()
+
+    asyncio.run(main())
+
+
+def _plain_sender(url: str, count: int) -> None:
+    import nats
+
+    async def main() -> None:
+        connection = await nats.connect(url)
+        for _ in range(count):
+            await connection.publish("ow", PAYLOAD)
+        await connection.flush()
+        await connection.close()
+
+    asyncio.run(main())
+
+
+def _bridge_receiver(url: str, count: int) -> None:
+    async def main() -> None:
+        far = Broker[bytes]()
+        async with (
+            open_bridge(far, url, inbound=["ow"], max_inbound=10_000, **BYTES),
+            far.subscribe("ow", max_buffer_size=count) as arrivals,
+        ):
+            print("ready", flush=True)
+            with trio.fail_after(120):
+                await arrivals.receive()
+                first = time.perf_counter()
+                await take_all(arrivals, count - 1)
+            print(f"rate {(count - 1) / (time.perf_counter() - first)}", flush=True)
+
+    trio.run(main)
+
+
+def _bridge_sender(url: str, count: int) -> None:
+    async def main() -> None:
+        near = Broker[bytes](max_buffer_size=count)
+        async with open_bridge(
+            near,
+            url,
+            outbound=["ow"],
+            max_outbound=10_000,
+            outbound_policy=OverflowPolicy.BLOCK,
+            drain=True,  # the block's end waits until everything is sent
+            drain_timeout=120,
+            **BYTES,
+        ):
+            await give_all(near, "ow", count)
+
+    trio.run(main)
+
+
+SIDES = {
+    "plain-receiver": _plain_receiver,
+    "plain-sender": _plain_sender,
+    "bridge-receiver": _bridge_receiver,
+    "bridge-sender": _bridge_sender,
+}
+
+
+def process_rate(url: str, count: int, sender: str, receiver: str) -> float:
+    """Messages per second one way, each side in a process of its own.
+
+    ``sender`` and ``receiver`` are ``"plain"`` or ``"bridge"``.
+    """
+    command = [sys.executable, __file__, "side"]
+    with subprocess.Popen(
+        [*command, f"{receiver}-receiver", url, str(count)],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as receiving:
+        assert receiving.stdout is not None
+        assert receiving.stdout.readline().strip() == "ready"
+        with subprocess.Popen(
+            [*command, f"{sender}-sender", url, str(count)]
+        ) as sending:
+            line = receiving.stdout.readline().split()
+            assert sending.wait(120) == 0
+        assert receiving.wait(120) == 0
+    assert line[0] == "rate", line
+    return float(line[1])
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["side"]:
+    SIDES[sys.argv[2]](sys.argv[3], int(sys.argv[4]))

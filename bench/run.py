@@ -754,8 +754,44 @@ async def nats_bridge(report: Report, quick: bool) -> None:
                 f"{ratio:.2f}x",
                 ratio >= wanted,
             )
+        await processes(report, server.url, count * 3)
     finally:
         server.stop()
+
+
+async def processes(report: Report, url: str, count: int) -> None:
+    """W9p: one way, each side in a process of its own, and which side holds it."""
+    report.section(
+        "W9p: messages per second one way through NATS, each side in a process "
+        "of its own (as bridges are deployed), same server, in turn",
+        [
+            "sender → receiver",
+            "messages/s (median)",
+            "/ plain → plain (median of pairs)",
+        ],
+    )
+    pairs = [
+        ("plain", "plain"),
+        ("bridge", "bridge"),
+        ("bridge", "plain"),
+        ("plain", "bridge"),
+    ]
+    rates: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
+    for _ in range(5):
+        for pair in pairs:
+            rates[pair].append(
+                await trio.to_thread.run_sync(bridge.process_rate, url, count, *pair)
+            )
+    plain = rates[("plain", "plain")]
+    for pair in pairs:
+        ratio = statistics.median(
+            mine / theirs for mine, theirs in zip(rates[pair], plain, strict=True)
+        )
+        report.row(
+            f"{pair[0]} → {pair[1]}",
+            f"{statistics.median(rates[pair]):,.0f}",
+            f"{ratio:.2f}x",
+        )
 
 
 def draw(series: dict[str, dict[int, float]]) -> None:

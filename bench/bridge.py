@@ -18,6 +18,8 @@ last. ``python bridge.py side <role> <url> <count>`` is one such process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -168,6 +170,32 @@ async def bridge_rate(url: str, count: int, *, round_trip: bool) -> float:
 # -- across processes: one side each ------------------------------------------------
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each thread of this process so far (Linux; else empty)."""
+    times = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path("/proc/self/task").glob("*"):
+        with contextlib.suppress(OSError):
+            stat = (task / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            # utime and stime, the 14th and 15th fields of the whole line
+            times[task.name] = (int(fields[11]) + int(fields[12])) / tick
+    return times
+
+
+def cpu_line(before: dict[str, float], count: int) -> str:
+    """µs of CPU per message since ``before``, thread by thread: ``a+b+...``.
+
+    Only the threads that used any, the busiest first.
+    """
+    after = thread_cpu()
+    used = sorted(
+        (after[name] - before.get(name, 0.0) for name in after),
+        reverse=True,
+    )
+    return "+".join(f"{spent / count * 1e6:.2f}" for spent in used if spent > 0)
+
+
 def _plain_receiver(url: str, count: int) -> None:
     import nats
 
@@ -188,8 +216,10 @@ def _plain_receiver(url: str, count: int) -> None:
         await connection.subscribe("ow", cb=on_message, pending_msgs_limit=count + 1)
         await connection.flush()
         print("ready", flush=True)
+        cpu = thread_cpu()
         await asyncio.wait_for(done.wait(), 120)
-        print(f"rate {(count - 1) / (time.perf_counter() - first)}", flush=True)
+        rate = (count - 1) / (time.perf_counter() - first)
+        print(f"rate {rate} {cpu_line(cpu, count)}", flush=True)
         await connection.close()
 
     asyncio.run(main())
@@ -216,11 +246,13 @@ def _bridge_receiver(url: str, count: int) -> None:
             far.subscribe("ow", max_buffer_size=count) as arrivals,
         ):
             print("ready", flush=True)
+            cpu = thread_cpu()
             with trio.fail_after(120):
                 await arrivals.receive()
                 first = time.perf_counter()
                 await take_all(arrivals, count - 1)
-            print(f"rate {(count - 1) / (time.perf_counter() - first)}", flush=True)
+            rate = (count - 1) / (time.perf_counter() - first)
+            print(f"rate {rate} {cpu_line(cpu, count)}", flush=True)
 
     trio.run(main)
 
@@ -251,10 +283,11 @@ SIDES = {
 }
 
 
-def process_rate(url: str, count: int, sender: str, receiver: str) -> float:
+def process_rate(url: str, count: int, sender: str, receiver: str) -> tuple[float, str]:
     """Messages per second one way, each side in a process of its own.
 
-    ``sender`` and ``receiver`` are ``"plain"`` or ``"bridge"``.
+    ``sender`` and ``receiver`` are ``"plain"`` or ``"bridge"``. Also returns
+    the receiving process's CPU per message, thread by thread (``cpu_line``).
     """
     command = [sys.executable, __file__, "side"]
     with subprocess.Popen(
@@ -271,7 +304,7 @@ def process_rate(url: str, count: int, sender: str, receiver: str) -> float:
             assert sending.wait(120) == 0
         assert receiving.wait(120) == 0
     assert line[0] == "rate", line
-    return float(line[1])
+    return float(line[1]), line[2] if len(line) > 2 else ""
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["side"]:

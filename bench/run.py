@@ -768,6 +768,7 @@ async def processes(report: Report, url: str, count: int) -> None:
             "sender → receiver",
             "messages/s (median)",
             "/ plain → plain (median of pairs)",
+            "receiver's CPU per message, µs, by thread (last round)",
         ],
     )
     pairs = [
@@ -777,11 +778,13 @@ async def processes(report: Report, url: str, count: int) -> None:
         ("plain", "bridge"),
     ]
     rates: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
+    cpu: dict[tuple[str, str], str] = {}
     for _ in range(5):
         for pair in pairs:
-            rates[pair].append(
-                await trio.to_thread.run_sync(bridge.process_rate, url, count, *pair)
+            rate, cpu[pair] = await trio.to_thread.run_sync(
+                bridge.process_rate, url, count, *pair
             )
+            rates[pair].append(rate)
     plain = rates[("plain", "plain")]
     for pair in pairs:
         ratio = statistics.median(
@@ -791,6 +794,7 @@ async def processes(report: Report, url: str, count: int) -> None:
             f"{pair[0]} → {pair[1]}",
             f"{statistics.median(rates[pair]):,.0f}",
             f"{ratio:.2f}x",
+            cpu[pair] or "(not on Linux)",
         )
 
 

@@ -149,16 +149,19 @@ async def ours_batches(consumers: int, messages: int) -> float:
 async def _raw(
     consumers: int,
     messages: int,
-    publisher: Callable[[list[trio.MemorySendChannel[int]], int], Awaitable[None]],
+    publisher: Callable[[list[trio.MemorySendChannel[Any]], int], Awaitable[None]],
     block: bool = True,
+    consumer: Callable[[trio.MemoryReceiveChannel[Any], list[int]], Awaitable[None]] = (
+        _consume_channel
+    ),
 ) -> float:
     taken: list[int] = []
     async with trio.open_nursery() as nursery:
         senders = []
         for _ in range(consumers):
-            send, receive = trio.open_memory_channel[int](BUFFER)
+            send, receive = trio.open_memory_channel[Any](BUFFER)
             senders.append(send)
-            nursery.start_soon(_consume_channel, receive, taken)
+            nursery.start_soon(consumer, receive, taken)
         await trio.testing.wait_all_tasks_blocked()
         start = time.perf_counter()
         await publisher(senders, messages)
@@ -247,32 +250,26 @@ async def _consume_carried(
     taken.append(count)
 
 
+async def _raw_same_shape_carrying(
+    senders: list[trio.MemorySendChannel[Carried]], n: int
+) -> None:
+    """``_raw_same_shape``, each message a new ``Carried``."""
+    checkpoint = trio.lowlevel.checkpoint
+    for i in range(n):
+        item = Carried(SUBJECT, i)
+        for send in senders:
+            try:
+                send.send_nowait(item)
+            except trio.WouldBlock:
+                await send.send(item)
+        await checkpoint()
+
+
 async def raw_same_shape_carrying(consumers: int, messages: int) -> float:
     """``raw_same_shape``, each message a new ``Carried`` read by the consumer."""
-    taken: list[int] = []
-    checkpoint = trio.lowlevel.checkpoint
-    async with trio.open_nursery() as nursery:
-        senders = []
-        for _ in range(consumers):
-            send, receive = trio.open_memory_channel[Carried](BUFFER)
-            senders.append(send)
-            nursery.start_soon(_consume_carried, receive, taken)
-        await trio.testing.wait_all_tasks_blocked()
-        start = time.perf_counter()
-        for i in range(messages):
-            item = Carried(SUBJECT, i)
-            for send in senders:
-                try:
-                    send.send_nowait(item)
-                except trio.WouldBlock:
-                    await send.send(item)
-            await checkpoint()
-        for send in senders:
-            await send.aclose()
-        await _wait_for(taken, consumers)
-        elapsed = time.perf_counter() - start
-    assert taken == [messages] * consumers, taken
-    return elapsed
+    return await _raw(
+        consumers, messages, _raw_same_shape_carrying, consumer=_consume_carried
+    )
 
 
 def carry_rows(repeats: int = 5, scale: float = 1.0) -> dict[str, float]:

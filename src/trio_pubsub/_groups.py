@@ -5,17 +5,17 @@ their patterns. For each subject, the routes hold one ``GroupTarget`` per group
 with the members that subject reaches; the broker offers a message to it as to
 any subscription, and the target passes it on to one member.
 
-Which member (:meth:`GroupTarget._choose`, the one chooser), in this order:
-a member with a receiver waiting (it is idle: the message is handed to it at
-once); else the member with the fewest pending messages among those with
-room (below its size, and no publisher waiting for it); ties, and the first
-rule among several idle members, go to the one
-routed a message least recently. If no member has room, the least recently
-routed one gets it all the same, and its own policy decides (a ``BLOCK``
-member makes the publisher wait for it, a ``DROP_NEWEST`` one drops and counts
-it). A member that joins takes its place at the back, as if it had just been
-routed a message. So a slow member is not handed work while a faster one sits
-idle, and among equally busy members the work goes round.
+Which member (:meth:`GroupTarget._choose`, the one chooser), in this order: a
+member with a receiver waiting (it is idle: the message is handed to it at
+once); else the member with the fewest pending messages among those with room
+(below its size, and no publisher waiting for it); ties, and the first rule
+among several idle members, go to the one routed a message least recently. If
+no member has room, the least recently routed one gets it all the same, and its
+own policy decides (a ``BLOCK`` member makes the publisher wait for it, a
+``DROP_NEWEST`` one drops and counts it). A member that joins takes its place
+at the back, as if it had just been routed a message. So a slow member is not
+handed work while a faster one sits idle, and among equally busy members the
+work goes round.
 
 A ``GroupTarget`` looks to the broker's fast path like an inbox that is never
 open for a plain append (empty ``buffer``, ``limit`` 0), so every offer to it

@@ -194,18 +194,7 @@ def inject(
     Raises:
         InvalidSubjectError, TypeError, BrokerClosedError: as ``publish`` does.
     """
-    # _inject() without a request to open, written out: every imported
-    # message comes this way.
-    message, targets = broker._snapshot(subject, payload, headers)
-    exports = _EXPORTS.get(id(broker))
-    if exports and not exports.isdisjoint(targets):
-        targets = tuple(target for target in targets if target not in exports)
-    full: list[Target[T]] = []
-    broker._deliver(message, targets, full)
-    if full:
-        return Pending(message, full)
-    broker._published += 1
-    return None
+    return _inject(broker, subject, payload, headers, ask=False)[0]
 
 
 @enable_ki_protection

@@ -259,6 +259,64 @@ async def test_block_subscriber_slows_the_import_and_losses_are_exact(
         assert received == sorted(received)  # in order, with gaps
 
 
+async def test_messages_keep_their_order_around_a_full_inbound_queue(
+    nats_server: NatsServer,
+) -> None:
+    """Messages handed over at once and those that wait keep one order.
+
+    While the bridge's inbound queue has room, each message goes to it as
+    nats-py parses it; once it is full, they wait in nats-py's queue, and so
+    do the ones that come after, until that queue is empty again. What the
+    queues cannot hold is dropped and counted; what comes through is in
+    order, once each.
+    """
+    sender, slow = Broker[Any](), Broker[Any]()
+    async with (
+        open_bridge(sender, nats_server.url, outbound=["q"], **JSON) as out,
+        open_bridge(
+            slow, nats_server.url, inbound=["q"], max_inbound=20, **JSON
+        ) as into,
+        slow.subscribe("q", policy=OverflowPolicy.BLOCK, max_buffer_size=1) as sub,
+    ):
+        for i in range(45):
+            await sender.publish("q", i)
+        await wait_until(lambda: out.statistics().exported == 45)
+
+        def queued() -> int:  # in the bridge's inbound queue now
+            link = into._link
+            assert link is not None
+            return link.queued_inbound()
+
+        # The bridge's queue is full: what comes now waits in nats-py's.
+        await wait_until(lambda: queued() == 20)
+        got = []
+
+        async def read() -> None:
+            # Slowly, so that room comes a message at a time while nats-py's
+            # queue still holds some: a new message then has room, and must
+            # still not go ahead of them.
+            with trio.move_on_after(1):
+                while True:
+                    got.append((await sub.receive()).payload)
+                    await trio.sleep(0.002)
+
+        async with trio.open_nursery() as nursery:
+            # More while the waiting ones go through: they wait behind them.
+            nursery.start_soon(read)
+            for i in range(45, 55):
+                await sender.publish("q", i)
+        stats = into.statistics()
+        assert got == sorted(set(got))  # in order, once each
+        assert len(got) > 20  # more than the bridge's queue held
+        assert stats.imported == len(got)
+        assert stats.imported + stats.inbound_dropped == 55
+        # With the queues empty again, the next ones go straight through.
+        for i in range(55, 65):
+            await sender.publish("q", i)
+        assert [m.payload for m in await take(sub, 10)] == list(range(55, 65))
+        assert into.statistics().imported == len(got) + 10
+
+
 async def test_outbound_overflow_follows_its_policy(nats_server: NatsServer) -> None:
     here = Broker[Any]()
     async with open_bridge(

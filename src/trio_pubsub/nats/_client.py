@@ -20,6 +20,16 @@ event end its read loop, or its connection, for good:
 
 Dropped messages are reported through ``on_malformed``, for the bridge to
 count and log.
+
+It also skips, for the bridge's own subscriptions, what nats-py does for
+every message between parsing it and calling back: a subscription's message
+goes into its queue, a task of its own takes it out and awaits the callback.
+A subscription registered in ``takers`` has each message handed to its taker
+at once, in the read loop, while the taker says it is ready (its queue has
+room and nothing waits on nats-py's path); otherwise the message takes
+nats-py's path, and so does every one after it until that path is empty, so
+messages keep their order. About a quarter of what nats-py's reading thread
+spends per message.
 """
 
 from __future__ import annotations
@@ -33,6 +43,11 @@ from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 if typing.TYPE_CHECKING:
     from collections.abc import Callable
 
+    from nats.aio.msg import Msg
+
+Taker = tuple["Callable[[], bool]", "Callable[[Msg], None]"]
+"""Whether it can take a message now, and taking one."""
+
 _CRLF = b"\r\n"
 
 
@@ -43,6 +58,9 @@ class GuardedClient(Client):
         super().__init__()
         self.on_malformed = on_malformed
         self._ps = _GuardedParser(self)
+        self.takers: dict[int, Taker] = {}
+        """The bridge's subscriptions, by sid: their messages skip nats-py's
+        queue while the taker is ready."""
 
     async def _process_pong(self) -> None:
         # A PONG answers the oldest PING; a flush that timed out has cancelled
@@ -65,12 +83,26 @@ class GuardedClient(Client):
         try:
             subject.decode()
             reply.decode()
-            if headers:
-                await self._process_headers(headers)
+            parsed = await self._process_headers(headers) if headers else None
         except (UnicodeDecodeError, IndexError, ValueError) as error:
             self.on_malformed(
                 f"{type(error).__name__} in a message on {bytes(subject)!r}"
             )
+            return
+        taker = self.takers.get(sid)
+        sub = self._subs.get(sid)
+        if (
+            taker is not None
+            and sub is not None
+            and taker[0]()
+            and sub._pending_queue.empty()
+        ):
+            # What nats-py's _process_msg does for a plain subscription's
+            # message, but the queue: counted, built, handed over.
+            self.stats["in_msgs"] += 1
+            self.stats["in_bytes"] += len(data)
+            sub._received += 1
+            taker[1](self._build_message(sid, subject, reply, data, parsed))
             return
         await super()._process_msg(sid, subject, reply, data, headers)
 

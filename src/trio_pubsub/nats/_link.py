@@ -96,13 +96,17 @@ class Link:
             target=self._run, name="trio-pubsub-nats", daemon=True
         )
         self._finished = trio.Event()
-        self._nc: Client | None = None
+        self._nc: GuardedClient | None = None
         # in: filled here, emptied by the trio side
         self._incoming: deque[Incoming] = deque()
         self._wake = trio.Event()  # trio side: set when _incoming gets a message
         self._trio_waits = False  # trio side: waiting for _wake (loop side reads)
         self._tell_scheduled = False  # loop side: _tell_trio is due
         self._inbound_full = False  # loop side waits for room
+        # loop side: callbacks on nats-py's path running (one may wait for
+        # room); while any does, or its queue holds messages, the read loop
+        # hands nothing to _take, so messages keep their order
+        self._in_callback = 0
         self._room: asyncio.Event | None = None
         # out: batches handed over and not yet sent
         self._outbox: asyncio.Queue[list[Outgoing]] | None = None
@@ -210,11 +214,15 @@ class Link:
             earlier = [] if queue else [tuple(s.split(".")) for s in subjects[:index]]
             if self._replies is not None:
                 earlier.insert(0, self._replies)
-            await self._nc.subscribe(
+            sub = await self._nc.subscribe(
                 subject,
                 queue=queue,
                 cb=functools.partial(self._on_message, earlier),
                 pending_msgs_limit=self._max_inbound,
+            )
+            self._nc.takers[sub._id] = (
+                self._can_take,
+                functools.partial(self._take, earlier),
             )
         # After the PONG, the server has the subscriptions.
         await self._nc.flush(timeout=self._flush_timeout)  # type: ignore[arg-type]
@@ -225,11 +233,12 @@ class Link:
 
     async def _subscribe_replies(self, pattern: str) -> None:
         assert self._nc is not None
-        await self._nc.subscribe(
+        sub = await self._nc.subscribe(
             pattern,
             cb=functools.partial(self._on_message, []),
             pending_msgs_limit=self._max_inbound,
         )
+        self._nc.takers[sub._id] = (self._can_take, functools.partial(self._take, []))
         self._replies = tuple(pattern.split("."))
         await self._nc.flush(timeout=self._flush_timeout)  # type: ignore[arg-type]
 
@@ -500,22 +509,36 @@ class Link:
 
     # -- in -------------------------------------------------------------------------
 
+    def _can_take(self) -> bool:
+        """Whether the read loop may hand a message to :meth:`_take` now."""
+        return self._in_callback == 0 and len(self._incoming) < self._max_inbound
+
+    def _take(self, earlier: list[tuple[str, ...]], msg: Msg) -> None:
+        """A message from the read loop, with room for it (see ``_can_take``)."""
+        if not _seen(earlier, msg):
+            self._append(msg)
+
     async def _on_message(self, earlier: list[tuple[str, ...]], msg: Msg) -> None:
-        if earlier:
-            tokens = tuple(msg.subject.split("."))
-            for pattern in earlier:
-                if _port.tokens_match(pattern, tokens):
-                    return  # the subscription on ``pattern`` has its own copy
-        incoming = self._incoming
-        room = self._room
-        assert room is not None
-        while len(incoming) >= self._max_inbound and not self.counters.closed:
-            room.clear()
-            self._inbound_full = True
-            if len(incoming) < self._max_inbound:  # emptied meanwhile
-                break
-            await room.wait()
-        incoming.append(msg)
+        """A message by nats-py's path: its queue, its task, this callback."""
+        self._in_callback += 1
+        try:
+            if _seen(earlier, msg):
+                return
+            incoming = self._incoming
+            room = self._room
+            assert room is not None
+            while len(incoming) >= self._max_inbound and not self.counters.closed:
+                room.clear()
+                self._inbound_full = True
+                if len(incoming) < self._max_inbound:  # emptied meanwhile
+                    break
+                await room.wait()
+            self._append(msg)
+        finally:
+            self._in_callback -= 1
+
+    def _append(self, msg: Msg) -> None:
+        self._incoming.append(msg)
         if not self._tell_scheduled:
             # Once per turn of the loop, after nats-py has handed over every
             # message of what it read: one crossing for the lot.
@@ -554,6 +577,19 @@ class Link:
     def queued_inbound(self) -> int:
         """Messages taken from NATS and not yet given to the trio side."""
         return len(self._incoming)
+
+
+def _seen(earlier: list[tuple[str, ...]], msg: Msg) -> bool:
+    """Whether a subscription on a pattern in ``earlier`` has its own copy.
+
+    NATS sends a message once per subscription it matches.
+    """
+    if earlier:
+        tokens = tuple(msg.subject.split("."))
+        for pattern in earlier:
+            if _port.tokens_match(pattern, tokens):
+                return True
+    return False
 
 
 def _ended(task: asyncio.Task[None] | None) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -283,17 +284,25 @@ SIDES = {
 }
 
 
-def process_rate(url: str, count: int, sender: str, receiver: str) -> tuple[float, str]:
+def process_rate(
+    url: str, count: int, sender: str, receiver: str, source: str | None = None
+) -> tuple[float, str]:
     """Messages per second one way, each side in a process of its own.
 
-    ``sender`` and ``receiver`` are ``"plain"`` or ``"bridge"``. Also returns
-    the receiving process's CPU per message, thread by thread (``cpu_line``).
+    ``sender`` and ``receiver`` are ``"plain"`` or ``"bridge"``; ``source``,
+    a folder holding another ``trio_pubsub`` for the receiving process to
+    import. Also returns the receiving process's CPU per message, thread by
+    thread (``cpu_line``).
     """
     command = [sys.executable, __file__, "side"]
+    environment = dict(os.environ)
+    if source is not None:
+        environment["PYTHONPATH"] = source
     with subprocess.Popen(
         [*command, f"{receiver}-receiver", url, str(count)],
         stdout=subprocess.PIPE,
         text=True,
+        env=environment,
     ) as receiving:
         assert receiving.stdout is not None
         assert receiving.stdout.readline().strip() == "ready"
@@ -307,5 +316,47 @@ def process_rate(url: str, count: int, sender: str, receiver: str) -> tuple[floa
     return float(line[1]), line[2] if len(line) > 2 else ""
 
 
+def ab(before: str, rounds: int = 6, count: int = 60_000) -> None:
+    """Print the importing side's rate, ``before`` (a commit) against now.
+
+    A plain nats-py sender, a bridge receiving, in turn with each version
+    and with a plain receiver, ``rounds`` times.
+    """
+    import statistics
+    import tarfile
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as into:
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", before, "src/trio_pubsub"],
+            cwd=Path(__file__).resolve().parents[1],
+            check=True,
+            capture_output=True,
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(into, filter="data")
+        source = str(Path(into) / "src")
+        server = start_server()
+        try:
+            plain, old, new = [], [], []
+            for round_ in range(rounds):
+                plain.append(process_rate(server.url, count, "plain", "plain")[0])
+                for version in (source, None) if round_ % 2 else (None, source):
+                    rate, cpu = process_rate(
+                        server.url, count, "plain", "bridge", version
+                    )
+                    (new if version is None else old).append(rate)
+                    print(f"{'before' if version else 'now':6} {rate:9,.0f} {cpu}")
+        finally:
+            server.stop()
+    for label, rates in (("before", old), ("now", new)):
+        ratio = statistics.median(r / p for r, p in zip(rates, plain, strict=True))
+        print(f"plain sender -> bridge, {label}: {ratio:.2f}x plain -> plain")
+    change = statistics.median(n / o for n, o in zip(new, old, strict=True))
+    print(f"now / before: {change:.2f}x")
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["side"]:
     SIDES[sys.argv[2]](sys.argv[3], int(sys.argv[4]))
+elif __name__ == "__main__" and sys.argv[1:2] == ["--ab"]:
+    ab(sys.argv[2])

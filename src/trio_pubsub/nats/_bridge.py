@@ -448,12 +448,12 @@ class Bridge(Generic[T]):
         Returns what is left to wait for, if anything: a message and the full
         ``BLOCK`` subscriptions it is still to go to.
         """
-        remote = item.subject
+        remote, answer_to, data, headers = item
         if remote.startswith(self._replies):
-            self._import_answer(item)
+            self._import_answer(remote, data, headers)
             return None
         try:
-            payload = self._decode(item.data)
+            payload = self._decode(data)
         except Exception as error:
             self._in_lost += 1
             self._warn_decode(
@@ -466,12 +466,12 @@ class Bridge(Generic[T]):
         subject = remote[len(self._head) :]
         reply = None
         try:
-            if item.reply:
+            if answer_to:
                 pending, reply = _port.inject_request(
-                    self._broker, subject, payload, item.headers
+                    self._broker, subject, payload, headers
                 )
             else:
-                pending = _port.inject(self._broker, subject, payload, item.headers)
+                pending = _port.inject(self._broker, subject, payload, headers)
         except (InvalidSubjectError, TypeError, BrokerClosedError) as error:
             self._in_lost += 1
             self._warn_import(
@@ -482,39 +482,40 @@ class Bridge(Generic[T]):
             return None
         if reply is not None:
             assert self._nursery is not None
-            self._nursery.start_soon(self._answer, reply, item.reply)
+            self._nursery.start_soon(self._answer, reply, answer_to)
         if pending is None:
             self._imported += 1
         return pending
 
-    def _import_answer(self, item: Incoming) -> None:
+    def _import_answer(
+        self, subject: str, data: bytes, headers: dict[str, str] | None
+    ) -> None:
         """An answer from NATS to one of the broker's requests: pass it on.
 
         It reaches the request if it still waits, else nobody (counted as
         imported all the same: it was published). A "no responders" status
         carries no answer: it tells the request that nobody in NATS will.
         """
-        headers = item.headers
-        if headers and headers.get("Status") == _NO_RESPONDERS and not item.data:
-            _port.decline(self._broker, item.subject)
+        if headers and headers.get("Status") == _NO_RESPONDERS and not data:
+            _port.decline(self._broker, subject)
             return
         try:
-            payload = self._decode(item.data)
+            payload = self._decode(data)
         except Exception as error:
             self._in_lost += 1
             self._warn_decode(
                 "NATS bridge: an answer on %r was not imported: decode failed: %s: %s",
-                item.subject,
+                subject,
                 type(error).__name__,
                 error,
             )
             return
         try:
-            _port.inject(self._broker, item.subject, payload, headers)
+            _port.inject(self._broker, subject, payload, headers)
         except (TypeError, BrokerClosedError) as error:
             self._in_lost += 1
             self._warn_import(
-                "NATS bridge: an answer on %r was not imported: %s", item.subject, error
+                "NATS bridge: an answer on %r was not imported: %s", subject, error
             )
             return
         self._imported += 1

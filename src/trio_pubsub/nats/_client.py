@@ -43,10 +43,12 @@ from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 if typing.TYPE_CHECKING:
     from collections.abc import Callable
 
-    from nats.aio.msg import Msg
-
-Taker = tuple["Callable[[], bool]", "Callable[[Msg], None]"]
-"""Whether it can take a message now, and taking one."""
+Taker = tuple[
+    "Callable[[], bool]",
+    "Callable[[tuple[str, str, bytes, dict[str, str] | None]], None]",
+]
+"""Whether it can take a message now, and taking one: its subject, reply
+subject (or ""), data and headers (or None)."""
 
 _CRLF = b"\r\n"
 
@@ -81,8 +83,8 @@ class GuardedClient(Client):
         headers: bytes,
     ) -> None:
         try:
-            subject.decode()
-            reply.decode()
+            text = subject.decode()
+            answer_to = reply.decode()
             parsed = await self._process_headers(headers) if headers else None
         except (UnicodeDecodeError, IndexError, ValueError) as error:
             self.on_malformed(
@@ -98,11 +100,11 @@ class GuardedClient(Client):
             and sub._pending_queue.empty()
         ):
             # What nats-py's _process_msg does for a plain subscription's
-            # message, but the queue: counted, built, handed over.
+            # message, but the queue and the Msg: counted, handed over.
             self.stats["in_msgs"] += 1
             self.stats["in_bytes"] += len(data)
             sub._received += 1
-            taker[1](self._build_message(sid, subject, reply, data, parsed))
+            taker[1]((text, answer_to, data, parsed))
             return
         await super()._process_msg(sid, subject, reply, data, headers)
 

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import nats
 import nats.errors
 import trio
-from nats.aio.msg import Msg
 
 from .. import _port
 from .._log import RateLimitedWarning
@@ -38,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
 
 logger = logging.getLogger("trio_pubsub.nats")
 
@@ -52,9 +52,9 @@ WATCH_INTERVAL = 1.0
 # (remote subject, data, headers or None, reply subject or None): one message
 # ready for NATS.
 Outgoing = tuple[str, bytes, dict[str, str] | None, str | None]
-# One message as NATS delivered it: nats-py's own, with its subject, data and
-# headers (a dict, or None), handed over as it is.
-Incoming = Msg
+# (subject, reply subject or "", data, headers or None): one message as NATS
+# delivered it.
+Incoming = tuple[str, str, bytes, dict[str, str] | None]
 
 
 class Counters:
@@ -513,16 +513,16 @@ class Link:
         """Whether the read loop may hand a message to :meth:`_take` now."""
         return self._in_callback == 0 and len(self._incoming) < self._max_inbound
 
-    def _take(self, earlier: list[tuple[str, ...]], msg: Msg) -> None:
+    def _take(self, earlier: list[tuple[str, ...]], item: Incoming) -> None:
         """A message from the read loop, with room for it (see ``_can_take``)."""
-        if not _seen(earlier, msg):
-            self._append(msg)
+        if not (earlier and _seen(earlier, item[0])):
+            self._append(item)
 
     async def _on_message(self, earlier: list[tuple[str, ...]], msg: Msg) -> None:
         """A message by nats-py's path: its queue, its task, this callback."""
         self._in_callback += 1
         try:
-            if _seen(earlier, msg):
+            if _seen(earlier, msg.subject):
                 return
             incoming = self._incoming
             room = self._room
@@ -533,12 +533,12 @@ class Link:
                 if len(incoming) < self._max_inbound:  # emptied meanwhile
                     break
                 await room.wait()
-            self._append(msg)
+            self._append((msg.subject, msg.reply, msg.data, msg.headers))
         finally:
             self._in_callback -= 1
 
-    def _append(self, msg: Msg) -> None:
-        self._incoming.append(msg)
+    def _append(self, item: Incoming) -> None:
+        self._incoming.append(item)
         if not self._tell_scheduled:
             # Once per turn of the loop, after nats-py has handed over every
             # message of what it read: one crossing for the lot.
@@ -579,13 +579,13 @@ class Link:
         return len(self._incoming)
 
 
-def _seen(earlier: list[tuple[str, ...]], msg: Msg) -> bool:
+def _seen(earlier: list[tuple[str, ...]], subject: str) -> bool:
     """Whether a subscription on a pattern in ``earlier`` has its own copy.
 
     NATS sends a message once per subscription it matches.
     """
     if earlier:
-        tokens = tuple(msg.subject.split("."))
+        tokens = tuple(subject.split("."))
         for pattern in earlier:
             if _port.tokens_match(pattern, tokens):
                 return True

@@ -229,7 +229,7 @@ class Bridge(Generic[T]):
         try:
             if self._outbound:
                 # Listening for answers before a request can go out.
-                await link.subscribe_replies(self._replies + "*")
+                await link.subscribe_replies(self._replies)
                 self._export_scope = _port.export(
                     self._broker,
                     self._outbound,

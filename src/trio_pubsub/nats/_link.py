@@ -119,9 +119,9 @@ class Link:
         # one rate-limited warning per cause, made on first use (see _warn)
         self._warnings: dict[str, RateLimitedWarning] = {}
         self._credit = trio.Semaphore(IN_FLIGHT)  # batches handed over and not yet done
-        # The pattern of the subscription for answers, once made: the others
-        # skip what it matches, for it has its own copy.
-        self._replies: tuple[str, ...] | None = None
+        # The prefix of the subscription for answers, once made (it takes one
+        # token after it): the others skip what it matches.
+        self._replies: str | None = None
 
     # -- the thread ---------------------------------------------------------------
 
@@ -211,18 +211,18 @@ class Link:
             # queue group gets one copy in all, through any of them.
             # (split, not parsed: a subject from NATS may break the grammar
             # here, and is then dropped and counted once, on import)
+            # The subscription for answers has its own copy of what it matches.
             earlier = [] if queue else [tuple(s.split(".")) for s in subjects[:index]]
-            if self._replies is not None:
-                earlier.insert(0, self._replies)
+            replies = self._replies
             sub = await self._nc.subscribe(
                 subject,
                 queue=queue,
-                cb=functools.partial(self._on_message, earlier),
+                cb=functools.partial(self._on_message, replies, earlier),
                 pending_msgs_limit=self._max_inbound,
             )
             self._nc.takers[sub._id] = (
                 self._can_take,
-                functools.partial(self._take, earlier),
+                functools.partial(self._take, replies, earlier),
             )
         # After the PONG, the server has the subscriptions.
         await self._nc.flush(timeout=self._flush_timeout)  # type: ignore[arg-type]
@@ -231,20 +231,27 @@ class Link:
         """Subscribe to ``subjects`` (``queue``: a queue group, or "") and confirm."""
         await self.call(self._subscribe(subjects, queue))
 
-    async def _subscribe_replies(self, pattern: str) -> None:
+    async def _subscribe_replies(self, prefix: str) -> None:
         assert self._nc is not None
         sub = await self._nc.subscribe(
-            pattern,
-            cb=functools.partial(self._on_message, []),
+            prefix + "*",
+            cb=functools.partial(self._on_message, None, []),
             pending_msgs_limit=self._max_inbound,
         )
-        self._nc.takers[sub._id] = (self._can_take, functools.partial(self._take, []))
-        self._replies = tuple(pattern.split("."))
+        self._nc.takers[sub._id] = (
+            self._can_take,
+            functools.partial(self._take, None, []),
+        )
+        self._replies = prefix
         await self._nc.flush(timeout=self._flush_timeout)  # type: ignore[arg-type]
 
-    async def subscribe_replies(self, pattern: str) -> None:
-        """Subscribe to the answers to the broker's requests, before the others."""
-        await self.call(self._subscribe_replies(pattern))
+    async def subscribe_replies(self, prefix: str) -> None:
+        """Subscribe to the answers to the broker's requests, before the others.
+
+        They are the subjects of one token after ``prefix`` (which ends in a
+        dot).
+        """
+        await self.call(self._subscribe_replies(prefix))
 
     def _on_malformed(self, what: str) -> None:
         self.counters.malformed += 1
@@ -513,16 +520,20 @@ class Link:
         """Whether the read loop may hand a message to :meth:`_take` now."""
         return self._in_callback == 0 and len(self._incoming) < self._max_inbound
 
-    def _take(self, earlier: list[tuple[str, ...]], item: Incoming) -> None:
+    def _take(
+        self, replies: str | None, earlier: list[tuple[str, ...]], item: Incoming
+    ) -> None:
         """A message from the read loop, with room for it (see ``_can_take``)."""
-        if not (earlier and _seen(earlier, item[0])):
+        if not _seen(replies, earlier, item[0]):
             self._append(item)
 
-    async def _on_message(self, earlier: list[tuple[str, ...]], msg: Msg) -> None:
+    async def _on_message(
+        self, replies: str | None, earlier: list[tuple[str, ...]], msg: Msg
+    ) -> None:
         """A message by nats-py's path: its queue, its task, this callback."""
         self._in_callback += 1
         try:
-            if _seen(earlier, msg.subject):
+            if _seen(replies, earlier, msg.subject):
                 return
             incoming = self._incoming
             room = self._room
@@ -579,11 +590,19 @@ class Link:
         return len(self._incoming)
 
 
-def _seen(earlier: list[tuple[str, ...]], subject: str) -> bool:
-    """Whether a subscription on a pattern in ``earlier`` has its own copy.
+def _seen(replies: str | None, earlier: list[tuple[str, ...]], subject: str) -> bool:
+    """Whether another subscription has its own copy of a message on ``subject``.
 
-    NATS sends a message once per subscription it matches.
+    That is the one for answers (one token after the prefix ``replies``), or
+    one on a pattern in ``earlier``: NATS sends a message once per
+    subscription it matches.
     """
+    if (
+        replies is not None
+        and subject.startswith(replies)
+        and "." not in subject[len(replies) :]
+    ):
+        return True
     if earlier:
         tokens = tuple(subject.split("."))
         for pattern in earlier:

@@ -276,12 +276,149 @@ def _bridge_sender(url: str, count: int) -> None:
     trio.run(main)
 
 
+# Round trip: the relay's process sends back what it receives; the origin's
+# sends ``count`` messages and times them until all are back.
+
+
+def _plain_relay(url: str, count: int) -> None:
+    import nats
+
+    async def main() -> None:
+        connection = await nats.connect(url)
+        done = asyncio.Event()
+        relayed = 0
+
+        async def relay(msg: Any) -> None:
+            nonlocal relayed
+            await connection.publish("rt.b", msg.data)
+            relayed += 1
+            if relayed == count:
+                done.set()
+
+        await connection.subscribe("rt.a", cb=relay, pending_msgs_limit=count + 1)
+        await connection.flush()
+        print("ready", flush=True)
+        cpu = thread_cpu()
+        await asyncio.wait_for(done.wait(), 120)
+        await connection.flush()
+        print(f"cpu {cpu_line(cpu, count)}", flush=True)
+        await connection.close()
+
+    asyncio.run(main())
+
+
+def _plain_origin(url: str, count: int) -> None:
+    import nats
+
+    async def main() -> None:
+        connection = await nats.connect(url)
+        done = asyncio.Event()
+        received = 0
+
+        async def on_back(_msg: Any) -> None:
+            nonlocal received
+            received += 1
+            if received == count:
+                done.set()
+
+        await connection.subscribe("rt.b", cb=on_back, pending_msgs_limit=count + 1)
+        await connection.flush()
+        cpu = thread_cpu()
+        start = time.perf_counter()
+        for _ in range(count):
+            await connection.publish("rt.a", PAYLOAD)
+        await asyncio.wait_for(done.wait(), 120)
+        rate = count / (time.perf_counter() - start)
+        print(f"rate {rate} {cpu_line(cpu, count)}", flush=True)
+        await connection.close()
+
+    asyncio.run(main())
+
+
+def _bridge_relay(url: str, count: int) -> None:
+    async def main() -> None:
+        broker = Broker[bytes]()
+        async with (
+            open_bridge(
+                broker,
+                url,
+                inbound=["rt.a"],
+                outbound=["rt.b"],
+                max_inbound=10_000,
+                max_outbound=10_000,
+                outbound_policy=OverflowPolicy.BLOCK,
+                drain=True,
+                drain_timeout=120,
+                **BYTES,
+            ),
+            broker.subscribe("rt.a", max_buffer_size=count) as arrivals,
+        ):
+            print("ready", flush=True)
+            cpu = thread_cpu()
+            left = count
+            with trio.fail_after(120):
+                # What has come in, at most 256 at a time: one checkpoint a
+                # batch, as nats-py's task takes from its queue without a turn
+                # of the loop a message.
+                async for batch in arrivals.batches(256):
+                    for message in batch:
+                        try:
+                            broker.publish_nowait("rt.b", message.payload)
+                        except trio.WouldBlock:  # the export queue is full
+                            await broker.publish("rt.b", message.payload)
+                    left -= len(batch)
+                    if not left:
+                        break
+            line = cpu_line(cpu, count)
+        print(f"cpu {line}", flush=True)
+
+    trio.run(main)
+
+
+def _bridge_origin(url: str, count: int) -> None:
+    async def main() -> None:
+        broker = Broker[bytes](max_buffer_size=count)
+        async with (
+            open_bridge(
+                broker,
+                url,
+                inbound=["rt.b"],
+                outbound=["rt.a"],
+                max_inbound=10_000,
+                max_outbound=10_000,
+                outbound_policy=OverflowPolicy.BLOCK,
+                **BYTES,
+            ),
+            broker.subscribe("rt.b", max_buffer_size=count) as returns,
+        ):
+            cpu = thread_cpu()
+            start = time.perf_counter()
+            await give_all(broker, "rt.a", count)
+            with trio.fail_after(120):
+                await take_all(returns, count)
+            rate = count / (time.perf_counter() - start)
+            print(f"rate {rate} {cpu_line(cpu, count)}", flush=True)
+
+    trio.run(main)
+
+
 SIDES = {
     "plain-receiver": _plain_receiver,
     "plain-sender": _plain_sender,
     "bridge-receiver": _bridge_receiver,
     "bridge-sender": _bridge_sender,
+    "plain-relay": _plain_relay,
+    "plain-origin": _plain_origin,
+    "bridge-relay": _bridge_relay,
+    "bridge-origin": _bridge_origin,
 }
+
+
+def _environment(source: str | None) -> dict[str, str] | None:
+    """The environment of a process importing ``trio_pubsub`` from ``source``."""
+    if source is None:
+        return None
+    return dict(os.environ, PYTHONPATH=source)
 
 
 def process_rate(
@@ -290,14 +427,12 @@ def process_rate(
     """Messages per second one way, each side in a process of its own.
 
     ``sender`` and ``receiver`` are ``"plain"`` or ``"bridge"``; ``source``,
-    a folder holding another ``trio_pubsub`` for the receiving process to
-    import. Also returns the receiving process's CPU per message, thread by
-    thread (``cpu_line``).
+    a folder holding another ``trio_pubsub`` for both processes to import.
+    Also returns the receiving process's CPU per message, thread by thread
+    (``cpu_line``).
     """
     command = [sys.executable, __file__, "side"]
-    environment = dict(os.environ)
-    if source is not None:
-        environment["PYTHONPATH"] = source
+    environment = _environment(source)
     with subprocess.Popen(
         [*command, f"{receiver}-receiver", url, str(count)],
         stdout=subprocess.PIPE,
@@ -307,7 +442,7 @@ def process_rate(
         assert receiving.stdout is not None
         assert receiving.stdout.readline().strip() == "ready"
         with subprocess.Popen(
-            [*command, f"{sender}-sender", url, str(count)]
+            [*command, f"{sender}-sender", url, str(count)], env=environment
         ) as sending:
             line = receiving.stdout.readline().split()
             assert sending.wait(120) == 0
@@ -316,16 +451,66 @@ def process_rate(
     return float(line[1]), line[2] if len(line) > 2 else ""
 
 
-def ab(before: str, rounds: int = 6, count: int = 60_000) -> None:
-    """Print the importing side's rate, ``before`` (a commit) against now.
+def round_trip_rate(
+    url: str, count: int, origin: str, relay: str, source: str | None = None
+) -> tuple[float, str, str]:
+    """Messages per second there and back, each side in a process of its own.
 
-    A plain nats-py sender, a bridge receiving, in turn with each version
-    and with a plain receiver, ``rounds`` times.
+    ``origin`` and ``relay`` are ``"plain"`` or ``"bridge"``; ``source``, as
+    for ``process_rate``. Also returns each process's CPU per message,
+    thread by thread (``cpu_line``): the origin's, then the relay's.
+    """
+    command = [sys.executable, __file__, "side"]
+    environment = _environment(source)
+    with subprocess.Popen(
+        [*command, f"{relay}-relay", url, str(count)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=environment,
+    ) as relaying:
+        assert relaying.stdout is not None
+        assert relaying.stdout.readline().strip() == "ready"
+        with subprocess.Popen(
+            [*command, f"{origin}-origin", url, str(count)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=environment,
+        ) as starting:
+            assert starting.stdout is not None
+            line = starting.stdout.readline().split()
+            assert starting.wait(120) == 0
+        relayed = relaying.stdout.readline().split()
+        assert relaying.wait(120) == 0
+    assert line[0] == "rate", line
+    assert relayed[0] == "cpu", relayed
+    return (
+        float(line[1]),
+        line[2] if len(line) > 2 else "",
+        relayed[1] if len(relayed) > 1 else "",
+    )
+
+
+def ab(before: str, rounds: int = 6, count: int = 60_000) -> None:
+    """Print the bridges' rates across processes, ``before`` (a commit) against now.
+
+    Each round runs the plain pair, then bridges at both ends with each
+    version in turn: one way (also a plain sender into a bridge), and there
+    and back.
     """
     import statistics
     import tarfile
     import tempfile
 
+    def one_way(sender: str) -> Any:
+        return lambda url, source: process_rate(url, count, sender, "bridge", source)
+
+    cases = {
+        "plain sender -> bridge": one_way("plain"),
+        "bridge -> bridge": one_way("bridge"),
+        "bridge <-> bridge, round trip": lambda url, source: round_trip_rate(
+            url, count, "bridge", "bridge", source
+        ),
+    }
     with tempfile.TemporaryDirectory() as into:
         archive = subprocess.run(
             ["git", "archive", "--format=tar", before, "src/trio_pubsub"],
@@ -337,23 +522,36 @@ def ab(before: str, rounds: int = 6, count: int = 60_000) -> None:
             tar.extractall(into, filter="data")
         source = str(Path(into) / "src")
         server = start_server()
+        plain: dict[str, list[float]] = {"one way": [], "round trip": []}
+        rates: dict[tuple[str, str], list[float]] = {}
         try:
-            plain, old, new = [], [], []
             for round_ in range(rounds):
-                plain.append(process_rate(server.url, count, "plain", "plain")[0])
-                for version in (source, None) if round_ % 2 else (None, source):
-                    rate, cpu = process_rate(
-                        server.url, count, "plain", "bridge", version
-                    )
-                    (new if version is None else old).append(rate)
-                    print(f"{'before' if version else 'now':6} {rate:9,.0f} {cpu}")
+                plain["one way"].append(
+                    process_rate(server.url, count, "plain", "plain")[0]
+                )
+                plain["round trip"].append(
+                    round_trip_rate(server.url, count, "plain", "plain")[0]
+                )
+                for case, measure in cases.items():
+                    for version in (source, None) if round_ % 2 else (None, source):
+                        label = "now" if version is None else "before"
+                        result = measure(server.url, version)
+                        rates.setdefault((case, label), []).append(result[0])
+                        print(f"{case:30} {label:6} {result}", flush=True)
         finally:
             server.stop()
-    for label, rates in (("before", old), ("now", new)):
-        ratio = statistics.median(r / p for r, p in zip(rates, plain, strict=True))
-        print(f"plain sender -> bridge, {label}: {ratio:.2f}x plain -> plain")
-    change = statistics.median(n / o for n, o in zip(new, old, strict=True))
-    print(f"now / before: {change:.2f}x")
+    for case in cases:
+        base = plain["round trip" if "round" in case else "one way"]
+        old, new = rates[(case, "before")], rates[(case, "now")]
+        ratios = [
+            statistics.median(r / p for r, p in zip(rs, base, strict=True))
+            for rs in (old, new)
+        ]
+        change = statistics.median(n / o for n, o in zip(new, old, strict=True))
+        print(
+            f"{case}: {ratios[0]:.2f}x -> {ratios[1]:.2f}x plain nats-py, "
+            f"now / before {change:.2f}x"
+        )
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["side"]:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import nats
 import nats.errors
 import trio
+from nats.aio.client import Client
 
 from .. import _port
 from .._log import RateLimitedWarning
@@ -36,7 +37,6 @@ from ._client import GuardedClient
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
-    from nats.aio.client import Client
     from nats.aio.msg import Msg
 
 logger = logging.getLogger("trio_pubsub.nats")
@@ -406,9 +406,12 @@ class Link:
                     sent += 1
                     in_doubt += 1
                     try:
-                        await nc.publish(
-                            subject, data, reply=reply or "", headers=headers
-                        )
+                        if headers is None and nc._status == Client.CONNECTED:
+                            await nc.publish_checked(subject, data, reply or "")
+                        else:
+                            await nc.publish(
+                                subject, data, reply=reply or "", headers=headers
+                            )
                     except nats.errors.MaxPayloadError:
                         in_doubt -= 1
                         self._refuse(1, "larger than the server's limit", subject)

@@ -380,6 +380,36 @@ async def test_drain_exports_everything_queued(nats_server: NatsServer) -> None:
         assert [m.payload for m in got] == list(range(count))
 
 
+async def test_a_batch_larger_than_nats_py_pending_buffer_is_exported_whole(
+    nats_server: NatsServer,
+) -> None:
+    """nats-py flushes its pending buffer once over 2 MiB: then, within a batch."""
+    here, there = Broker[bytes](), Broker[bytes]()
+    count, size = 400, 16 * 1024  # 6.4 MiB, taken in one or two batches
+    payloads = [bytes([i % 256]) * size for i in range(count)]
+    codec: dict[str, Any] = {"encode": encode_bytes, "decode": decode_bytes}
+    async with (
+        open_bridge(
+            there, nats_server.url, inbound=["big"], max_inbound=count, **codec
+        ),
+        there.subscribe("big", max_buffer_size=count) as sub,
+    ):
+        async with open_bridge(
+            here,
+            nats_server.url,
+            outbound=["big"],
+            max_outbound=count,
+            drain=True,
+            **codec,
+        ) as out:
+            for payload in payloads:
+                here.publish_nowait("big", payload)
+        stats = out.statistics()
+        assert (stats.exported, stats.dropped) == (count, 0)
+        got = await take(sub, count)
+        assert [m.payload for m in got] == payloads
+
+
 async def test_without_drain_every_message_is_still_accounted_for(
     nats_server: NatsServer,
 ) -> None:

@@ -39,6 +39,7 @@ spends per message.
 
 from __future__ import annotations
 
+import re
 import typing
 
 from nats.aio.client import Client
@@ -56,6 +57,8 @@ Taker = tuple[
 subject (or ""), data and headers (or None)."""
 
 _CRLF = b"\r\n"
+# What nats-py's expressions take for a field separator (\s), but the space.
+_OTHER_WHITESPACE = re.compile(rb"[\t\n\v\f\r]")
 
 
 class GuardedClient(Client):
@@ -165,6 +168,10 @@ class _GuardedParser(Parser):
                 return
             del self.buf[: self._skip]
             self._skip = 0
+        if data:
+            self.buf.extend(data)
+            data = b""
+        await self._messages()
         while True:
             try:
                 await super().parse(data)
@@ -176,6 +183,42 @@ class _GuardedParser(Parser):
                 data = b""
             else:
                 return
+
+    async def _messages(self) -> None:
+        """Take the plain MSGs at the front of the buffer, as nats-py would.
+
+        The same fields, the same calls, in fewer steps than nats-py's
+        expressions and state. It stops at anything else: another command, a
+        message not all there yet, a control line with whitespace other than
+        single spaces, or one nats-py would refuse; nats-py's parse takes it
+        from there.
+        """
+        buf = self.buf
+        process = self.nc._process_msg
+        while self.state == AWAITING_CONTROL_LINE and buf.startswith(b"MSG "):
+            end = buf.find(_CRLF)
+            if end < 0:
+                return
+            line = bytes(buf[4:end])
+            if _OTHER_WHITESPACE.search(line):
+                return
+            fields = line.split(b" ")
+            if len(fields) == 3:
+                subject, sid, size = fields
+                reply = b""
+            elif len(fields) == 4:
+                subject, sid, reply, size = fields
+            else:
+                return
+            if not (subject and sid.isdigit() and size.isdigit()):
+                return
+            start = end + len(_CRLF)
+            stop = start + int(size)
+            if len(buf) < stop + len(_CRLF):
+                return
+            data = bytes(buf[start:stop])
+            del buf[: stop + len(_CRLF)]
+            await process(int(sid), subject, reply, data, b"")
 
     def _skip_malformed(self) -> bool:
         """Drop the MSG or HMSG at the front of the buffer if it is malformed.

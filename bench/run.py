@@ -796,6 +796,57 @@ async def processes(report: Report, url: str, count: int) -> None:
             f"{ratio:.2f}x",
             cpu[pair] or "(not on Linux)",
         )
+        if pair == ("bridge", "bridge"):
+            report.target(
+                "NATS bridge one way, a process per side: >= 0.8x plain nats-py",
+                f"{ratio:.2f}x",
+                ratio >= 0.8,
+            )
+    await round_trips(report, url, count)
+
+
+async def round_trips(report: Report, url: str, count: int) -> None:
+    """W9p round trip: a relay process sends back all that the origin sends."""
+    report.section(
+        "W9p round trip: messages per second there and back, the origin and "
+        "the relay each in a process of its own, same server, in turn",
+        [
+            "origin ⇄ relay",
+            "messages/s (median)",
+            "/ plain ⇄ plain (median of pairs)",
+            "CPU per message, µs, by thread: origin / relay (last round)",
+        ],
+    )
+    pairs = [("plain", "plain"), ("bridge", "bridge")]
+    rates: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
+    cpu: dict[tuple[str, str], str] = {}
+    for _ in range(5):
+        for pair in pairs:
+            rate, origin, relay = await trio.to_thread.run_sync(
+                bridge.round_trip_rate, url, count, *pair
+            )
+            rates[pair].append(rate)
+            cpu[pair] = f"{origin} / {relay}" if origin else "(not on Linux)"
+    plain = rates[("plain", "plain")]
+    for pair in pairs:
+        ratio = statistics.median(
+            mine / theirs for mine, theirs in zip(rates[pair], plain, strict=True)
+        )
+        report.row(
+            f"{pair[0]} ⇄ {pair[1]}",
+            f"{statistics.median(rates[pair]):,.0f}",
+            f"{ratio:.2f}x",
+            cpu[pair],
+        )
+    ratio = statistics.median(
+        mine / theirs
+        for mine, theirs in zip(rates[("bridge", "bridge")], plain, strict=True)
+    )
+    report.target(
+        "NATS bridge round trip, a process per side: >= 0.7x plain nats-py",
+        f"{ratio:.2f}x",
+        ratio >= 0.7,
+    )
 
 
 def draw(series: dict[str, dict[int, float]]) -> None:

@@ -72,6 +72,30 @@ async def test_round_trip_with_headers(nats_server: NatsServer) -> None:
     assert no_bridge_threads()
 
 
+async def test_a_payload_of_the_wrong_type_is_dropped_and_counted(
+    nats_server: NatsServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broker with a message type imports only what decodes to that type.
+
+    The same subject each time, so that all but the first are cache hits.
+    """
+    here, there = Broker[Any](), Broker[int](int)
+    async with (
+        open_bridge(here, nats_server.url, outbound=["n"], **JSON) as out,
+        open_bridge(there, nats_server.url, inbound=["n"], **JSON) as into,
+        there.subscribe("n") as sub,
+    ):
+        for payload in [1, "two", 3, "four", 5]:
+            await here.publish("n", payload)
+        got = await take(sub, 3)
+        await wait_until(lambda: into.statistics().inbound_dropped == 2)
+        await quiet(sub)
+        assert [m.payload for m in got] == [1, 3, 5]
+        assert (out.statistics().exported, into.statistics().imported) == (5, 3)
+    assert "a message on 'n' was not imported" in caplog.text
+
+
 async def test_wildcards_both_ways(nats_server: NatsServer) -> None:
     here, there = Broker[Any](), Broker[Any]()
     async with (

@@ -159,28 +159,24 @@ class _GuardedParser(Parser):
         self._skip = 0
 
     async def parse(self, data: bytes = b"") -> None:
+        buf = self.buf
+        buf.extend(data)
         if self._skip:
-            self.buf.extend(data)
-            data = b""
-            if len(self.buf) < self._skip:
-                self._skip -= len(self.buf)
-                del self.buf[:]
+            if len(buf) < self._skip:
+                self._skip -= len(buf)
+                del buf[:]
                 return
-            del self.buf[: self._skip]
+            del buf[: self._skip]
             self._skip = 0
-        if data:
-            self.buf.extend(data)
-            data = b""
         await self._messages()
         while True:
             try:
-                await super().parse(data)
+                await super().parse()
             except ProtocolError:
                 if not self._skip_malformed():
                     raise
                 if self._skip:
                     return  # the rest of it has not arrived yet
-                data = b""
             else:
                 return
 

@@ -324,18 +324,9 @@ class Bridge(Generic[T]):
             try:
                 while True:
                     try:
-                        messages = [await sub.receive()]
+                        messages = await sub.receive_batch(MAX_BATCH)
                     except (trio.EndOfChannel, trio.ClosedResourceError):
                         return
-                    while len(messages) < MAX_BATCH:
-                        try:
-                            messages.append(sub.receive_nowait())
-                        except (
-                            trio.WouldBlock,
-                            trio.EndOfChannel,
-                            trio.ClosedResourceError,
-                        ):
-                            break
                     await self._hand(link, self._outgoing(messages))
             finally:
                 self._export_done.set()

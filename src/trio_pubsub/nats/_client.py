@@ -57,8 +57,12 @@ Taker = tuple[
 subject (or ""), data and headers (or None)."""
 
 _CRLF = b"\r\n"
-# What nats-py's expressions take for a field separator (\s), but the space.
-_OTHER_WHITESPACE = re.compile(rb"[\t\n\v\f\r]")
+# A plain MSG's control line that nats-py's expression reads the same way:
+# single spaces between the fields, none of the others it takes for spaces
+# (\s) anywhere. Subject, sid, reply subject (or None), payload size.
+_PLAIN_MSG = re.compile(
+    rb"MSG ([^ \t\n\r\v\f]+) ([0-9]+) (?:([^ \t\n\r\v\f]+) )?([0-9]+)\r\n"
+)
 
 
 class GuardedClient(Client):
@@ -127,22 +131,47 @@ class GuardedClient(Client):
                 f"{type(error).__name__} in a message on {bytes(subject)!r}"
             )
             return
+        if not self._hand_over(sid, text, answer_to, data, parsed):
+            await super()._process_msg(sid, subject, reply, data, headers)
+
+    def take_plain(self, sid: int, subject: bytes, reply: bytes, data: bytes) -> bool:
+        """``_process_msg`` for a message without headers, if its taker takes it now.
+
+        Returns whether it did; if not, ``_process_msg`` is still to be run
+        (it also reports a subject that is not UTF-8).
+        """
+        try:
+            text = subject.decode()
+            answer_to = reply.decode()
+        except UnicodeDecodeError:
+            return False
+        return self._hand_over(sid, text, answer_to, data, None)
+
+    def _hand_over(
+        self,
+        sid: int,
+        subject: str,
+        reply: str,
+        data: bytes,
+        headers: dict[str, str] | None,
+    ) -> bool:
+        """Give a message to its taker, if it has one, ready, with nothing before.
+
+        What nats-py's _process_msg does for a plain subscription's message,
+        but the queue and the Msg: counted, handed over.
+        """
         taker = self.takers.get(sid)
+        if taker is None or not taker[0]():
+            return False
         sub = self._subs.get(sid)
-        if (
-            taker is not None
-            and sub is not None
-            and taker[0]()
-            and sub._pending_queue.empty()
-        ):
-            # What nats-py's _process_msg does for a plain subscription's
-            # message, but the queue and the Msg: counted, handed over.
-            self.stats["in_msgs"] += 1
-            self.stats["in_bytes"] += len(data)
-            sub._received += 1
-            taker[1]((text, answer_to, data, parsed))
-            return
-        await super()._process_msg(sid, subject, reply, data, headers)
+        if sub is None or not sub._pending_queue.empty():
+            return False
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        sub._received += 1
+        taker[1]((subject, reply, data, headers))
+        return True
 
 
 class _GuardedParser(Parser):
@@ -185,36 +214,31 @@ class _GuardedParser(Parser):
 
         The same fields, the same calls, in fewer steps than nats-py's
         expressions and state. It stops at anything else: another command, a
-        message not all there yet, a control line with whitespace other than
-        single spaces, or one nats-py would refuse; nats-py's parse takes it
-        from there.
+        message not all there yet, or a control line with anything but single
+        spaces between its fields; nats-py's parse takes it from there.
         """
+        if self.state != AWAITING_CONTROL_LINE:
+            return
         buf = self.buf
-        process = self.nc._process_msg
-        while self.state == AWAITING_CONTROL_LINE and buf.startswith(b"MSG "):
-            end = buf.find(_CRLF)
-            if end < 0:
-                return
-            line = bytes(buf[4:end])
-            if _OTHER_WHITESPACE.search(line):
-                return
-            fields = line.split(b" ")
-            if len(fields) == 3:
-                subject, sid, size = fields
-                reply = b""
-            elif len(fields) == 4:
-                subject, sid, reply, size = fields
-            else:
-                return
-            if not (subject and sid.isdigit() and size.isdigit()):
-                return
-            start = end + len(_CRLF)
-            stop = start + int(size)
-            if len(buf) < stop + len(_CRLF):
-                return
-            data = bytes(buf[start:stop])
-            del buf[: stop + len(_CRLF)]
-            await process(int(sid), subject, reply, data, b"")
+        nc = self.nc
+        match = _PLAIN_MSG.match
+        length = len(buf)
+        taken = 0
+        try:
+            while (found := match(buf, taken)) is not None:
+                subject, sid, reply, size = found.groups()
+                start = found.end()
+                stop = start + int(size)
+                if length < stop + len(_CRLF):
+                    break
+                data = bytes(buf[start:stop])
+                taken = stop + len(_CRLF)
+                number = int(sid)
+                reply = reply or b""
+                if not nc.take_plain(number, subject, reply, data):
+                    await nc._process_msg(number, subject, reply, data, b"")
+        finally:
+            del buf[:taken]
 
     def _skip_malformed(self) -> bool:
         """Drop the MSG or HMSG at the front of the buffer if it is malformed.

@@ -401,12 +401,14 @@ class Link:
                     continue
                 breaks = self._breaks
                 for subject, data, headers, reply in batch[sent:]:
-                    if not _is_up(nc):  # (it may break during an await below)
+                    # (it may break during an await below)
+                    connected = nc._status == Client.CONNECTED
+                    if not (connected or _is_up(nc)):
                         break
                     sent += 1
                     in_doubt += 1
                     try:
-                        if headers is None and nc._status == Client.CONNECTED:
+                        if headers is None and connected:
                             await nc.publish_checked(subject, data, reply or "")
                         else:
                             await nc.publish(

@@ -13,6 +13,12 @@ publishing side each run in a process of their own, as a bridge is deployed
 (one per process), plain nats-py or a broker with its bridge on either side;
 the receiving process times the transfer, from its first message to its
 last. ``python bridge.py side <role> <url> <count>`` is one such process.
+Round trip across processes (``round_trip_rate``): a relay process sends back
+what an origin process sends.
+
+``python bridge.py parse`` prints what reading a message costs in nats-py's
+thread, plain nats-py against the bridge's client; ``python bridge.py --ab
+<commit>`` compares the bridges across processes with those of a commit.
 """
 
 from __future__ import annotations
@@ -556,7 +562,52 @@ def ab(before: str, rounds: int = 6, count: int = 60_000) -> None:
         )
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["side"]:
+def parse_cost(count: int = 100_000, rounds: int = 7) -> dict[str, float]:
+    """µs a message to read MSGs and hand them over, in nats-py's thread.
+
+    ``count`` 16-byte messages, fed to each client's parser in 64 KiB pieces
+    as its read loop would: plain nats-py (its parser, a ``Msg``, the
+    subscription's queue) and the bridge's client (its own read of plain
+    MSGs, a tuple handed to a taker). No connection: the parser is driven
+    directly, the best of ``rounds``.
+    """
+    from nats.aio.client import Client
+    from nats.aio.subscription import Subscription
+
+    from trio_pubsub.nats._client import GuardedClient
+
+    wire = b"".join(b"MSG ow 1 16\r\n" + PAYLOAD + b"\r\n" for _ in range(count))
+
+    async def one(client: Client) -> float:
+        taken: list[Any] = []
+        if isinstance(client, GuardedClient):
+            client.takers[1] = (lambda: True, taken.append)
+        sub = Subscription(client, 1, "ow", pending_msgs_limit=2 * count)
+        client._subs[1] = sub
+        best = float("inf")
+        for _ in range(rounds):
+            taken.clear()
+            sub._pending_queue = asyncio.Queue(maxsize=2 * count)
+            start = time.perf_counter()
+            for at in range(0, len(wire), 65536):
+                await client._ps.parse(wire[at : at + 65536])
+            best = min(best, time.perf_counter() - start)
+            assert (len(taken) or sub._pending_queue.qsize()) == count
+        return best / count * 1e6
+
+    async def both() -> dict[str, float]:
+        return {
+            "nats-py": await one(Client()),
+            "bridge": await one(GuardedClient(lambda _: None)),
+        }
+
+    return asyncio.run(both())
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["parse"]:
+    for name, cost in parse_cost().items():
+        print(f"{name:8} {cost:.2f} µs a message")
+elif __name__ == "__main__" and sys.argv[1:2] == ["side"]:
     SIDES[sys.argv[2]](sys.argv[3], int(sys.argv[4]))
 elif __name__ == "__main__" and sys.argv[1:2] == ["--ab"]:
     ab(sys.argv[2])

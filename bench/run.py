@@ -12,6 +12,7 @@ least ``REPEATS`` batches.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import platform
@@ -777,31 +778,15 @@ async def processes(report: Report, url: str, count: int) -> None:
         ("bridge", "plain"),
         ("plain", "bridge"),
     ]
-    rates: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
-    cpu: dict[tuple[str, str], str] = {}
-    for _ in range(5):
-        for pair in pairs:
-            rate, cpu[pair] = await trio.to_thread.run_sync(
-                bridge.process_rate, url, count, *pair
-            )
-            rates[pair].append(rate)
-    plain = rates[("plain", "plain")]
-    for pair in pairs:
-        ratio = statistics.median(
-            mine / theirs for mine, theirs in zip(rates[pair], plain, strict=True)
-        )
-        report.row(
-            f"{pair[0]} → {pair[1]}",
-            f"{statistics.median(rates[pair]):,.0f}",
-            f"{ratio:.2f}x",
-            cpu[pair] or "(not on Linux)",
-        )
-        if pair == ("bridge", "bridge"):
-            report.target(
-                "NATS bridge one way, a process per side: >= 0.8x plain nats-py",
-                f"{ratio:.2f}x",
-                ratio >= 0.8,
-            )
+    rates, cpu = await _in_turn(
+        pairs, functools.partial(bridge.process_rate, url, count)
+    )
+    ratio = _paired_rows(report, rates, cpu, "→")[("bridge", "bridge")]
+    report.target(
+        "NATS bridge one way, a process per side: >= 0.8x plain nats-py",
+        f"{ratio:.2f}x",
+        ratio >= 0.8,
+    )
     await round_trips(report, url, count)
 
 
@@ -817,36 +802,57 @@ async def round_trips(report: Report, url: str, count: int) -> None:
             "CPU per message, µs, by thread: origin / relay (last round)",
         ],
     )
+
+    def there_and_back(origin: str, relay: str) -> tuple[float, str]:
+        rate, at_origin, at_relay = bridge.round_trip_rate(url, count, origin, relay)
+        return rate, f"{at_origin} / {at_relay}" if at_origin else ""
+
     pairs = [("plain", "plain"), ("bridge", "bridge")]
-    rates: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
-    cpu: dict[tuple[str, str], str] = {}
-    for _ in range(5):
-        for pair in pairs:
-            rate, origin, relay = await trio.to_thread.run_sync(
-                bridge.round_trip_rate, url, count, *pair
-            )
-            rates[pair].append(rate)
-            cpu[pair] = f"{origin} / {relay}" if origin else "(not on Linux)"
-    plain = rates[("plain", "plain")]
-    for pair in pairs:
-        ratio = statistics.median(
-            mine / theirs for mine, theirs in zip(rates[pair], plain, strict=True)
-        )
-        report.row(
-            f"{pair[0]} ⇄ {pair[1]}",
-            f"{statistics.median(rates[pair]):,.0f}",
-            f"{ratio:.2f}x",
-            cpu[pair],
-        )
-    ratio = statistics.median(
-        mine / theirs
-        for mine, theirs in zip(rates[("bridge", "bridge")], plain, strict=True)
-    )
+    rates, cpu = await _in_turn(pairs, there_and_back)
+    ratio = _paired_rows(report, rates, cpu, "⇄")[("bridge", "bridge")]
     report.target(
         "NATS bridge round trip, a process per side: >= 0.7x plain nats-py",
         f"{ratio:.2f}x",
         ratio >= 0.7,
     )
+
+
+Pair = tuple[str, str]
+
+
+async def _in_turn(
+    pairs: list[Pair], measure: Callable[[str, str], tuple[float, str]]
+) -> tuple[dict[Pair, list[float]], dict[Pair, str]]:
+    """Five rounds of ``measure`` for each pair in turn, each in a worker thread.
+
+    Returns the rates of each pair, and the CPU line of its last round.
+    """
+    rates: dict[Pair, list[float]] = {pair: [] for pair in pairs}
+    cpu: dict[Pair, str] = {}
+    for _ in range(5):
+        for pair in pairs:
+            rate, cpu[pair] = await trio.to_thread.run_sync(measure, *pair)
+            rates[pair].append(rate)
+    return rates, cpu
+
+
+def _paired_rows(
+    report: Report, rates: dict[Pair, list[float]], cpu: dict[Pair, str], arrow: str
+) -> dict[Pair, float]:
+    """A row for each pair, its ratio the median over the rounds against plain's."""
+    plain = rates[("plain", "plain")]
+    ratios = {}
+    for pair, mine in rates.items():
+        ratio = ratios[pair] = statistics.median(
+            rate / theirs for rate, theirs in zip(mine, plain, strict=True)
+        )
+        report.row(
+            f"{pair[0]} {arrow} {pair[1]}",
+            f"{statistics.median(mine):,.0f}",
+            f"{ratio:.2f}x",
+            cpu[pair] or "(not on Linux)",
+        )
+    return ratios
 
 
 def draw(series: dict[str, dict[int, float]]) -> None:

@@ -55,7 +55,8 @@ from ._link import Link, logger
 
 if TYPE_CHECKING:
     from .. import Message
-    from ._link import Incoming, Outgoing
+    from ._client import Incoming
+    from ._link import Outgoing
 
 T = TypeVar("T")
 

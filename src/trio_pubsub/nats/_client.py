@@ -27,14 +27,15 @@ message without headers, less the checks the bridge has already made
 with the same counts, limits and errors.
 
 It also skips, for the bridge's own subscriptions, what nats-py does for
-every message between parsing it and calling back: a subscription's message
-goes into its queue, a task of its own takes it out and awaits the callback.
-A subscription registered in ``takers`` has each message handed to its taker
-at once, in the read loop, while the taker says it is ready (its queue has
-room and nothing waits on nats-py's path); otherwise the message takes
-nats-py's path, and so does every one after it until that path is empty, so
-messages keep their order. About a quarter of what nats-py's reading thread
-spends per message.
+every message between reading it and calling back: its parser's expressions
+and state, a ``Msg``, the subscription's queue, a task that takes it out and
+awaits the callback. The parser reads plain MSGs itself (anything else goes
+to nats-py's parser), and a subscription registered in ``takers`` has each
+message handed to its taker at once, in the read loop, while the taker says
+it is ready (its queue has room and nothing waits on nats-py's path);
+otherwise the message takes nats-py's path, and so does every one after it
+until that path is empty, so messages keep their order. That is about half of
+what nats-py's reading thread spends per message (``bench/bridge.py parse``).
 """
 
 from __future__ import annotations
@@ -49,12 +50,12 @@ from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 if typing.TYPE_CHECKING:
     from collections.abc import Callable
 
-Taker = tuple[
-    "Callable[[], bool]",
-    "Callable[[tuple[str, str, bytes, dict[str, str] | None]], None]",
-]
-"""Whether it can take a message now, and taking one: its subject, reply
-subject (or ""), data and headers (or None)."""
+Incoming = tuple[str, str, bytes, dict[str, str] | None]
+"""One message as NATS delivered it: subject, reply subject (or ""), data and
+headers (or None)."""
+
+Taker = tuple["Callable[[], bool]", "Callable[[Incoming], None]"]
+"""Whether it can take a message now, and taking one."""
 
 _CRLF = b"\r\n"
 # A plain MSG's control line that nats-py's expression reads the same way:

@@ -32,7 +32,7 @@ from nats.aio.client import Client
 
 from .. import _port
 from .._log import RateLimitedWarning
-from ._client import GuardedClient
+from ._client import GuardedClient, Incoming
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -52,9 +52,6 @@ WATCH_INTERVAL = 1.0
 # (remote subject, data, headers or None, reply subject or None): one message
 # ready for NATS.
 Outgoing = tuple[str, bytes, dict[str, str] | None, str | None]
-# (subject, reply subject or "", data, headers or None): one message as NATS
-# delivered it.
-Incoming = tuple[str, str, bytes, dict[str, str] | None]
 
 
 class Counters:

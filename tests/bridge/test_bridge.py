@@ -381,57 +381,46 @@ async def test_block_outbound_makes_local_publishers_wait(
         assert out.statistics().dropped == 0
 
 
-async def test_drain_exports_everything_queued(nats_server: NatsServer) -> None:
+async def drained_through(
+    url: str, subject: str, payloads: list[Any], codec: dict[str, Any]
+) -> tuple[Any, list[Any]]:
+    """Publish ``payloads`` into a broker whose bridge exports with ``drain=True``.
+
+    Another broker's bridge imports them. Returns the exporting bridge's
+    statistics once it is closed, and the payloads the other broker received.
+    """
     here, there = Broker[Any](), Broker[Any]()
-    count = 3000
+    count = len(payloads)
     async with (
-        open_bridge(there, nats_server.url, inbound=["d"], max_inbound=count, **JSON),
-        there.subscribe("d", max_buffer_size=count) as sub,
+        open_bridge(there, url, inbound=[subject], max_inbound=count, **codec),
+        there.subscribe(subject, max_buffer_size=count) as sub,
     ):
         async with open_bridge(
-            here,
-            nats_server.url,
-            outbound=["d"],
-            max_outbound=count,
-            drain=True,
-            **JSON,
+            here, url, outbound=[subject], max_outbound=count, drain=True, **codec
         ) as out:
-            for i in range(count):
-                here.publish_nowait("d", i)
-        stats = out.statistics()
-        assert (stats.exported, stats.dropped, stats.outbound_pending) == (count, 0, 0)
+            for payload in payloads:
+                here.publish_nowait(subject, payload)
         got = await take(sub, count)
-        assert [m.payload for m in got] == list(range(count))
+    return out.statistics(), [m.payload for m in got]
+
+
+async def test_drain_exports_everything_queued(nats_server: NatsServer) -> None:
+    count = 3000
+    stats, got = await drained_through(nats_server.url, "d", list(range(count)), JSON)
+    assert (stats.exported, stats.dropped, stats.outbound_pending) == (count, 0, 0)
+    assert got == list(range(count))
 
 
 async def test_a_batch_larger_than_nats_py_pending_buffer_is_exported_whole(
     nats_server: NatsServer,
 ) -> None:
     """nats-py flushes its pending buffer once over 2 MiB: then, within a batch."""
-    here, there = Broker[bytes](), Broker[bytes]()
     count, size = 400, 16 * 1024  # 6.4 MiB, taken in one or two batches
     payloads = [bytes([i % 256]) * size for i in range(count)]
     codec: dict[str, Any] = {"encode": encode_bytes, "decode": decode_bytes}
-    async with (
-        open_bridge(
-            there, nats_server.url, inbound=["big"], max_inbound=count, **codec
-        ),
-        there.subscribe("big", max_buffer_size=count) as sub,
-    ):
-        async with open_bridge(
-            here,
-            nats_server.url,
-            outbound=["big"],
-            max_outbound=count,
-            drain=True,
-            **codec,
-        ) as out:
-            for payload in payloads:
-                here.publish_nowait("big", payload)
-        stats = out.statistics()
-        assert (stats.exported, stats.dropped) == (count, 0)
-        got = await take(sub, count)
-        assert [m.payload for m in got] == payloads
+    stats, got = await drained_through(nats_server.url, "big", payloads, codec)
+    assert (stats.exported, stats.dropped) == (count, 0)
+    assert got == payloads
 
 
 async def test_without_drain_every_message_is_still_accounted_for(

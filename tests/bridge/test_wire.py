@@ -108,6 +108,9 @@ async def test_messages_are_read_whole_from_pieces_of_any_size(piece: int) -> No
                 got = [await sub.receive() for _ in range(8)]
                 while into.statistics().inbound_dropped < 2:  # noqa: ASYNC110
                     await trio.sleep(0.01)
+                # the client's PONG may still be on its way to the stand-in
+                while stand_in.pongs < 1:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
             stats = into.statistics()
         nursery.cancel_scope.cancel()
     assert [(m.subject, m.payload) for m in got] == [
@@ -123,4 +126,3 @@ async def test_messages_are_read_whole_from_pieces_of_any_size(piece: int) -> No
     # w.2 alone came with a reply subject: it is imported as a request
     assert [m.reply is not None for m in got] == [i == 1 for i in range(8)]
     assert (stats.imported, stats.inbound_dropped, stats.reconnects) == (8, 2, 0)
-    assert stand_in.pongs >= 1

@@ -585,8 +585,9 @@ class Broker(Generic[T]):
                 for that thread, which would never get to run the publish: use
                 ``await publish`` or ``publish_nowait`` there), or the broker has
                 not been used in a trio run yet.
-            BrokerClosedError: the broker is closed, or its trio run has ended.
-            InvalidSubjectError, TypeError, trio.Cancelled: as for :meth:`publish`.
+            BrokerClosedError: the broker is closed, or its trio run has ended
+                (before the publish or while it waited).
+            InvalidSubjectError, TypeError: as for :meth:`publish`.
         """
         self._run.check_caller("publish_from_thread()")
         self._check_open()

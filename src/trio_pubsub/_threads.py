@@ -76,12 +76,15 @@ class TrioRun:
         """Run ``async_fn`` in the run and wait for it (after :meth:`check_caller`).
 
         Raises:
-            BrokerClosedError: the run has ended.
+            BrokerClosedError: the run has ended, before ``async_fn`` started or
+                while it ran.
         """
         assert self.token is not None
         try:
             return trio.from_thread.run(async_fn, trio_token=self.token)
-        except trio.RunFinishedError:
+        except (trio.RunFinishedError, trio.Cancelled):
+            # Given a token, trio runs async_fn in its system nursery, which is
+            # cancelled only as the run ends: a Cancelled here says just that.
             raise BrokerClosedError(
                 "the trio run the broker belonged to has ended"
             ) from None

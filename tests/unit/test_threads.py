@@ -13,6 +13,7 @@ from collections import defaultdict
 
 import pytest
 import trio
+import trio.testing
 
 from trio_pubsub import Broker, BrokerClosedError, InvalidSubjectError, OverflowPolicy
 
@@ -190,3 +191,52 @@ async def test_after_aclose_a_thread_gets_broker_closed_error() -> None:
 
     with pytest.raises(BrokerClosedError):
         await trio.to_thread.run_sync(late)
+
+
+def test_a_thread_waiting_when_the_run_ends_gets_broker_closed() -> None:
+    """The run ends under a publish that waits for room: BrokerClosedError.
+
+    trio cancels what ``from_thread.run`` runs in its system nursery when the
+    run ends; the thread saw that ``trio.Cancelled`` before (issue 27, item 8).
+    """
+    broker = Broker(int)
+    outcome: list[object] = []
+    started = threading.Event()
+
+    def publisher() -> None:
+        started.set()
+        try:
+            outcome.append(broker.publish_from_thread("a", 2))
+        except BaseException as error:  # noqa: BLE001 - what it is, is the test
+            outcome.append(error)
+
+    thread = threading.Thread(target=publisher)
+
+    async def main() -> None:
+        # A full BLOCK subscription that the run leaves entered: the thread's
+        # publish waits for room until the run ends.
+        scope = broker.subscribe("a", max_buffer_size=1, policy=OverflowPolicy.BLOCK)
+        await scope.__aenter__()
+        await broker.publish("a", 1)
+        thread.start()
+        await trio.to_thread.run_sync(started.wait)
+        with trio.fail_after(GUARD):
+            while not publishing():
+                await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()  # parked, waiting for room
+
+    def publishing() -> bool:
+        """Whether trio runs the thread's publish in a system task now."""
+        root = trio.lowlevel.current_root_task()
+        assert root is not None
+        return any(
+            "publish" in task.name
+            for nursery in root.child_nurseries
+            for task in nursery.child_tasks
+        )
+
+    trio.run(main)
+    thread.join(GUARD)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], BrokerClosedError), outcome
+    assert "has ended" in str(outcome[0])

@@ -673,7 +673,7 @@ class Broker(Generic[T]):
 
         The request is published as :meth:`publish` would, to every matching
         subscription by its policy, with a :attr:`Message.reply` subject made
-        for it alone (``_INBOX.<broker>.<n>``). A responder answers with
+        for it alone (``_INBOX.<broker>.<random>``). A responder answers with
         ``await message.respond(payload)``; the first answer ends the request,
         later ones reach nobody (``respond()`` returns 0). Nothing of the
         request stays in the broker once it returns or raises: its reply
@@ -735,7 +735,7 @@ class Broker(Generic[T]):
         message, targets = self._snapshot(subject, payload, headers)
         if not targets:
             raise NoRespondersError(message.subject, "no subscription matches it")
-        reply = self._replies.open(message.subject)
+        reply = self._replies.open(message.subject, trio.current_effective_deadline())
         try:
             request = request_message(message, reply.subject, self._respond)
             full: list[Target[T]] = []

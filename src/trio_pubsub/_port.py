@@ -19,7 +19,9 @@ bridge:
   broker's reply subjects, which the bridge listens on in NATS),
   :func:`inject_request` (a request from NATS, as :func:`inject` publishes a
   message, with a :class:`Reply` to wait on for the answer) and
-  :func:`decline` (NATS said "no responders" to one of the broker's requests);
+  :func:`decline` (NATS said "no responders" to one of the broker's requests),
+  :func:`time_left` (how long a request still waits) and :func:`is_reserved`
+  (a subject under ``_INBOX.``, which nothing from NATS may be published on);
 * for metric collectors, which other threads call: :func:`read_in_run`;
   and for OpenTelemetry, :func:`on_subscribe`, a hook on every new scope.
 
@@ -43,7 +45,12 @@ from ._options import (
     check_seconds as check_seconds,
     payload_error,
 )
-from ._reply import REPLY_ROOT, Reply as Reply, reserved_pattern
+from ._reply import (
+    REPLY_ROOT,
+    Reply as Reply,
+    is_reserved as is_reserved,
+    reserved_pattern,
+)
 from ._subject import (
     SEPARATOR as SEPARATOR,
     parse_pattern,
@@ -285,6 +292,19 @@ def decline(broker: Broker[T], reply: str) -> None:
     waiting = broker._replies.waiting.get(reply)
     if waiting is not None:
         waiting.decline()
+
+
+def time_left(broker: Broker[T], reply: str) -> float | None:
+    """Seconds until the request whose reply subject is ``reply`` gives up.
+
+    ``math.inf`` if it waits with no deadline; ``None`` if it no longer waits
+    (answered, timed out, cancelled). For a bridge, which sends no request
+    that nobody would read the answer of.
+    """
+    waiting = broker._replies.waiting.get(reply)
+    if waiting is None:
+        return None
+    return waiting.deadline - trio.current_time()
 
 
 def read_in_run(broker: Broker[T], read: Callable[[], R]) -> R:

@@ -1,7 +1,7 @@
 """Replies: where the answer to a request goes, and nothing else.
 
 Each waiting request owns one ``Reply``, registered in the broker under its
-reply subject (``_INBOX.<broker>.<n>``) in a dict of its own, never in the
+reply subject (``_INBOX.<broker>.<random>``) in a dict of its own, never in the
 trie or the match cache, so nothing of a request outlives it. A publish on a
 reply subject finds it there (or nothing, once the request has ended) and
 offers the message to it as to any target; the first answer ends the reply,
@@ -16,6 +16,8 @@ buffer and a ``limit`` of 0, so every answer goes through :meth:`Reply.offer`.
 
 from __future__ import annotations
 
+import math
+import secrets
 import typing
 from typing import Generic, TypeVar
 
@@ -57,13 +59,12 @@ def reserved_pattern(pattern: str) -> InvalidSubjectError:
 class Replies(Generic[T]):
     """The broker's waiting requests, by reply subject."""
 
-    __slots__ = ("_count", "prefix", "waiting")
+    __slots__ = ("prefix", "waiting")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         """``_INBOX.<random>.``: the start of this broker's reply subjects."""
         self.waiting: dict[str, Reply[T]] = {}
-        self._count = 0
 
     def __len__(self) -> int:
         return len(self.waiting)
@@ -88,11 +89,18 @@ class Replies(Generic[T]):
         reply = self.waiting.get(subject)
         return () if reply is None else (reply,)
 
-    def open(self, asked: str) -> Reply[T]:
-        """Register the reply of a request on ``asked``, under a new subject."""
-        self._count += 1
-        subject = f"{self.prefix}{self._count}"
-        reply = Reply(subject, asked, self)
+    def open(self, asked: str, deadline: float = math.inf) -> Reply[T]:
+        """Register the reply of a request on ``asked``, under a new subject.
+
+        The subject's last token is 96 random bits, not a count: a peer that
+        sees one reply subject on the wire (through a NATS bridge) cannot
+        guess the next, to answer a request it never saw. ``deadline`` is
+        the request's, on the trio clock.
+        """
+        subject = self.prefix + secrets.token_urlsafe(12)
+        while subject in self.waiting:  # pragma: no cover - 2**-96 a pair
+            subject = self.prefix + secrets.token_urlsafe(12)
+        reply = Reply(subject, asked, self, deadline)
         self.waiting[subject] = reply
         return reply
 
@@ -112,6 +120,7 @@ class Reply(Generic[T]):
         "_event",
         "_replies",
         "asked",
+        "deadline",
         "declined",
         "error",
         "message",
@@ -121,12 +130,16 @@ class Reply(Generic[T]):
         "takers",
     )
 
-    def __init__(self, subject: str, asked: str, replies: Replies[T]) -> None:
+    def __init__(
+        self, subject: str, asked: str, replies: Replies[T], deadline: float
+    ) -> None:
         self.buffer: deque[Message[T]] = _NO_BUFFER
         self.limit = 0
         self.subject = subject
         self.asked = asked
         """The subject of the request."""
+        self.deadline = deadline
+        """When the request gives up (trio clock; ``math.inf``: never)."""
         self.takers = 0
         """Subscriptions that took the request, less those that declined it."""
         self.declined = 0

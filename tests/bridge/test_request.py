@@ -218,7 +218,7 @@ async def test_other_clients_answers_on_an_inbound_wildcard_are_counted(
         # the request itself is imported (to nobody here), the answer refused
         await wait_until(lambda: bridge.statistics().inbound_dropped == 1)
         assert bridge.statistics().imported == 1
-    assert "reserved for reply subjects" in caplog.text
+    assert "subjects under _INBOX. are reply subjects" in caplog.text
 
 
 async def test_closing_the_bridge_ends_the_wait_for_a_local_answer(

@@ -39,7 +39,7 @@ def stream(sid: bytes) -> bytes:
     return b"".join(
         [
             b"MSG w.1 %s 2\r\nab\r\n" % sid,
-            b"MSG w.2 %s r.to 2\r\ncd\r\n" % sid,  # with a reply subject
+            b"MSG w.2 %s _INBOX.to 2\r\ncd\r\n" % sid,  # with a reply subject
             b"MSG w.3 %s  2\r\nef\r\n" % sid,  # two spaces
             b"MSG w.4\t%s 2\r\ngh\r\n" % sid,  # a tab
             b"PING\r\n",

@@ -24,6 +24,9 @@ sends it to the NATS reply subject, counted as the exports are.
 
 from __future__ import annotations
 
+import math
+import random
+import time
 import typing
 
 # Runtime imports, so that the API reference can resolve the annotations.
@@ -51,12 +54,12 @@ from .. import (
     validate_subject,
 )
 from .._log import RateLimitedWarning
-from ._link import Link, logger
+from ._link import IN_FLIGHT, Backoff, Link, logger
 
 if TYPE_CHECKING:
     from .. import Message
     from ._client import Incoming
-    from ._link import Outgoing
+    from ._link import Lane, Outgoing
 
 T = TypeVar("T")
 
@@ -97,6 +100,16 @@ class BridgeStatistics:
     closed: bool
     """Whether the connection is closed for good (no reconnect attempt was left,
     or the bridge has closed); then nothing more is exported or imported."""
+    requests_refused: int = 0
+    """Requests from NATS not published into the broker: their reply subject is
+    not one the bridge answers (not under ``reply_prefixes``, one of the
+    broker's own, or one the bridge imports), or ``max_requests`` were
+    already waiting for a local answer (those are answered "no responders").
+    Included in ``inbound_dropped``."""
+    requests_expired: int = 0
+    """Local requests not sent to NATS because nobody waited for their answer
+    any more when their turn came (their deadline passed, in an outage for
+    example). Included in ``outbound_dropped``."""
 
 
 class Bridge(Generic[T]):
@@ -113,10 +126,13 @@ class Bridge(Generic[T]):
         prefix: str | None,
         queue: str | None,
         max_outbound: int,
+        max_outbound_bytes: int,
         outbound_policy: OverflowPolicy,
         drain: bool,
         drain_timeout: float,
         request_timeout: float,
+        max_requests: int,
+        reply_prefixes: list[str],
     ) -> None:
         self._broker = broker
         self._replies = _port.reply_prefix(broker)
@@ -127,10 +143,16 @@ class Bridge(Generic[T]):
         self._head = "" if prefix is None else prefix + _port.SEPARATOR
         self._queue = queue
         self._max_outbound = max_outbound
+        # each batch handed to the link: at most IN_FLIGHT of them there, and
+        # one being made here
+        self._chunk = max(1, max_outbound_bytes // (IN_FLIGHT + 1))
         self._outbound_policy = outbound_policy
         self._drain = drain
         self._drain_timeout = drain_timeout
         self._request_timeout = request_timeout
+        self._max_requests = max_requests
+        self._reply_prefixes = tuple(p + _port.SEPARATOR for p in reply_prefixes)
+        self._imports = [tuple(pattern.split(_port.SEPARATOR)) for pattern in inbound]
         self._link: Link | None = None
         self._nursery: trio.Nursery | None = None
         self._export_sub: Subscription[T] | None = None
@@ -139,8 +161,10 @@ class Bridge(Generic[T]):
         self._pumps: list[trio.CancelScope] = []
         # the cancel scopes of the tasks waiting to answer requests from NATS
         self._answering: set[trio.CancelScope] = set()
+        self._busy: list[str] = []  # reply subjects to tell "no responders"
         self._pumps_stopped = False
-        self._importing = False
+        self._importing = 0  # import tasks in the middle of a batch
+        self._waiting = 0  # requests from NATS waiting for a local answer
         self._export_done = trio.Event()
         self._closing = False
         self._closed = trio.Event()
@@ -150,6 +174,8 @@ class Bridge(Generic[T]):
         self._in_hand = 0  # taken to be exported (or answers), not yet handed
         self._out_lost = 0  # encode, headers, not handed over
         self._in_lost = 0  # decode, grammar, type, closed broker, left at close
+        self._refused = 0  # requests from NATS (in _in_lost too)
+        self._expired = 0  # local requests nobody waits for (in _out_lost too)
         # one rate-limited warning per cause, so that each cause is named
         self._warn_encode = RateLimitedWarning(log=logger)
         # by cause of refusal (see _refusal), made on first use
@@ -157,6 +183,10 @@ class Bridge(Generic[T]):
         self._warn_decode = RateLimitedWarning(log=logger)
         self._warn_import = RateLimitedWarning(log=logger)
         self._warn_answer = RateLimitedWarning(log=logger)
+        self._warn_reserved = RateLimitedWarning(log=logger)
+        self._warn_request = RateLimitedWarning(log=logger)
+        self._warn_busy = RateLimitedWarning(log=logger)
+        self._warn_expired = RateLimitedWarning(log=logger)
 
     @property
     def broker(self) -> Broker[T]:
@@ -173,7 +203,9 @@ class Bridge(Generic[T]):
         if sub is not None:
             stats = sub.statistics()
             sub_dropped, pending = stats.dropped, stats.pending
-        outbound_dropped = self._out_lost + counters.refused + sub_dropped
+        outbound_dropped = (
+            self._out_lost + counters.refused + counters.expired + sub_dropped
+        )
         inbound_dropped = self._in_lost + counters.slow_consumer + counters.malformed
         return BridgeStatistics(
             exported=counters.exported,
@@ -188,6 +220,8 @@ class Bridge(Generic[T]):
                 pending + self._in_hand + self._handed - counters.settled
             ),
             closed=counters.closed,
+            requests_refused=self._refused,
+            requests_expired=self._expired + counters.expired,
         )
 
     def __repr__(self) -> str:
@@ -203,13 +237,17 @@ class Bridge(Generic[T]):
         self,
         connect_options: dict[str, Any],
         max_inbound: int,
+        max_inbound_bytes: int,
         confirm_timeout: float,
+        backoff: Backoff,
     ) -> None:
         link = self._link = Link(
             trio.lowlevel.current_trio_token(),
             max_inbound=max_inbound,
+            max_inbound_bytes=max_inbound_bytes,
             connect_options=connect_options,
             flush_timeout=confirm_timeout,
+            backoff=backoff,
         )
         link.start()
         try:
@@ -230,7 +268,8 @@ class Bridge(Generic[T]):
         try:
             if self._outbound:
                 # Listening for answers before a request can go out.
-                await link.subscribe_replies(self._replies)
+                answers = await link.subscribe_replies(self._replies)
+                nursery.start_soon(self._import, answers)
                 self._export_scope = _port.export(
                     self._broker,
                     self._outbound,
@@ -241,13 +280,15 @@ class Bridge(Generic[T]):
                 nursery.start_soon(self._export)
             else:
                 self._export_done.set()
-            # (answers to exported requests come in too, with no inbound)
-            nursery.start_soon(self._import)
             if self._inbound:
-                await link.subscribe(
+                # One lane, and one task, per pattern: a full BLOCK subscriber
+                # holds back only the pattern whose message waits for it.
+                lanes = await link.subscribe(
                     [self._head + pattern for pattern in self._inbound],
                     self._queue or "",
                 )
+                for lane in lanes:
+                    nursery.start_soon(self._import, lane)
         except BaseException:
             await self._close(drain=False)
             raise
@@ -328,9 +369,29 @@ class Bridge(Generic[T]):
                         messages = await sub.receive_batch(MAX_BATCH)
                     except (trio.EndOfChannel, trio.ClosedResourceError):
                         return
-                    await self._hand(link, self._outgoing(messages))
+                    await self._hand_all(link, messages)
             finally:
                 self._export_done.set()
+
+    async def _hand_all(self, link: Link, messages: list[Message[T]]) -> None:
+        """Encode ``messages`` and hand them to the link, a bounded batch at a time.
+
+        Each batch holds about ``max_outbound_bytes / 5`` of data at most (one
+        message more), so that what is encoded and not yet sent stays within
+        ``max_outbound_bytes`` (and five messages).
+        """
+        self._in_hand += len(messages)
+        start = 0
+        try:
+            while start < len(messages):
+                batch, stop = self._outgoing(messages, start)
+                self._in_hand -= stop - start  # each is lost (counted) or in batch
+                start = stop
+                await self._hand(link, batch)
+        except BaseException:
+            self._in_hand -= len(messages) - start
+            self._out_lost += len(messages) - start
+            raise
 
     async def _hand(self, link: Link, batch: list[Outgoing]) -> None:
         """Hand ``batch`` to the link, counting it in hand, handed, or lost."""
@@ -348,19 +409,35 @@ class Bridge(Generic[T]):
             self._out_lost += len(batch)
 
     def _outgoing(
-        self, messages: list[Message[T]], to: str | None = None
-    ) -> list[Outgoing]:
-        """Encode and check ``messages`` for NATS; count and log what cannot go.
+        self, messages: list[Message[T]], start: int = 0, to: str | None = None
+    ) -> tuple[list[Outgoing], int]:
+        """Encode and check messages for NATS; count and log what cannot go.
 
-        Each goes to its subject under the prefix, with its reply subject if it
-        is a request; or, given ``to``, to that subject as is (an answer).
+        From ``messages[start]`` on, until the batch holds about a chunk of
+        data. Each goes to its subject under the prefix, with its reply
+        subject if it is a request (unless nobody waits for its answer any
+        more); or, given ``to``, to that subject as is (an answer). Returns
+        the batch and the index of the first message not taken.
         """
         batch: list[Outgoing] = []
         encode = self._encode
         head = self._head
         assert self._link is not None
         max_payload = self._link.max_payload
-        for message in messages:
+        chunk = self._chunk
+        size = 0
+        index = start
+        for message in messages[start:] if start else messages:
+            index += 1
+            reply = message.reply
+            deadline = None
+            if reply is not None:
+                left = _port.time_left(self._broker, reply)
+                if left is None or left <= 0:
+                    self._expire(message.subject)
+                    continue
+                if left != math.inf:
+                    deadline = time.monotonic() + left
             try:
                 data = encode(message.payload)
                 if not isinstance(data, bytes):
@@ -376,7 +453,6 @@ class Bridge(Generic[T]):
                 )
                 continue
             subject = head + message.subject if to is None else to
-            reply = message.reply
             refusal = _refusal(subject, data, message.headers, max_payload, reply)
             if refusal is not None:
                 cause, problem = refusal
@@ -391,14 +467,28 @@ class Bridge(Generic[T]):
                 )
                 continue
             headers = dict(message.headers) if message.headers else None
-            batch.append((subject, data, headers, reply))
-        return batch
+            batch.append((subject, data, headers, reply, deadline))
+            size += len(data)
+            if size >= chunk:
+                break
+        return batch, index
+
+    def _expire(self, subject: str) -> None:
+        self._out_lost += 1
+        self._expired += 1
+        self._warn_expired(
+            "NATS bridge: a request on %r was not sent: nobody waits for its "
+            "answer any more",
+            subject,
+        )
 
     # -- import ----------------------------------------------------------------------
 
-    async def _import(self) -> None:
+    async def _import(self, lane: Lane) -> None:
+        """Publish what comes in on ``lane`` into the broker, in order."""
         link = self._link
         assert link is not None
+        one = self._import_answer if lane.answers else self._import_one
         with trio.CancelScope() as scope:
             self._pumps.append(scope)
             if self._pumps_stopped:
@@ -407,19 +497,33 @@ class Bridge(Generic[T]):
                 # incoming() waits only when nothing is there: a checkpoint per
                 # batch keeps a steady stream from starving the other tasks.
                 await trio.lowlevel.checkpoint()
-                batch = await link.incoming()
-                self._importing = True
+                batch = await link.incoming(lane)
+                self._importing += 1
+                done = 0  # of batch, told finished to the link
                 try:
                     for index, item in enumerate(batch):
                         try:
-                            pending = self._import_one(item)
+                            pending = one(item)
                             if pending is not None:
+                                # It waits: what came before makes room.
+                                link.finished(lane, batch[done:index])
+                                done = index
+                                self._tell_busy()
                                 await self._import_rest(pending)
                         except BaseException:
                             self._in_lost += len(batch) - index
                             raise
+                    self._tell_busy()
                 finally:
-                    self._importing = False
+                    self._importing -= 1
+                    link.finished(lane, batch[done:])
+
+    def _tell_busy(self) -> None:
+        """Send "no responders" to the requests refused for want of room."""
+        if self._busy:
+            assert self._link is not None
+            self._link.no_responders(self._busy)
+            self._busy = []
 
     async def _import_rest(self, pending: _port.Pending[T]) -> None:
         try:
@@ -441,8 +545,18 @@ class Bridge(Generic[T]):
         ``BLOCK`` subscriptions it is still to go to.
         """
         remote, answer_to, data, headers = item
-        if remote.startswith(self._replies):
-            self._import_answer(remote, data, headers)
+        subject = remote[len(self._head) :]
+        if _port.is_reserved(subject):
+            # Answers to the broker's requests come on the answers' lane only.
+            self._in_lost += 1
+            self._warn_reserved(
+                "NATS bridge: a message on %r was not imported: subjects under "
+                "_INBOX. are reply subjects, and answers to this broker's "
+                "requests arrive only on the bridge's own subscription for them",
+                remote,
+            )
+            return None
+        if answer_to and not self._may_ask(remote, answer_to):
             return None
         try:
             payload = self._decode(data)
@@ -455,7 +569,6 @@ class Bridge(Generic[T]):
                 error,
             )
             return None
-        subject = remote[len(self._head) :]
         reply = None
         try:
             if answer_to:
@@ -474,20 +587,70 @@ class Bridge(Generic[T]):
             return None
         if reply is not None:
             assert self._nursery is not None
+            self._waiting += 1
             self._nursery.start_soon(self._answer, reply, answer_to)
         if pending is None:
             self._imported += 1
         return pending
 
-    def _import_answer(
-        self, subject: str, data: bytes, headers: dict[str, str] | None
-    ) -> None:
+    def _may_ask(self, remote: str, to: str) -> bool:
+        """Whether a request from NATS, answered to ``to``, may be published.
+
+        If not, it is counted as refused (and told "no responders" if it is
+        refused for want of room).
+        """
+        why = self._unanswerable(to)
+        if why is None and self._waiting < self._max_requests:
+            return True
+        self._in_lost += 1
+        self._refused += 1
+        if why is not None:
+            self._warn_request(
+                "NATS bridge: a request on %r was not imported: its reply "
+                "subject %r is %s",
+                remote,
+                to,
+                why,
+            )
+        else:
+            self._busy.append(to)
+            self._warn_busy(
+                "NATS bridge: a request on %r was answered 'no responders': "
+                "%d requests from NATS already wait for a local answer "
+                "(max_requests)",
+                remote,
+                self._max_requests,
+            )
+        return False
+
+    def _unanswerable(self, to: str) -> str | None:
+        """Why an answer may not go to ``to`` (a reply subject from NATS), or None."""
+        if not to.startswith(self._reply_prefixes):
+            return "not under an inbox prefix the bridge answers (reply_prefixes)"
+        try:
+            validate_subject(to)
+        except InvalidSubjectError as error:
+            return f"not a literal subject ({error.reason})"
+        if to.startswith(self._replies):
+            return "one of the broker's own reply subjects"
+        if to.startswith(self._head):
+            local = to[len(self._head) :]
+            if not _port.is_reserved(local):
+                tokens = tuple(local.split(_port.SEPARATOR))
+                for pattern in self._imports:
+                    if _port.tokens_match(pattern, tokens):
+                        return "a subject the bridge imports"
+        return None
+
+    def _import_answer(self, item: Incoming) -> None:
         """An answer from NATS to one of the broker's requests: pass it on.
 
         It reaches the request if it still waits, else nobody (counted as
         imported all the same: it was published). A "no responders" status
         carries no answer: it tells the request that nobody in NATS will.
+        Never waits: a reply takes its answer at once.
         """
+        subject, _, data, headers = item
         if headers and headers.get("Status") == _NO_RESPONDERS and not data:
             _port.decline(self._broker, subject)
             return
@@ -523,7 +686,7 @@ class Bridge(Generic[T]):
             try:
                 with trio.move_on_after(self._request_timeout):
                     answer = await reply.wait()
-                    await self._hand(link, self._outgoing([answer], to=to))
+                    await self._hand(link, self._outgoing([answer], to=to)[0])
                     return
                 self._warn_answer(
                     "NATS bridge: a request from NATS on %r had no local answer "
@@ -534,6 +697,7 @@ class Bridge(Generic[T]):
             except BrokerClosedError:
                 pass  # nobody can answer any more
             finally:
+                self._waiting -= 1
                 reply.close()
                 self._answering.discard(scope)
 
@@ -631,6 +795,19 @@ def _patterns(kind: str, patterns: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _reply_prefixes(prefixes: Iterable[str]) -> list[str]:
+    if isinstance(prefixes, str):
+        raise TypeError(
+            f"reply_prefixes must be a list of subjects, not a str: write "
+            f"[{prefixes!r}]"
+        )
+    out = []
+    for prefix in prefixes:
+        validate_subject(prefix)
+        out.append(prefix)
+    return out
+
+
 def _check_nats_tokens(text: str, kind: str) -> None:
     """Refuse what NATS subscribes to stricter than the broker's grammar.
 
@@ -671,26 +848,34 @@ async def open_bridge(
     prefix: str | None = None,
     queue: str | None = None,
     max_outbound: int = 10_000,
+    max_outbound_bytes: int = 16 * 1024 * 1024,
     outbound_policy: OverflowPolicy = OverflowPolicy.DROP_NEWEST,
     max_inbound: int = 10_000,
+    max_inbound_bytes: int = 16 * 1024 * 1024,
     drain: bool = False,
     drain_timeout: float = 30.0,
     name: str | None = None,
     connect_timeout: float = 2.0,
     reconnect_time_wait: float = 0.5,
+    max_reconnect_wait: float = 5.0,
     max_reconnect_attempts: int = -1,
     ping_interval: float = 10.0,
     confirm_timeout: float = 10.0,
     request_timeout: float = 10.0,
+    max_requests: int = 1000,
+    reply_prefixes: Iterable[str] = ("_INBOX",),
 ) -> AsyncIterator[Bridge[T]]:
     """Bridge ``broker`` to a NATS server for the body of an ``async with`` block.
 
     Messages published in ``broker`` on a subject matching an ``outbound``
     pattern are sent to NATS; messages from NATS on an ``inbound`` pattern are
-    published into ``broker``, through its subscriptions' policies (a ``BLOCK``
-    subscription slows the import down). A message imported is never exported
-    again. Once the block is entered, the inbound subscriptions are active on
-    the server and the outbound one in the broker.
+    published into ``broker``, through its subscriptions' policies. Each
+    inbound pattern is imported on its own, in order: a full ``BLOCK``
+    subscriber holds back the pattern whose message waits for it, and no
+    other pattern, nor the answers to the broker's requests. A message
+    imported is never exported again. Once the block is entered, the inbound
+    subscriptions are active on the server and the outbound one in the
+    broker.
 
     Args:
         broker: The broker to bridge.
@@ -704,16 +889,27 @@ async def open_bridge(
         queue: Import as a NATS queue group: each message on ``inbound`` goes
             to one of the bridges with this queue name, across processes.
         max_outbound: Capacity of the outbound queue (an int >= 1).
+        max_outbound_bytes: The most encoded bytes waiting to be sent and
+            confirmed (about; five messages more at most), 16 MiB by default.
         outbound_policy: What a full outbound queue does: ``DROP_NEWEST``,
             ``DROP_OLDEST`` or ``BLOCK`` (local publishers wait).
-        max_inbound: Capacity of the inbound queue between NATS and the broker,
-            and of nats-py's queue behind it (an int >= 1).
+        max_inbound: The most messages each inbound pattern holds between NATS
+            and the broker, and as many in nats-py's queue behind it (an
+            int >= 1); beyond, they are dropped and counted.
+        max_inbound_bytes: As ``max_inbound``, in payload bytes (16 MiB by
+            default); a pattern that holds nothing takes one message of any
+            size the server allows.
         drain: On a normal exit, first export what is queued and import what
             NATS still holds for the bridge.
         drain_timeout: The most seconds a drain takes.
         name: The connection's name, as the NATS server shows it.
         connect_timeout: Seconds to wait for each connection attempt.
-        reconnect_time_wait: Seconds between two attempts to reconnect.
+        reconnect_time_wait: Seconds before the first attempt to reconnect;
+            each further one waits twice as long as the one before, up to
+            ``max_reconnect_wait``, and every wait is drawn at random between
+            half of that and all of it, so that many processes that lost one
+            server do not all come back in the same instant.
+        max_reconnect_wait: The longest wait between two attempts (seconds).
         max_reconnect_attempts: Attempts before giving up for good; -1: never.
         ping_interval: Seconds between two PINGs on an idle connection; after
             two unanswered ones the connection is taken as dead and replaced,
@@ -727,6 +923,15 @@ async def open_bridge(
             pattern) before giving up on it; the requester's own timeout is
             not known here. An answer is sent to the requester and counted as
             exported.
+        max_requests: The most requests from NATS waiting for a local answer
+            at once; one more is answered "no responders" at once (NATS's
+            503 status) and counted in ``requests_refused``.
+        reply_prefixes: Subjects under which the reply subjects of requests
+            from NATS must lie (``_INBOX``: ``_INBOX.<anything>``, what NATS
+            clients make). A request whose reply subject lies elsewhere, is
+            one of the broker's own, or is one that the bridge imports, is not
+            imported (counted in ``requests_refused``): an answer goes only
+            where a requester waits for it. ``()`` refuses every request.
 
     Requests cross in both directions: a local
     :meth:`trio_pubsub.Broker.request` on an outbound subject reaches
@@ -746,6 +951,7 @@ async def open_bridge(
         ValueError: an argument is out of range, or there is nothing to bridge.
     """
     outbound_list = _patterns("outbound", outbound)
+    prefixes = _reply_prefixes(reply_prefixes)
     inbound_list = _patterns("inbound", inbound)
     if not outbound_list and not inbound_list:
         raise ValueError("nothing to bridge: give outbound or inbound patterns")
@@ -764,10 +970,19 @@ async def open_bridge(
             f"{outbound_policy!r} (a bridge that disconnected would stop exporting)"
         )
     _port.check_int("max_outbound", max_outbound)
+    _port.check_int("max_outbound_bytes", max_outbound_bytes)
     _port.check_int("max_inbound", max_inbound)
+    _port.check_int("max_inbound_bytes", max_inbound_bytes)
+    _port.check_int("max_requests", max_requests)
     _port.check_seconds("drain_timeout", drain_timeout)
     _port.check_seconds("connect_timeout", connect_timeout)
     _port.check_seconds("reconnect_time_wait", reconnect_time_wait)
+    _port.check_seconds("max_reconnect_wait", max_reconnect_wait)
+    if max_reconnect_wait < reconnect_time_wait:
+        raise ValueError(
+            f"max_reconnect_wait ({max_reconnect_wait}) must be at least "
+            f"reconnect_time_wait ({reconnect_time_wait})"
+        )
     _port.check_int("max_reconnect_attempts", max_reconnect_attempts, minimum=-1)
     _port.check_seconds("ping_interval", ping_interval)
     _port.check_seconds("confirm_timeout", confirm_timeout)
@@ -794,12 +1009,18 @@ async def open_bridge(
         prefix=prefix,
         queue=queue,
         max_outbound=max_outbound,
+        max_outbound_bytes=max_outbound_bytes,
         outbound_policy=outbound_policy,
         drain=drain,
         drain_timeout=drain_timeout,
         request_timeout=request_timeout,
+        max_requests=max_requests,
+        reply_prefixes=prefixes,
     )
-    await bridge._connect(connect_options, max_inbound, confirm_timeout)
+    backoff = Backoff(reconnect_time_wait, max_reconnect_wait, random.uniform)
+    await bridge._connect(
+        connect_options, max_inbound, max_inbound_bytes, confirm_timeout, backoff
+    )
     try:
         async with trio.open_nursery() as nursery:
             await bridge._start(nursery)

@@ -18,8 +18,9 @@ event end its read loop, or its connection, for good:
   raises ``ProtocolError``: nats-py reconnects and loses what it had read.
   ``_GuardedParser`` skips that one message and parses on.
 
-Dropped messages are reported through ``on_malformed``, for the bridge to
-count and log.
+Dropped messages are reported through ``on_malformed`` (with the
+subscription's sid, when it is known, and the subject's bytes), for the bridge
+to count, once per message, and log.
 
 For the bridge's exports, ``publish_checked`` is nats-py's ``publish`` of a
 message without headers, less the checks the bridge has already made
@@ -54,8 +55,9 @@ Incoming = tuple[str, str, bytes, dict[str, str] | None]
 """One message as NATS delivered it: subject, reply subject (or ""), data and
 headers (or None)."""
 
-Taker = tuple["Callable[[], bool]", "Callable[[Incoming], None]"]
-"""Whether it can take a message now, and taking one."""
+Taker = tuple["Callable[[int], bool]", "Callable[[Incoming], None]"]
+"""Whether it can take a message of so many payload bytes now, and taking one."""
+
 
 _CRLF = b"\r\n"
 # A plain MSG's control line that nats-py's expression reads the same way:
@@ -69,7 +71,7 @@ _PLAIN_MSG = re.compile(
 class GuardedClient(Client):
     """A nats-py ``Client`` whose read loop no single message or PONG can end."""
 
-    def __init__(self, on_malformed: Callable[[str], None]) -> None:
+    def __init__(self, on_malformed: Callable[[int | None, bytes, str], None]) -> None:
         super().__init__()
         self.on_malformed = on_malformed
         self._ps = _GuardedParser(self)
@@ -105,6 +107,24 @@ class GuardedClient(Client):
         elif self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
 
+    def write_status(self, subject: str, status: bytes) -> None:
+        """Put a message with only a status line (``NATS/1.0 503``) in the buffer.
+
+        nats-py's ``publish`` writes a status as an ordinary header; NATS
+        clients read "no responders" from the status line alone. The caller
+        kicks the flusher.
+        """
+        block = b"NATS/1.0 %s\r\n\r\n" % status
+        command = b"HPUB %s %d %d\r\n%s\r\n" % (
+            subject.encode(),
+            len(block),
+            len(block),
+            block,
+        )
+        self.stats["out_msgs"] += 1
+        self._pending.append(command)
+        self._pending_data_size += len(command)
+
     async def _process_pong(self) -> None:
         # A PONG answers the oldest PING; a flush that timed out has cancelled
         # its future, and then nobody waits for this one.
@@ -129,7 +149,9 @@ class GuardedClient(Client):
             parsed = await self._process_headers(headers) if headers else None
         except (UnicodeDecodeError, IndexError, ValueError) as error:
             self.on_malformed(
-                f"{type(error).__name__} in a message on {bytes(subject)!r}"
+                sid,
+                bytes(subject),
+                f"{type(error).__name__} in a message on {bytes(subject)!r}",
             )
             return
         if not self._hand_over(sid, text, answer_to, data, parsed):
@@ -162,7 +184,7 @@ class GuardedClient(Client):
         but the queue and the Msg: counted, handed over.
         """
         taker = self.takers.get(sid)
-        if taker is None or not taker[0]():
+        if taker is None or not taker[0](len(data)):
             return False
         sub = self._subs.get(sid)
         if sub is None or not sub._pending_queue.empty():
@@ -260,7 +282,10 @@ class _GuardedParser(Parser):
         if len(line) < 4 or not line[-1].isdigit():
             return False
         total = end + len(_CRLF) + int(line[-1]) + len(_CRLF)
-        self.nc.on_malformed(f"a subject nats-py cannot parse: {line[1]!r}")
+        sid = int(line[2]) if line[2].isdigit() else None
+        self.nc.on_malformed(
+            sid, line[1], f"a subject nats-py cannot parse: {line[1]!r}"
+        )
         if len(buf) >= total:
             del buf[:total]
         else:

@@ -9,10 +9,15 @@ thread only, and work crosses in batches, one thread hop per batch:
   (``call_soon_threadsafe``); a sender task publishes it, then confirms it
   with a PING/PONG round trip, then gives the trio side its credit back
   (``TrioToken.run_sync_soon``).
-* in: the subscription callbacks append to a deque that the trio side empties
-  in one go (:meth:`Link.incoming`); the first message after it was emptied
-  wakes the trio side. When it is full, the callbacks wait, nats-py's own
-  bounded queue fills behind them, and what it then refuses is counted.
+* in: each NATS subscription has a :class:`Lane` of its own: a deque that
+  the subscription's messages are appended to, and that the trio side's
+  import task for that lane empties in one go (:meth:`Link.incoming`); the
+  first message after it was emptied wakes that task. A lane is bounded in
+  messages and payload bytes, counting what its task holds and has not
+  finished with; when it is full, its messages wait in nats-py's own bounded
+  queue for that subscription, and what that refuses is counted. Lanes share
+  nothing, so one that waits (for a full ``BLOCK`` subscriber in the broker)
+  holds back no other.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,6 +43,7 @@ from ._client import GuardedClient, Incoming
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
+    from nats.aio.client import Server
     from nats.aio.msg import Msg
 
 logger = logging.getLogger("trio_pubsub.nats")
@@ -49,9 +56,119 @@ IN_FLIGHT = 4
 WATCH_INTERVAL = 1.0
 """Seconds between two looks at whether nats-py's read loop still runs."""
 
-# (remote subject, data, headers or None, reply subject or None): one message
-# ready for NATS.
-Outgoing = tuple[str, bytes, dict[str, str] | None, str | None]
+# (remote subject, data, headers or None, reply subject or None, deadline or
+# None): one message ready for NATS. A request carries the time.monotonic()
+# after which nobody waits for its answer: it is not sent after that.
+Outgoing = tuple[str, bytes, dict[str, str] | None, str | None, float | None]
+
+
+class Lane:
+    """The way in of one NATS subscription: its queue, its bounds, its wake-ups.
+
+    The loop's thread appends and counts what it appended; the trio side
+    takes what is queued and counts what it has finished with. What a lane
+    holds (appended, not finished: in the queue or in the trio side's hands)
+    stays within ``max_messages`` and ``max_bytes`` of payload, but a lane
+    holding nothing takes one message of any size.
+    """
+
+    __slots__ = (
+        "answers",
+        "done",
+        "done_bytes",
+        "earlier",
+        "full",
+        "in_callback",
+        "items",
+        "max_bytes",
+        "max_messages",
+        "received",
+        "received_bytes",
+        "replies",
+        "room",
+        "tell_scheduled",
+        "trio_waits",
+        "wake",
+    )
+
+    def __init__(
+        self,
+        *,
+        answers: bool,
+        replies: str | None,
+        earlier: list[tuple[str, ...]],
+        max_messages: int,
+        max_bytes: int,
+    ) -> None:
+        self.answers = answers
+        """Whether this is the subscription for answers to the broker's requests."""
+        self.replies = replies
+        self.earlier = earlier
+        """Patterns of the subscriptions before it (see :func:`_seen`)."""
+        self.items: deque[Incoming] = deque()
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        # written in the loop's thread
+        self.received = 0
+        self.received_bytes = 0
+        self.tell_scheduled = False  # _tell_trio is due
+        self.in_callback = 0  # nats-py's path runs for it (see Link._can_take)
+        self.room: asyncio.Event | None = None
+        # written on the trio side
+        self.done = 0
+        self.done_bytes = 0
+        self.trio_waits = False  # waiting for ``wake``
+        self.wake = trio.Event()
+        # written by both: the loop's thread waits for room (see Link.finished)
+        self.full = False
+
+    def has_room(self, size: int) -> bool:
+        """Whether a message of ``size`` payload bytes fits now."""
+        held = self.received - self.done
+        return held == 0 or (
+            held < self.max_messages
+            and self.received_bytes - self.done_bytes + size <= self.max_bytes
+        )
+
+    def poke(self) -> None:
+        """Wake the trio side's task (in the trio thread)."""
+        self.wake.set()
+
+
+class Backoff:
+    """Jittered, capped exponential waits between attempts to reconnect.
+
+    The n-th attempt after a break waits a time drawn evenly from the upper
+    half of ``min(cap, base * 2**(n-1))``: never less than half of it (no
+    tight loop against a server that refuses), and spread, so that many
+    clients that lost one server do not come back in the same instant.
+    """
+
+    def __init__(
+        self, base: float, cap: float, draw: Callable[[float, float], float]
+    ) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempts = 0
+        self.waits: list[float] = []
+        """The waits drawn since the last connection, for tests to read."""
+        self.last_waits: list[float] = []
+        """Those drawn before the last connection."""
+        self._draw = draw
+
+    def next_wait(self) -> float:
+        """The seconds to wait before the next attempt."""
+        ceiling = min(self.cap, self.base * 2.0**self.attempts)
+        self.attempts += 1
+        wait = self._draw(ceiling / 2, ceiling)
+        self.waits.append(wait)
+        return wait
+
+    def reset(self) -> None:
+        """Connected: the next break starts from ``base`` again."""
+        self.attempts = 0
+        self.last_waits = self.waits
+        self.waits = []
 
 
 class Counters:
@@ -63,6 +180,7 @@ class Counters:
         self.settled = 0  # messages of batches done with, whatever their fate
         self.unconfirmed = 0
         self.refused = 0  # NATS refused it, or the connection was closed for good
+        self.expired = 0  # requests whose deadline passed before they were sent
         self.slow_consumer = 0
         self.malformed = 0  # messages from NATS nats-py could not read
         self.reconnects = 0
@@ -78,15 +196,19 @@ class Link:
         token: trio.lowlevel.TrioToken,
         *,
         max_inbound: int,
+        max_inbound_bytes: int,
         connect_options: dict[str, Any],
         flush_timeout: float,
+        backoff: Backoff,
     ) -> None:
         self.counters = Counters()
         self.max_payload = 1 << 20
         """The server's max_payload (nats-server's default until connected)."""
         self._token = token
         self._max_inbound = max_inbound
+        self._max_inbound_bytes = max_inbound_bytes
         self._connect_options = connect_options
+        self.backoff = backoff
         self._flush_timeout = flush_timeout
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -94,17 +216,9 @@ class Link:
         )
         self._finished = trio.Event()
         self._nc: GuardedClient | None = None
-        # in: filled here, emptied by the trio side
-        self._incoming: deque[Incoming] = deque()
-        self._wake = trio.Event()  # trio side: set when _incoming gets a message
-        self._trio_waits = False  # trio side: waiting for _wake (loop side reads)
-        self._tell_scheduled = False  # loop side: _tell_trio is due
-        self._inbound_full = False  # loop side waits for room
-        # loop side: callbacks on nats-py's path running (one may wait for
-        # room); while any does, or its queue holds messages, the read loop
-        # hands nothing to _take, so messages keep their order
-        self._in_callback = 0
-        self._room: asyncio.Event | None = None
+        # in: one lane per subscription, by its sid
+        self._lanes: dict[int, Lane] = {}
+        self._stopped = False  # loop side: the connection is closed for good
         # out: batches handed over and not yet sent
         self._outbox: asyncio.Queue[list[Outgoing]] | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -119,6 +233,8 @@ class Link:
         # The prefix of the subscription for answers, once made (it takes one
         # token after it): the others skip what it matches.
         self._replies: str | None = None
+        # loop side: tasks started for a moment (see _tell_busy)
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     # -- the thread ---------------------------------------------------------------
 
@@ -172,7 +288,6 @@ class Link:
     # -- connecting ---------------------------------------------------------------
 
     async def _connect(self) -> None:
-        self._room = asyncio.Event()
         self._up = asyncio.Event()
         self._outbox = asyncio.Queue()
         options = dict(self._connect_options)
@@ -188,6 +303,7 @@ class Link:
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
             closed_cb=self._on_closed,
+            reconnect_to_server_handler=self._next_server,
         )
         self._nc.options["max_reconnect_attempts"] = attempts
         self.max_payload = self._nc.max_payload
@@ -200,8 +316,11 @@ class Link:
         """Connect to NATS (nats-py's own connect, its errors included)."""
         await self.call(self._connect())
 
-    async def _subscribe(self, subjects: list[str], queue: str) -> None:
+    async def _subscribe(
+        self, subjects: list[str], queue: str, answers: bool
+    ) -> list[Lane]:
         assert self._nc is not None
+        lanes = []
         for index, subject in enumerate(subjects):
             # NATS sends a message once per subscription it matches, so with
             # overlapping patterns it is taken from the first of them only. A
@@ -210,47 +329,55 @@ class Link:
             # here, and is then dropped and counted once, on import)
             # The subscription for answers has its own copy of what it matches.
             earlier = [] if queue else [tuple(s.split(".")) for s in subjects[:index]]
-            replies = self._replies
+            lane = Lane(
+                answers=answers,
+                replies=None if answers else self._replies,
+                earlier=earlier,
+                max_messages=self._max_inbound,
+                max_bytes=self._max_inbound_bytes,
+            )
+            lane.room = asyncio.Event()
             sub = await self._nc.subscribe(
                 subject,
                 queue=queue,
-                cb=functools.partial(self._on_message, replies, earlier),
+                cb=functools.partial(self._on_message, lane),
                 pending_msgs_limit=self._max_inbound,
+                pending_bytes_limit=self._max_inbound_bytes,
             )
+            self._lanes[sub._id] = lane
             self._nc.takers[sub._id] = (
-                self._can_take,
-                functools.partial(self._take, replies, earlier),
+                functools.partial(self._can_take, lane),
+                functools.partial(self._take, lane),
             )
+            lanes.append(lane)
         # After the PONG, the server has the subscriptions.
         await self._nc.flush(timeout=self._flush_timeout)  # type: ignore[arg-type]
+        return lanes
 
-    async def subscribe(self, subjects: list[str], queue: str) -> None:
-        """Subscribe to ``subjects`` (``queue``: a queue group, or "") and confirm."""
-        await self.call(self._subscribe(subjects, queue))
+    async def subscribe(self, subjects: list[str], queue: str) -> list[Lane]:
+        """Subscribe to ``subjects`` (``queue``: a queue group, or "") and confirm.
 
-    async def _subscribe_replies(self, prefix: str) -> None:
-        assert self._nc is not None
-        sub = await self._nc.subscribe(
-            prefix + "*",
-            cb=functools.partial(self._on_message, None, []),
-            pending_msgs_limit=self._max_inbound,
-        )
-        self._nc.takers[sub._id] = (
-            self._can_take,
-            functools.partial(self._take, None, []),
-        )
-        self._replies = prefix
-        await self._nc.flush(timeout=self._flush_timeout)  # type: ignore[arg-type]
+        Returns their lanes, in the same order.
+        """
+        return await self.call(self._subscribe(subjects, queue, answers=False))
 
-    async def subscribe_replies(self, prefix: str) -> None:
+    async def subscribe_replies(self, prefix: str) -> Lane:
         """Subscribe to the answers to the broker's requests, before the others.
 
         They are the subjects of one token after ``prefix`` (which ends in a
-        dot).
+        dot). Returns their lane.
         """
-        await self.call(self._subscribe_replies(prefix))
+        (lane,) = await self.call(self._subscribe([prefix + "*"], "", answers=True))
+        self._replies = prefix
+        return lane
 
-    def _on_malformed(self, what: str) -> None:
+    def _on_malformed(self, sid: int | None, subject: bytes, what: str) -> None:
+        lane = None if sid is None else self._lanes.get(sid)
+        # NATS sent it once per subscription it matches: count it once.
+        if lane is not None and _seen(
+            lane.replies, lane.earlier, subject.decode(errors="surrogateescape")
+        ):
+            return
         self.counters.malformed += 1
         self._warn(
             "malformed",
@@ -304,7 +431,19 @@ class Link:
             "NATS bridge: disconnected; messages to export wait in its queue",
         )
 
+    def _next_server(
+        self, servers: list[Server], info: dict[str, Any]
+    ) -> tuple[Server | None, float]:
+        """nats-py's choice of server, and wait, before each attempt to reconnect.
+
+        The server tried least often since the break, after a jittered,
+        capped, exponential wait (:class:`Backoff`).
+        """
+        least = min(servers, key=lambda server: server.reconnects)
+        return least, self.backoff.next_wait()
+
     async def _on_reconnected(self) -> None:
+        self.backoff.reset()
         self.counters.reconnects += 1
         self.counters.connected = True
         assert self._nc is not None
@@ -324,8 +463,7 @@ class Link:
         # Wake the sender: it counts every batch left as refused.
         if self._up is not None:
             self._up.set()
-        if self._room is not None:
-            self._room.set()
+        self._open_lanes()
         if self._closing:
             logger.info("NATS bridge: connection closed")
         else:
@@ -397,12 +535,15 @@ class Link:
                     await asyncio.sleep(0.01)
                     continue
                 breaks = self._breaks
-                for subject, data, headers, reply in batch[sent:]:
+                for subject, data, headers, reply, deadline in batch[sent:]:
                     # (it may break during an await below)
                     connected = nc._status == Client.CONNECTED
                     if not (connected or _is_up(nc)):
                         break
                     sent += 1
+                    if deadline is not None and time.monotonic() >= deadline:
+                        self._expire(subject)
+                        continue
                     in_doubt += 1
                     try:
                         if headers is None and connected:
@@ -431,6 +572,34 @@ class Link:
             if in_doubt:
                 self._unconfirmed(in_doubt, "as the bridge closed")
             raise
+
+    def _expire(self, subject: str) -> None:
+        self.counters.expired += 1
+        self._warn(
+            "expired",
+            "NATS bridge: a request on %r was not sent: its deadline passed "
+            "while it waited to go out",
+            subject,
+        )
+
+    def no_responders(self, subjects: list[str]) -> None:
+        """Tell each of ``subjects`` "no responders" (NATS's 503), if connected.
+
+        Best effort, counted nowhere: the requests it answers were counted
+        when they were refused.
+        """
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self._loop.call_soon_threadsafe(self._tell_busy, subjects)
+
+    def _tell_busy(self, subjects: list[str]) -> None:
+        nc = self._nc
+        if nc is None or nc._status != Client.CONNECTED:
+            return
+        for subject in subjects:
+            nc.write_status(subject, _NO_RESPONDERS)
+        flush = asyncio.ensure_future(nc._flush_pending())
+        self._tasks.add(flush)  # (the loop keeps only a weak reference)
+        flush.add_done_callback(self._tasks.discard)
 
     def _unconfirmed(self, count: int, when: str) -> None:
         self.counters.unconfirmed += count
@@ -509,8 +678,14 @@ class Link:
                     await nc.drain()
             if not nc.is_closed:
                 await nc.close()
-        if self._room is not None:
-            self._room.set()
+        self._open_lanes()
+
+    def _open_lanes(self) -> None:
+        """Closed for good: what waits for room in a lane goes in at once."""
+        self._stopped = True
+        for lane in self._lanes.values():
+            assert lane.room is not None
+            lane.room.set()
 
     async def close(self, *, drain: bool) -> None:
         """Close the connection (draining its subscriptions first if asked)."""
@@ -518,78 +693,90 @@ class Link:
 
     # -- in -------------------------------------------------------------------------
 
-    def _can_take(self) -> bool:
-        """Whether the read loop may hand a message to :meth:`_take` now."""
-        return self._in_callback == 0 and len(self._incoming) < self._max_inbound
+    def _can_take(self, lane: Lane, size: int) -> bool:
+        """Whether the read loop may hand ``lane`` a message of ``size`` bytes now.
 
-    def _take(
-        self, replies: str | None, earlier: list[tuple[str, ...]], item: Incoming
-    ) -> None:
+        Not while a callback on nats-py's path runs for it (one may wait for
+        room), nor while nats-py's queue holds some of its messages (see
+        ``GuardedClient``): messages keep their order.
+        """
+        return lane.in_callback == 0 and lane.has_room(size)
+
+    def _take(self, lane: Lane, item: Incoming) -> None:
         """A message from the read loop, with room for it (see ``_can_take``)."""
-        if not _seen(replies, earlier, item[0]):
-            self._append(item)
+        if not _seen(lane.replies, lane.earlier, item[0]):
+            self._append(lane, item)
 
-    async def _on_message(
-        self, replies: str | None, earlier: list[tuple[str, ...]], msg: Msg
-    ) -> None:
+    async def _on_message(self, lane: Lane, msg: Msg) -> None:
         """A message by nats-py's path: its queue, its task, this callback."""
-        self._in_callback += 1
+        lane.in_callback += 1
         try:
-            if _seen(replies, earlier, msg.subject):
+            if _seen(lane.replies, lane.earlier, msg.subject):
                 return
-            incoming = self._incoming
-            room = self._room
+            room = lane.room
             assert room is not None
-            while len(incoming) >= self._max_inbound and not self.counters.closed:
+            size = len(msg.data)
+            while not lane.has_room(size) and not self._stopped:
                 room.clear()
-                self._inbound_full = True
-                if len(incoming) < self._max_inbound:  # emptied meanwhile
+                lane.full = True
+                if lane.has_room(size):  # finished with meanwhile
                     break
                 await room.wait()
-            self._append((msg.subject, msg.reply, msg.data, msg.headers))
+            self._append(lane, (msg.subject, msg.reply, msg.data, msg.headers))
         finally:
-            self._in_callback -= 1
+            lane.in_callback -= 1
 
-    def _append(self, item: Incoming) -> None:
-        self._incoming.append(item)
-        if not self._tell_scheduled:
+    def _append(self, lane: Lane, item: Incoming) -> None:
+        lane.items.append(item)
+        lane.received += 1
+        lane.received_bytes += len(item[2])
+        if not lane.tell_scheduled:
             # Once per turn of the loop, after nats-py has handed over every
             # message of what it read: one crossing for the lot.
-            self._tell_scheduled = True
-            self._loop.call_soon(self._tell_trio)
+            lane.tell_scheduled = True
+            self._loop.call_soon(self._tell_trio, lane)
 
-    def _tell_trio(self) -> None:
-        self._tell_scheduled = False
-        if self._trio_waits:
-            self._trio_waits = False
-            self._to_trio(self._poke)
+    def _tell_trio(self, lane: Lane) -> None:
+        lane.tell_scheduled = False
+        if lane.trio_waits:
+            lane.trio_waits = False
+            self._to_trio(lane.poke)
 
-    def _poke(self) -> None:
-        self._wake.set()
+    async def incoming(self, lane: Lane) -> list[Incoming]:
+        """Wait for messages on ``lane`` and take all of them (trio side).
 
-    async def incoming(self) -> list[Incoming]:
-        """Wait for messages from NATS and take all of them (trio side)."""
-        incoming = self._incoming
-        while not incoming:
-            self._wake = trio.Event()
-            self._trio_waits = True
-            if incoming:  # came before the flag was up: it may not be told
+        The caller tells :meth:`finished` when it is done with them.
+        """
+        items = lane.items
+        while not items:
+            lane.wake = trio.Event()
+            lane.trio_waits = True
+            if items:  # came before the flag was up: it may not be told
                 break
-            await self._wake.wait()
+            await lane.wake.wait()
         batch = []
         with contextlib.suppress(IndexError):
             while True:
-                batch.append(incoming.popleft())
-        if self._inbound_full:
-            self._inbound_full = False
-            assert self._room is not None
-            with contextlib.suppress(RuntimeError):  # the loop is closed
-                self._loop.call_soon_threadsafe(self._room.set)
+                batch.append(items.popleft())
         return batch
+
+    def finished(self, lane: Lane, items: list[Incoming]) -> None:
+        """The trio side is done with ``items`` of ``lane``: room for as many."""
+        lane.done += len(items)
+        lane.done_bytes += sum([len(item[2]) for item in items])
+        if lane.full:
+            lane.full = False
+            assert lane.room is not None
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(lane.room.set)
 
     def queued_inbound(self) -> int:
         """Messages taken from NATS and not yet given to the trio side."""
-        return len(self._incoming)
+        return sum(len(lane.items) for lane in self._lanes.values())
+
+    def held_inbound(self) -> int:
+        """Messages taken from NATS that the trio side has not finished with."""
+        return sum(lane.received - lane.done for lane in self._lanes.values())
 
 
 def _seen(replies: str | None, earlier: list[tuple[str, ...]], subject: str) -> bool:
@@ -611,6 +798,10 @@ def _seen(replies: str | None, earlier: list[tuple[str, ...]], subject: str) -> 
             if _port.tokens_match(pattern, tokens):
                 return True
     return False
+
+
+_NO_RESPONDERS = b"503"
+"""The status NATS sends to a reply subject when nobody subscribes to the request."""
 
 
 def _ended(task: asyncio.Task[None] | None) -> bool:

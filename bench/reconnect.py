@@ -1,5 +1,4 @@
-"""W13: how far apart processes reconnect after a server restart, and what an
-outage's backlog meets when it goes out.
+"""W13: reconnecting after a server restart, and what an outage's backlog meets.
 
 ``python bench/reconnect.py spread``: 20 processes, each with one connection to
 one nats-server, which is killed (SIGKILL) and started again on the same port
@@ -9,9 +8,10 @@ came back; the spread is the time from the first to the last. Run once with
 a fixed ``reconnect_time_wait`` of 0.5 s, no jitter, which the bridge used
 before it drew its own waits).
 
-``python bench/reconnect.py backlog``: one process exports, another imports,
-each through a bridge; the server is killed, the exporter publishes 1,000
-messages a second for the outage, then the server comes back. Printed per
+``python bench/reconnect.py backlog [ROUNDS] [SECONDS]``: one bridge exports,
+another imports (two brokers, each with its own connection); the server is
+killed, the exporter publishes 1,000 messages a second for the outage, then
+the server comes back. Printed per
 round: how many were confirmed by the server (``exported``), how many the
 importer got, and how long after the exporter's reconnection its backlog
 was confirmed. Core NATS keeps nothing for a subscriber that is not there:
@@ -22,6 +22,7 @@ what goes out before the importer has subscribed again reaches nobody.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -85,11 +86,15 @@ def _plain_child(url: str) -> None:
             at.append(time.time())
             came_back.set()
 
+        async def quiet(error: Exception) -> None:
+            pass  # refused while the server is down: expected
+
         nc = await nats.connect(
             url,
             reconnect_time_wait=0.5,
             max_reconnect_attempts=-1,
             reconnected_cb=reconnected,
+            error_cb=quiet,
         )
         print("ready", flush=True)
         await asyncio.wait_for(came_back.wait(), 60)
@@ -133,7 +138,7 @@ def spread(kind: str) -> dict[str, float]:
                 child.wait()
         server.stop()
     moments.sort()
-    gaps = [b - a for a, b in zip(moments, moments[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(moments)]
     return {
         "spread": moments[-1] - moments[0],
         "median_gap": statistics.median(gaps),
@@ -217,8 +222,10 @@ def main() -> None:
             figures = spread(kind)
             print(kind, {k: round(v, 3) for k, v in figures.items()}, flush=True)
     elif what == "backlog":
-        for outcome in backlog():
-            print(outcome, flush=True)
+        rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+        down = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0
+        for outcome in backlog(rounds, down):
+            print({k: round(v) for k, v in outcome.items()}, flush=True)
 
 
 if __name__ == "__main__":

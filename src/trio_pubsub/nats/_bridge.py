@@ -287,7 +287,10 @@ class Bridge(Generic[T]):
                     [self._head + pattern for pattern in self._inbound],
                     self._queue or "",
                 )
-                for lane in lanes:
+                for lane, pattern in zip(lanes, self._inbound, strict=True):
+                    # (only a pattern starting with a wildcard matches subjects
+                    # under _INBOX: the others need no look at each message)
+                    lane.screened = pattern.split(_port.SEPARATOR, 1)[0] in ("*", ">")
                     nursery.start_soon(self._import, lane)
         except BaseException:
             await self._close(drain=False)
@@ -488,7 +491,12 @@ class Bridge(Generic[T]):
         """Publish what comes in on ``lane`` into the broker, in order."""
         link = self._link
         assert link is not None
-        one = self._import_answer if lane.answers else self._import_one
+        if lane.answers:
+            one: Callable[[Incoming], _port.Pending[T] | None] = self._import_answer
+        elif lane.screened:
+            one = self._import_screened
+        else:
+            one = self._import_one
         with trio.CancelScope() as scope:
             self._pumps.append(scope)
             if self._pumps_stopped:
@@ -499,15 +507,11 @@ class Bridge(Generic[T]):
                 await trio.lowlevel.checkpoint()
                 batch = await link.incoming(lane)
                 self._importing += 1
-                done = 0  # of batch, told finished to the link
                 try:
                     for index, item in enumerate(batch):
                         try:
                             pending = one(item)
                             if pending is not None:
-                                # It waits: what came before makes room.
-                                link.finished(lane, batch[done:index])
-                                done = index
                                 self._tell_busy()
                                 await self._import_rest(pending)
                         except BaseException:
@@ -516,7 +520,6 @@ class Bridge(Generic[T]):
                     self._tell_busy()
                 finally:
                     self._importing -= 1
-                    link.finished(lane, batch[done:])
 
     def _tell_busy(self) -> None:
         """Send "no responders" to the requests refused for want of room."""
@@ -538,13 +541,13 @@ class Bridge(Generic[T]):
         else:
             self._imported += 1
 
-    def _import_one(self, item: Incoming) -> _port.Pending[T] | None:
-        """Publish ``item`` into the broker, or count it as dropped.
+    def _import_screened(self, item: Incoming) -> _port.Pending[T] | None:
+        """:meth:`_import_one`, but never to a subject under ``_INBOX.``.
 
-        Returns what is left to wait for, if anything: a message and the full
-        ``BLOCK`` subscriptions it is still to go to.
+        For the patterns whose first token is a wildcard: only they match
+        reply subjects.
         """
-        remote, answer_to, data, headers = item
+        remote = item[0]
         subject = remote[len(self._head) :]
         if _port.is_reserved(subject):
             # Answers to the broker's requests come on the answers' lane only.
@@ -556,6 +559,16 @@ class Bridge(Generic[T]):
                 remote,
             )
             return None
+        return self._import_one(item)
+
+    def _import_one(self, item: Incoming) -> _port.Pending[T] | None:
+        """Publish ``item`` into the broker, or count it as dropped.
+
+        Returns what is left to wait for, if anything: a message and the full
+        ``BLOCK`` subscriptions it is still to go to.
+        """
+        remote, answer_to, data, headers = item
+        subject = remote[len(self._head) :]
         if answer_to and not self._may_ask(remote, answer_to):
             return None
         try:
@@ -893,12 +906,12 @@ async def open_bridge(
             confirmed (about; five messages more at most), 16 MiB by default.
         outbound_policy: What a full outbound queue does: ``DROP_NEWEST``,
             ``DROP_OLDEST`` or ``BLOCK`` (local publishers wait).
-        max_inbound: The most messages each inbound pattern holds between NATS
-            and the broker, and as many in nats-py's queue behind it (an
-            int >= 1); beyond, they are dropped and counted.
+        max_inbound: The most messages each inbound pattern's queue holds
+            between NATS and the broker, and as many in nats-py's queue
+            behind it (an int >= 1); beyond, they are dropped and counted.
         max_inbound_bytes: As ``max_inbound``, in payload bytes (16 MiB by
-            default); a pattern that holds nothing takes one message of any
-            size the server allows.
+            default); an empty queue takes one message of any size the
+            server allows.
         drain: On a normal exit, first export what is queued and import what
             NATS still holds for the bridge.
         drain_timeout: The most seconds a drain takes.

@@ -198,6 +198,10 @@ _BRIDGE_COUNTERS = {
     "inbound_dropped": "Messages from NATS not imported (overflow, decode, grammar).",
     "unconfirmed": "Messages sent as the connection broke: they may not have arrived.",
     "reconnects": "Times the connection was restored after a break.",
+    "requests_refused": (
+        "Requests from NATS not imported: reply subject not answered, or too many."
+    ),
+    "requests_expired": "Local requests not sent: nobody waited for the answer.",
 }
 
 
@@ -210,7 +214,8 @@ class BridgeCollector(Collector):
 
     Counters ``trio_pubsub_bridge_exported_total``, ``..._imported_total``,
     ``..._outbound_dropped_total``, ``..._inbound_dropped_total``,
-    ``..._unconfirmed_total``, ``..._reconnects_total``; gauges
+    ``..._unconfirmed_total``, ``..._reconnects_total``,
+    ``..._requests_refused_total``, ``..._requests_expired_total``; gauges
     ``trio_pubsub_bridge_outbound_pending`` and ``trio_pubsub_bridge_connected``
     (1 or 0). Report more bridges through the same collector with
     :meth:`add_bridge`.

@@ -622,5 +622,7 @@ async def test_the_bridge_collector_reports_what_statistics_say(
         assert samples[("trio_pubsub_bridge_connected", "out")] == 1
         assert samples[("trio_pubsub_bridge_outbound_dropped_total", "out")] == 0
         assert samples[("trio_pubsub_bridge_outbound_pending", "out")] == 0
+        assert samples[("trio_pubsub_bridge_requests_refused_total", "in")] == 0
+        assert samples[("trio_pubsub_bridge_requests_expired_total", "out")] == 0
         with pytest.raises(ValueError, match="already"):
             collector.add_bridge(out, name="in")

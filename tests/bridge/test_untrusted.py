@@ -450,11 +450,15 @@ async def test_outbound_is_bounded_in_bytes(own_server: NatsServer) -> None:
         assert out.statistics().dropped == 0
 
 
-def test_inbound_and_outbound_bytes_are_checked() -> None:
+def test_the_new_options_are_checked() -> None:
     for name in ("max_inbound_bytes", "max_outbound_bytes", "max_requests"):
         options: dict[str, Any] = {name: 0}
         with pytest.raises(ValueError, match=name):
             trio.run(open_and_leave, options)
+    with pytest.raises(ValueError, match="max_reconnect_wait .* at least"):
+        trio.run(
+            open_and_leave, {"reconnect_time_wait": 2.0, "max_reconnect_wait": 1.0}
+        )
 
 
 async def open_and_leave(options: dict[str, Any]) -> None:

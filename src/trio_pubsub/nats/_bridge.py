@@ -101,11 +101,11 @@ class BridgeStatistics:
     """Whether the connection is closed for good (no reconnect attempt was left,
     or the bridge has closed); then nothing more is exported or imported."""
     requests_refused: int = 0
-    """Requests from NATS not published into the broker: their reply subject is
-    not one the bridge answers (not under ``reply_prefixes``, one of the
-    broker's own, or one the bridge imports), or ``max_requests`` were
-    already waiting for a local answer (those are answered "no responders").
-    Included in ``inbound_dropped``."""
+    """Requests from NATS not published into the broker, because their reply
+    subject is not one the bridge answers (not under ``reply_prefixes``, one
+    of the broker's own, or one the bridge imports), or because
+    ``max_requests`` were already waiting for a local answer (those are
+    answered "no responders"). Included in ``inbound_dropped``."""
     requests_expired: int = 0
     """Local requests not sent to NATS because nobody waited for their answer
     any more when their turn came (their deadline passed, in an outage for
@@ -955,7 +955,8 @@ async def open_bridge(
 
     Raises:
         ConnectionError: no server could be reached on entry.
-        InvalidSubjectError: a pattern or ``prefix`` breaks the subject grammar,
+        InvalidSubjectError: a pattern, ``prefix`` or one of
+            ``reply_prefixes`` breaks the subject grammar,
             a pattern's first token is ``_INBOX`` (reserved for reply
             subjects), or an inbound pattern (or the prefix, with inbound
             patterns) has ``*`` or ``>`` inside a token, which NATS refuses to

@@ -455,7 +455,7 @@ def test_the_new_options_are_checked() -> None:
         options: dict[str, Any] = {name: 0}
         with pytest.raises(ValueError, match=name):
             trio.run(open_and_leave, options)
-    with pytest.raises(ValueError, match="max_reconnect_wait .* at least"):
+    with pytest.raises(ValueError, match=r"max_reconnect_wait .* at least"):
         trio.run(
             open_and_leave, {"reconnect_time_wait": 2.0, "max_reconnect_wait": 1.0}
         )

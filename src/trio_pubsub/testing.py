@@ -348,17 +348,27 @@ class Recording(Generic[T]):
     def __init__(self, sub: Subscription[T]) -> None:
         self._sub = sub
         self._messages: list[Message[T]] = []
+        self._dropped: int | None = None  # once the block has been left
+
+    def _stop(self) -> None:
+        """The block is being left: keep what the subscription holds."""
+        self._messages.extend(drain(self._sub))
+        self._dropped = self._sub.statistics().dropped
 
     @property
     def messages(self) -> list[Message[T]]:
         """The messages recorded so far (a new list each time).
 
+        After the ``async with`` block, what it had recorded when it left.
+
         Raises:
             AssertionError: the recording's buffer overflowed and dropped
                 some: raise ``max_buffer_size``, or read more often.
         """
-        self._messages.extend(drain(self._sub))
-        dropped = self._sub.statistics().dropped
+        dropped = self._dropped
+        if dropped is None:
+            self._messages.extend(drain(self._sub))
+            dropped = self._sub.statistics().dropped
         if dropped:
             raise AssertionError(
                 f"the recorder on {self._sub.pattern!r} dropped {dropped} "
@@ -386,12 +396,17 @@ async def recorder(
     A subscription of its own (named ``recorder``) that nobody needs to read:
     :attr:`Recording.messages` takes what it holds when asked. It never makes a
     publisher wait; if it overflows, reading it raises instead of losing
-    messages silently.
+    messages silently. The recording can be read after the block, as
+    pytest's ``caplog`` is: it keeps what it had recorded when it left.
     """
     async with broker.subscribe(
         pattern, name="recorder", max_buffer_size=max_buffer_size
     ) as sub:
-        yield Recording(sub)
+        recording = Recording(sub)
+        try:
+            yield recording
+        finally:
+            recording._stop()
 
 
 def _tokens_or_default(

@@ -158,3 +158,28 @@ async def test_drain_takes_what_is_there_up_to_the_end() -> None:
         await broker.aclose()
         assert [m.payload for m in drain(sub)] == [3]  # then the end
         assert drain(sub) == []
+
+
+async def test_a_recording_is_read_after_its_block_issue_28() -> None:
+    """Read after the block, as pytest's caplog is: what it held when it left.
+
+    Before, leaving discarded what the subscription held, and reading then
+    raised "dropped 10 message(s)".
+    """
+    broker = Broker(int)
+    async with recorder(broker, "a") as recording:
+        for i in range(10):
+            await broker.publish("a", i)
+    assert recording.payloads == list(range(10))
+    assert recording.subjects == ["a"] * 10
+    await broker.publish("a", 10)  # after the block: not recorded
+    assert recording.payloads == list(range(10))
+
+
+async def test_a_recording_that_overflowed_still_says_so_after_its_block() -> None:
+    broker = Broker(int)
+    async with recorder(broker, "a", max_buffer_size=2) as recording:
+        for i in range(3):
+            broker.publish_nowait("a", i)
+    with pytest.raises(AssertionError, match="dropped 1 message"):
+        _ = recording.messages

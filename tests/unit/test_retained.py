@@ -6,6 +6,8 @@ retained(), bounded, and cleared by clear_retained().
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import trio
 import trio.testing
@@ -274,3 +276,45 @@ def test_the_store_matches_what_a_scan_would(
     for subject in list(reference):
         store.discard(subject)
     assert store.node_count() == 1
+
+
+class _Refuse(logging.Filter):
+    """A filter that raises: the log call inside the library then raises."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raise RuntimeError("this filter refuses every record")
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [OverflowPolicy.DROP_NEWEST, OverflowPolicy.DROP_OLDEST, OverflowPolicy.DISCONNECT],
+)
+async def test_an_entry_whose_retained_overflow_log_raises_leaves_nothing_issue_28(
+    policy: OverflowPolicy,
+) -> None:
+    """The warning about the overflow raises inside the entry: nothing stays.
+
+    Before, the subscription stayed registered (and routed to) after its
+    ``async with`` had raised.
+    """
+    broker = Broker(int)
+    for i in range(3):
+        await broker.publish(f"a.{i}", i, retain=True)
+    refuse = _Refuse()
+    logger = logging.getLogger("trio_pubsub")
+    logger.addFilter(refuse)
+    try:
+        with pytest.raises(RuntimeError, match="refuses every record"):
+            async with broker.subscribe(
+                "a.*", max_buffer_size=1, policy=policy, disconnect_after=1
+            ):
+                pytest.fail("the entry should have raised")  # pragma: no cover
+    finally:
+        logger.removeFilter(refuse)
+    assert broker.subscriptions() == ()
+    assert broker.statistics().subscriptions == 0
+    assert await broker.publish("a.9", 9) == 0
+    stats = broker.statistics()
+    # what it took it gave up again, counted, and what it refused too
+    assert stats.delivered >= 1
+    assert stats.dropped >= stats.delivered

@@ -2,21 +2,34 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The venv with a pip that knows dependency groups (25.1).
+BASE := $(VENV)/.base
+# The package alone, for the demo; and with the development tools.
+DEMO := $(VENV)/.demo
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-metrics dist test lint typecheck pytest docs docs-check bench bench-quick clean
 
-$(STAMP): pyproject.toml
+$(BASE):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
+	touch $(BASE)
+
+$(DEMO): pyproject.toml $(BASE)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(DEMO)
+
+$(STAMP): pyproject.toml $(BASE)
 	$(BIN)/python -m pip install --quiet -e . --group dev
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Only what the demo needs: the package (trio and attrs).
+demo: $(DEMO)
 	$(BIN)/python examples/demo.py
 
 # The second demo: a broker's Prometheus metrics, served on 127.0.0.1.
-demo-metrics: $(STAMP)
+demo-metrics: $(DEMO)
+	$(BIN)/python -m pip install --quiet -e '.[prometheus]'
 	$(BIN)/python examples/metrics_dashboard.py --hold 30
 
 lint: $(STAMP)

@@ -126,3 +126,62 @@ async def test_messages_are_read_whole_from_pieces_of_any_size(piece: int) -> No
     # w.2 alone came with a reply subject: it is imported as a request
     assert [m.reply is not None for m in got] == [i == 1 for i in range(8)]
     assert (stats.imported, stats.inbound_dropped, stats.reconnects) == (8, 2, 0)
+
+
+class Recorder:
+    """One connection that answers every PING and notes each command's verb."""
+
+    def __init__(self) -> None:
+        self.verbs: list[bytes] = []
+
+    async def serve(self, stream_: trio.SocketStream) -> None:
+        await stream_.send_all(b"INFO %s\r\n" % json.dumps(INFO).encode())
+        pending = b""
+        async with stream_:
+            while True:
+                data = await stream_.receive_some()
+                if not data:
+                    return
+                pending += data
+                *lines, pending = pending.split(b"\r\n")
+                for line in lines:
+                    verb = line.split(b" ", 1)[0]
+                    if verb in (b"SUB", b"PUB", b"PING"):
+                        self.verbs.append(verb)
+                    if verb == b"PING":
+                        await stream_.send_all(b"PONG\r\n")
+
+
+async def test_a_confirmation_comes_after_what_it_confirms_issue_28() -> None:
+    """The PING that confirms a subscription or an export follows it on the wire.
+
+    nats-py writes a flush's PING straight to the socket, ahead of what still
+    waits in its pending buffer: the server answered PONG before it had seen
+    the SUB (a message published just after the bridge was open then reached
+    nobody; it happened under load) or the PUBs counted as exported.
+    """
+    recorder = Recorder()
+    broker = Broker[bytes]()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, recorder.serve, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        async with open_bridge(
+            broker, f"nats://127.0.0.1:{port}", inbound=["w.>"], outbound=["o"], **BYTES
+        ) as bridge:
+            for _ in range(3):
+                await broker.publish("o", b"x")
+            with trio.fail_after(GUARD):
+                while bridge.statistics().exported < 3:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    verbs = recorder.verbs
+    assert verbs[0] == b"PING"  # nats-py's own, when it connects
+    # every SUB and PUB has a PING after it, which the confirmation waited for
+    last_sub_or_pub = max(i for i, verb in enumerate(verbs) if verb != b"PING")
+    assert b"PING" in verbs[last_sub_or_pub:]
+    # the two subscriptions (answers, w.>) each confirmed before what follows
+    first = verbs.index(b"SUB")
+    assert verbs[first : first + 4] == [b"SUB", b"PING", b"SUB", b"PING"]
+    assert verbs.count(b"PUB") == 3

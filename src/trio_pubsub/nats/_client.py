@@ -4,6 +4,11 @@ Each guard covers a way in which nats-py (tested with 2.16; the overridden
 methods are private, hence the upper bound on the extra's version) lets one
 event end its read loop, or its connection, for good:
 
+* A flush writes its PING straight to the socket, ahead of what still waits
+  in nats-py's pending buffer (a SUB, PUBs): the server then answers PONG
+  before it has seen them, and the flush confirms what has not arrived (a
+  subscription not yet on the server, exports counted as confirmed).
+  ``_send_ping`` here puts the PING in the pending buffer, behind them.
 * A flush that times out cancels its PONG future; when the PONG comes late
   (a server stalled longer than the timeout), nats-py resolves the cancelled
   future, and the ``InvalidStateError`` ends the read loop silently: nothing
@@ -41,10 +46,11 @@ what nats-py's reading thread spends per message (``bench/bridge.py parse``).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import typing
 
-from nats.aio.client import Client
+from nats.aio.client import PING_PROTO, Client
 from nats.errors import MaxPayloadError, ProtocolError
 from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
@@ -124,6 +130,21 @@ class GuardedClient(Client):
         self.stats["out_msgs"] += 1
         self._pending.append(command)
         self._pending_data_size += len(command)
+
+    async def _send_ping(self, future: asyncio.Future[bool] | None = None) -> None:
+        # As nats-py's, but the PING goes behind what waits to be written.
+        # Not while the connection is down: what is pending is written after
+        # a reconnection, and a PING among it would answer a later flush
+        # early; nats-py's own writes it to the broken socket, unanswered.
+        if not self.is_connected:
+            await super()._send_ping(future)
+            return
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+        self._pongs.append(future)
+        self._pending.append(PING_PROTO)
+        self._pending_data_size += len(PING_PROTO)
+        await self._flush_pending()
 
     async def _process_pong(self) -> None:
         # A PONG answers the oldest PING; a flush that timed out has cancelled

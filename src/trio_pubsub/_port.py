@@ -22,7 +22,9 @@ bridge:
   :func:`decline` (NATS said "no responders" to one of the broker's requests),
   :func:`time_left` (how long a request still waits) and :func:`is_reserved`
   (a subject under ``_INBOX.``, which nothing from NATS may be published on);
-* for metric collectors, which other threads call: :func:`read_in_run`;
+* for metric collectors, which other threads call: :func:`read_in_run`,
+  and the one catalogue of per-subscription figures they all report,
+  :func:`subscription_rows`;
   and for OpenTelemetry, :func:`on_subscribe`, a hook on every new scope.
 
 It also passes on the option checks the bridge shares with the broker, and
@@ -39,6 +41,11 @@ import trio
 from trio.lowlevel import enable_ki_protection
 
 from ._message import new_message, request_message
+from ._metrics import (
+    LEFT as LEFT,
+    SubscriptionRow as SubscriptionRow,
+    subscription_rows as subscription_rows,
+)
 from ._options import (
     check_int as check_int,
     check_policy,

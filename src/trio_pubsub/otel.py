@@ -49,6 +49,7 @@ T = typing.TypeVar("T")
 
 SYSTEM = "trio_pubsub"
 _BASE = {"messaging.system": SYSTEM}
+_BASE_KEY = tuple(sorted(_BASE.items()))
 
 
 def _version() -> str:
@@ -77,6 +78,9 @@ class Instrumentation:
         )
         # the subscription handles entered while instrumented
         self._subscriptions: set[Subscription[typing.Any]] = set()
+        # what those that have left had received, by series: the broker keeps
+        # no total of it (what they were delivered and dropped it does keep)
+        self._received_before: dict[tuple[tuple[str, str], ...], int] = {}
         self._duration = meter.create_histogram(
             "messaging.process.duration",
             unit="s",
@@ -177,18 +181,28 @@ class Instrumentation:
     def _per_subscription(
         self, field: str, options: CallbackOptions
     ) -> Iterable[Observation]:
+        """One series per row of the catalogue (``_port.subscription_rows``).
+
+        Subscriptions alike in every attribute share one; the row of those
+        that have left (attributes ``messaging.system`` alone) keeps what
+        they were dropped, as Prometheus's series with empty labels does, so
+        a total never goes down. What they received stays in their own
+        series.
+        """
         if not self._active:
             return []
-        _, infos = self._read()
+        totals, infos = self._read()
         values: dict[tuple[tuple[str, str], ...], int] = {}
-        for info in infos:
-            key = tuple(sorted(subscription_attributes(info).items()))
-            value = getattr(info.statistics, field)
-            # subscriptions alike in every attribute share one series
-            if field == "high_water":
-                values[key] = max(values.get(key, 0), value)
-            else:
-                values[key] = values.get(key, 0) + value
+        for row in _port.subscription_rows(totals, infos):
+            if row.key == _port.LEFT:
+                if field == "dropped":
+                    values[_BASE_KEY] = row.dropped
+                continue
+            key = _key(row.name, row.pattern, row.queue)
+            values[key] = getattr(row, field)
+        if field == "received":
+            for key, received in self._received_before.items():
+                values[key] = values.get(key, 0) + received
         return [Observation(value, dict(key)) for key, value in values.items()]
 
     # -- the broker's and subscriptions' hooks -------------------------------
@@ -223,23 +237,34 @@ class Instrumentation:
         _HANDLES[sub] = _Handle(self)
 
     def _forget(self, sub: Subscription[typing.Any]) -> None:
-        """The scope of ``sub`` is left: forget it and its clones."""
+        """The scope of ``sub`` is left: forget it and its clones.
+
+        What it received stays counted in its series.
+        """
         inbox = sub._inbox
         for other in [s for s in self._subscriptions if s._inbox is inbox]:
             self._subscriptions.discard(other)
             _HANDLES.pop(other).end()
+        key = _key(sub.name, sub.pattern, sub.queue)
+        received = sub.statistics().received
+        self._received_before[key] = self._received_before.get(key, 0) + received
 
 
-def subscription_attributes(info: SubscriptionInfo) -> dict[str, str]:
+def _key(name: str, pattern: str, queue: str | None) -> tuple[tuple[str, str], ...]:
+    """The attributes of a subscription's series, as a sorted tuple."""
+    return tuple(sorted(_attributes(name, pattern, queue).items()))
+
+
+def _attributes(name: str, pattern: str, queue: str | None) -> dict[str, str]:
     """The metric attributes of one subscription (never a subject)."""
-    attributes = {
+    found = {
         **_BASE,
-        "messaging.destination.template": info.pattern,
-        "messaging.destination.subscription.name": info.name,
+        "messaging.destination.template": pattern,
+        "messaging.destination.subscription.name": name,
     }
-    if info.queue is not None:
-        attributes["messaging.consumer.group.name"] = info.queue
-    return attributes
+    if queue is not None:
+        found["messaging.consumer.group.name"] = queue
+    return found
 
 
 class _Handle:
@@ -265,13 +290,9 @@ class _Handle:
         """The attributes of the subscription's processing."""
         if self.attributes is None:
             self.attributes = {
-                **_BASE,
+                **_attributes(sub.name, sub.pattern, sub.queue),
                 "messaging.operation.name": "process",
-                "messaging.destination.template": sub.pattern,
-                "messaging.destination.subscription.name": sub.name,
             }
-            if sub.queue is not None:
-                self.attributes["messaging.consumer.group.name"] = sub.queue
         return self.attributes
 
     def handed(
@@ -386,9 +407,12 @@ class _WatchedScope(typing.Generic[T]):
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
-        if self._sub is not None:
-            self._state._forget(self._sub)
-        return await self._scope.__aexit__(exc_type, exc_value, traceback)
+        try:
+            return await self._scope.__aexit__(exc_type, exc_value, traceback)
+        finally:
+            # (after: what it held when it left is counted by then)
+            if self._sub is not None:
+                self._state._forget(self._sub)
 
 
 class _InstrumentedSubscription(Subscription[T]):  # type: ignore[misc]  # final

@@ -41,8 +41,6 @@ __all__ = ["BridgeCollector", "BrokerCollector"]
 R = typing.TypeVar("R")
 
 _SUBSCRIPTION = ["broker", "subscription", "pattern", "queue"]
-_LEFT = ("", "", "")
-"""The labels of the series that keeps what subscriptions no longer open counted."""
 
 
 def _read(
@@ -164,29 +162,16 @@ class BrokerCollector(Collector):
             disconnected.add_metric([name], totals.disconnected)
             open_now.add_metric([name], totals.subscriptions)
             evictions.add_metric([name], totals.cache_evictions)
-            series: dict[tuple[str, str, str], list[float]] = {}
-            for info in subscriptions:
-                stats = info.statistics
-                key = (info.name, info.pattern, info.queue or "")
-                row = series.setdefault(key, [0, 0, 0, 0, -1.0])
-                row[0] += stats.delivered
-                row[1] += stats.dropped
-                row[2] += stats.pending
-                row[3] = max(row[3], stats.high_water)
-                if stats.oldest_pending_age is not None:
-                    row[4] = max(row[4], stats.oldest_pending_age)
-            left_delivered = totals.delivered - sum(row[0] for row in series.values())
-            left_dropped = totals.dropped - sum(row[1] for row in series.values())
-            delivered.add_metric([name, *_LEFT], left_delivered)
-            dropped.add_metric([name, *_LEFT], left_dropped)
-            for key, row in series.items():
-                labels = [name, *key]
-                delivered.add_metric(labels, row[0])
-                dropped.add_metric(labels, row[1])
-                pending.add_metric(labels, row[2])
-                high_water.add_metric(labels, row[3])
-                if row[4] >= 0:
-                    age.add_metric(labels, row[4])
+            for row in _port.subscription_rows(totals, subscriptions):
+                labels = [name, row.name, row.pattern, row.queue or ""]
+                delivered.add_metric(labels, row.delivered)
+                dropped.add_metric(labels, row.dropped)
+                if row.key == _port.LEFT:
+                    continue  # nothing is pending in a subscription gone
+                pending.add_metric(labels, row.pending)
+                high_water.add_metric(labels, row.high_water)
+                if row.oldest_pending_age is not None:
+                    age.add_metric(labels, row.oldest_pending_age)
         yield from (published, disconnected, open_now, evictions)
         yield from (delivered, dropped, pending, high_water, age)
 

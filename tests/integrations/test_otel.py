@@ -271,3 +271,49 @@ async def test_bad_headers_are_refused_as_without_instrumentation(
     with pytest.raises(TypeError, match="headers must be a mapping"):
         broker.publish_nowait("a", 1, headers="k=v")  # type: ignore[arg-type]
     instrumentation.uninstrument()
+
+
+def total(found: Points, name: str) -> int:
+    return sum(point.value for (metric, _), point in found.items() if metric == name)
+
+
+async def test_what_a_subscription_counted_stays_after_it_leaves_issue_28(
+    reader: tuple[MeterProvider, InMemoryMetricReader],
+) -> None:
+    """Totals never go down, and equal statistics() and Prometheus's.
+
+    Before, a subscription's series went with it: 3 dropped in statistics(),
+    0 in the SDK's reader afterwards.
+    """
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from trio_pubsub.prometheus import BrokerCollector
+
+    provider, metric_reader = reader
+    broker = Broker(int)
+    instrumentation = instrument(broker, meter_provider=provider)
+    registry = CollectorRegistry()
+    registry.register(BrokerCollector(broker, name="b"))
+    async with broker.subscribe("a", max_buffer_size=2) as sub:
+        for i in range(5):
+            broker.publish_nowait("a", i)  # 2 held, 3 dropped
+        await sub.receive()
+    # left: 1 received, 1 discarded as it left, 4 dropped in all
+    async with broker.subscribe("a", max_buffer_size=2) as again:
+        broker.publish_nowait("a", 9)
+        await again.receive()
+        found = points(metric_reader)
+        assert total(found, "trio_pubsub.subscription.dropped") == 4
+        assert total(found, "messaging.client.consumed.messages") == 2
+    found = points(metric_reader)
+    assert broker.statistics().dropped == 4
+    assert total(found, "trio_pubsub.subscription.dropped") == 4
+    assert total(found, "messaging.client.consumed.messages") == 2
+    scraped = {
+        (sample.name, sample.labels.get("subscription")): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+    assert scraped[("trio_pubsub_dropped_total", "")] == 4
+    instrumentation.uninstrument()

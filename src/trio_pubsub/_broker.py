@@ -52,11 +52,18 @@ from ._options import (
     type_name,
 )
 from ._policy import OverflowPolicy
-from ._reply import REPLY_ROOT, Replies, is_reserved, reserved_pattern
+from ._reply import Replies
 from ._retained import RetainedStore
 from ._routes import RouteTable
 from ._stats import BrokerStatistics, SubscriptionInfo
-from ._subject import parse_pattern, parse_queue, parse_subject
+from ._subject import (
+    REPLY_ROOT,
+    is_reserved,
+    parse_pattern,
+    parse_queue,
+    parse_subject,
+    reserved_pattern,
+)
 from ._subscription import Subscription, SubscriptionScope
 from ._threads import ThreadPublisher, TrioRun
 

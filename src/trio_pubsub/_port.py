@@ -52,16 +52,14 @@ from ._options import (
     check_seconds as check_seconds,
     payload_error,
 )
-from ._reply import (
-    REPLY_ROOT,
-    Reply as Reply,
-    is_reserved as is_reserved,
-    reserved_pattern,
-)
+from ._reply import Reply as Reply  # noqa: TC001 (re-exported for the bridge)
 from ._subject import (
+    REPLY_ROOT,
     SEPARATOR as SEPARATOR,
+    is_reserved as is_reserved,
     parse_pattern,
     parse_queue as parse_queue,
+    reserved_pattern,
     tokens_match as tokens_match,
 )
 from ._subscription import SubscriptionScope

@@ -26,6 +26,7 @@ from trio.lowlevel import enable_ki_protection
 
 from ._errors import InvalidSubjectError, NoRespondersError
 from ._inbox import _NO_BUFFER
+from ._subject import REPLY_ROOT
 
 if typing.TYPE_CHECKING:
     from collections import deque
@@ -34,26 +35,6 @@ if typing.TYPE_CHECKING:
     from ._message import Message
 
 T = TypeVar("T")
-
-REPLY_ROOT: typing.Final = "_INBOX"
-"""The first token of every reply subject, reserved for them."""
-
-
-def is_reserved(subject: str) -> bool:
-    """Whether ``subject`` (a str) lies under the reserved ``_INBOX`` token."""
-    return subject.startswith(REPLY_ROOT) and (
-        len(subject) == len(REPLY_ROOT) or subject[len(REPLY_ROOT)] == "."
-    )
-
-
-def reserved_pattern(pattern: str) -> InvalidSubjectError:
-    """The error for a subscription on reply subjects."""
-    return InvalidSubjectError(
-        pattern,
-        f"subjects under {REPLY_ROOT}. are reply subjects, routed only to the "
-        "request that made them: no subscription can listen on them",
-        kind="pattern",
-    )
 
 
 class Replies(Generic[T]):

@@ -1,4 +1,4 @@
-"""Subject and pattern grammar: the only module that knows '.', '*' and '>'.
+"""Subject and pattern grammar: the only module that knows '.', '*', '>' and '_INBOX'.
 
 A subject is a non-empty string of non-empty tokens separated by ``.``, with no
 whitespace anywhere. A pattern is a subject in which a token may be exactly ``*``
@@ -6,6 +6,11 @@ whitespace anywhere. A pattern is a subject in which a token may be exactly ``*`
 Parsing returns the token tuple that the trie is keyed by; every rejection raises
 :class:`InvalidSubjectError` naming the input and the rule, before anything else
 happens.
+
+Subjects whose first token is ``_INBOX`` are reply subjects: the rule that no
+subscription may listen there, and no one publish there but on a reply of
+one's own, lives here with the rest of the grammar (:func:`is_reserved`,
+:func:`reserved_pattern`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,26 @@ from ._errors import InvalidSubjectError
 SEPARATOR: Final = "."
 ONE: Final = "*"
 REST: Final = ">"
+REPLY_ROOT: Final = "_INBOX"
+"""The first token of every reply subject, reserved for them."""
+
+
+def is_reserved(subject: str) -> bool:
+    """Whether ``subject`` (a str) lies under the reserved ``_INBOX`` token."""
+    return subject.startswith(REPLY_ROOT) and (
+        len(subject) == len(REPLY_ROOT) or subject[len(REPLY_ROOT)] == SEPARATOR
+    )
+
+
+def reserved_pattern(pattern: str) -> InvalidSubjectError:
+    """The error for a subscription on reply subjects."""
+    return InvalidSubjectError(
+        pattern,
+        f"subjects under {REPLY_ROOT}. are reply subjects, routed only to the "
+        "request that made them: no subscription can listen on them",
+        kind="pattern",
+    )
+
 
 # re's \s and str.isspace() share CPython's definition of whitespace
 # (Py_UNICODE_ISSPACE); a test checks that over every code point.

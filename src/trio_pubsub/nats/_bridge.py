@@ -12,7 +12,7 @@ once the bridge is closed: exported (confirmed by the server), unconfirmed
 (sent as the connection broke), or one of the causes of ``outbound_dropped``.
 
 Requests cross both ways. A local request that the export takes goes out with
-its reply subject (``_INBOX.<broker>.<n>``); the bridge listens on NATS for
+its reply subject (``_INBOX.<broker>.<random>``); the bridge listens on NATS for
 every reply subject of its broker (one subscription, ``_INBOX.<broker>.*``)
 and imports the answers, which reach the waiting request or nobody; a "no
 responders" status from the server ends the request with

@@ -65,8 +65,10 @@ async def test_drain_with_block_releases_local_publishers_normally_issue_16(
                 await trio.sleep(0.01)
         stats = bridge.statistics()
     assert local.statistics().delivered == 200
-    assert bridge._export_sub is not None
-    export = bridge._export_sub.statistics()  # what was routed to the export
+    exporter = bridge._exporter
+    assert exporter is not None
+    assert exporter.sub is not None
+    export = exporter.sub.statistics()  # what was routed to the export
     routed = export.received + export.pending + export.dropped
     assert 2 <= routed < 200
     assert stats.outbound_pending == 0
@@ -325,8 +327,8 @@ async def test_malformed_messages_from_another_client_are_dropped_issue_16(
 
 def routed_to_export(bridge: Any) -> int:
     """What the export subscription was routed: received + pending + dropped."""
-    assert bridge._export_sub is not None
-    stats = bridge._export_sub.statistics()
+    assert bridge._exporter.sub is not None
+    stats = bridge._exporter.sub.statistics()
     return int(stats.received + stats.pending + stats.dropped)
 
 

@@ -329,4 +329,6 @@ async def test_closing_the_broker_ends_the_bridge_s_wait_for_an_answer(
         await wait_until(lambda: broker.statistics().requests_waiting == 1)
         await broker.aclose()
         assert broker.statistics().requests_waiting == 0
-        await wait_until(lambda: not bridge._answering)  # its task has ended
+        importer = bridge._importer
+        assert importer is not None
+        await wait_until(lambda: not importer.answering)  # its task has ended

@@ -443,7 +443,9 @@ async def test_outbound_is_bounded_in_bytes(own_server: NatsServer) -> None:
         for _ in range(100):
             await broker.publish("big", b"x" * size)
         await wait_until(lambda: out.statistics().outbound_pending == 100)
-        handed = out._handed + out._in_hand - link.counters.settled
+        exporter = out._exporter
+        assert exporter is not None
+        handed = exporter.handed + exporter.in_hand - link.counters.settled
         assert handed <= bound // size + 5
         own_server.start()
         await wait_until(lambda: out.statistics().exported == 100)

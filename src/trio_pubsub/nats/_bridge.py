@@ -1,11 +1,13 @@
 """open_bridge: a broker's subjects to and from a NATS server.
 
-Two trio tasks move messages: the export task reads one subscription of the
-broker on all the outbound patterns (so a subject that two of them match goes
-out once, and in order), encodes, and hands batches to the link; the import
-task takes batches from the link, decodes, and publishes into the broker past
-that same subscription (so nothing imported goes back out). The link
-(``_link.py``) runs nats-py on its own asyncio loop in a thread.
+The bridge is split by job: this module opens and closes it, checks its
+options and adds up its statistics; ``_export`` takes local messages out
+(one task on one subscription of the broker on all the outbound patterns, so
+a subject that two of them match goes out once, and in order); ``_import``
+brings messages and requests in (one task per inbound pattern, past every
+export of the broker, so nothing imported goes back out); ``_link`` runs
+nats-py on its own asyncio loop in a thread, and ``_client`` holds every
+guard over nats-py's internals.
 
 Every message the export subscription was routed ends in exactly one counter
 once the bridge is closed: exported (confirmed by the server), unconfirmed
@@ -24,9 +26,7 @@ sends it to the NATS reply subject, counted as the exports are.
 
 from __future__ import annotations
 
-import math
 import random
-import time
 import typing
 
 # Runtime imports, so that the API reference can resolve the annotations.
@@ -34,18 +34,16 @@ from collections.abc import (  # noqa: TC003
     AsyncIterator,
     Callable,
     Iterable,
-    Mapping,
     Sequence,
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 import trio
 
 from .. import (
     Broker,
-    BrokerClosedError,
     InvalidSubjectError,
     OverflowPolicy,
     Subscription,
@@ -53,18 +51,11 @@ from .. import (
     validate_pattern,
     validate_subject,
 )
-from .._log import RateLimitedWarning
-from ._link import IN_FLIGHT, Backoff, Link, logger
-
-if TYPE_CHECKING:
-    from .. import Message
-    from ._client import Incoming
-    from ._link import Lane, Outgoing
+from ._export import Exporter
+from ._import import Importer
+from ._link import Backoff, Link
 
 T = TypeVar("T")
-
-MAX_BATCH = 1024
-"""Most messages the export task hands to the link at once."""
 
 
 @attrs.frozen(kw_only=True)
@@ -135,7 +126,6 @@ class Bridge(Generic[T]):
         reply_prefixes: list[str],
     ) -> None:
         self._broker = broker
-        self._replies = _port.reply_prefix(broker)
         self._encode = encode
         self._decode = decode
         self._outbound = outbound
@@ -143,50 +133,22 @@ class Bridge(Generic[T]):
         self._head = "" if prefix is None else prefix + _port.SEPARATOR
         self._queue = queue
         self._max_outbound = max_outbound
-        # each batch handed to the link: at most IN_FLIGHT of them there, and
-        # one being made here
-        self._chunk = max(1, max_outbound_bytes // (IN_FLIGHT + 1))
+        self._max_outbound_bytes = max_outbound_bytes
         self._outbound_policy = outbound_policy
         self._drain = drain
         self._drain_timeout = drain_timeout
         self._request_timeout = request_timeout
         self._max_requests = max_requests
-        self._reply_prefixes = tuple(p + _port.SEPARATOR for p in reply_prefixes)
-        self._imports = [tuple(pattern.split(_port.SEPARATOR)) for pattern in inbound]
+        self._reply_prefixes = reply_prefixes
         self._link: Link | None = None
-        self._nursery: trio.Nursery | None = None
-        self._export_sub: Subscription[T] | None = None
+        self._exporter: Exporter[T] | None = None
+        self._importer: Importer[T] | None = None
         self._export_scope: AbstractAsyncContextManager[Subscription[T]] | None = None
         # The export and import tasks' cancel scopes, and whether to start none.
         self._pumps: list[trio.CancelScope] = []
-        # the cancel scopes of the tasks waiting to answer requests from NATS
-        self._answering: set[trio.CancelScope] = set()
-        self._busy: list[str] = []  # reply subjects to tell "no responders"
         self._pumps_stopped = False
-        self._importing = 0  # import tasks in the middle of a batch
-        self._waiting = 0  # requests from NATS waiting for a local answer
-        self._export_done = trio.Event()
         self._closing = False
         self._closed = trio.Event()
-        # trio-side counters
-        self._imported = 0
-        self._handed = 0  # messages handed to the link (see Counters.settled)
-        self._in_hand = 0  # taken to be exported (or answers), not yet handed
-        self._out_lost = 0  # encode, headers, not handed over
-        self._in_lost = 0  # decode, grammar, type, closed broker, left at close
-        self._refused = 0  # requests from NATS (in _in_lost too)
-        self._expired = 0  # local requests nobody waits for (in _out_lost too)
-        # one rate-limited warning per cause, so that each cause is named
-        self._warn_encode = RateLimitedWarning(log=logger)
-        # by cause of refusal (see _refusal), made on first use
-        self._warn_refused: dict[str, RateLimitedWarning] = {}
-        self._warn_decode = RateLimitedWarning(log=logger)
-        self._warn_import = RateLimitedWarning(log=logger)
-        self._warn_answer = RateLimitedWarning(log=logger)
-        self._warn_reserved = RateLimitedWarning(log=logger)
-        self._warn_request = RateLimitedWarning(log=logger)
-        self._warn_busy = RateLimitedWarning(log=logger)
-        self._warn_expired = RateLimitedWarning(log=logger)
 
     @property
     def broker(self) -> Broker[T]:
@@ -195,33 +157,30 @@ class Bridge(Generic[T]):
 
     def statistics(self) -> BridgeStatistics:
         """Return a snapshot of the bridge's counters."""
-        link = self._link
+        link, exporter, importer = self._link, self._exporter, self._importer
         assert link is not None
+        assert exporter is not None
+        assert importer is not None
         counters = link.counters
-        sub = self._export_sub
-        sub_dropped = pending = 0
-        if sub is not None:
-            stats = sub.statistics()
-            sub_dropped, pending = stats.dropped, stats.pending
+        sub = exporter.sub
+        sub_dropped = 0 if sub is None else sub.statistics().dropped
         outbound_dropped = (
-            self._out_lost + counters.refused + counters.expired + sub_dropped
+            exporter.lost + counters.refused + counters.expired + sub_dropped
         )
-        inbound_dropped = self._in_lost + counters.slow_consumer + counters.malformed
+        inbound_dropped = importer.lost + counters.slow_consumer + counters.malformed
         return BridgeStatistics(
             exported=counters.exported,
-            imported=self._imported,
+            imported=importer.imported,
             dropped=outbound_dropped + inbound_dropped,
             reconnects=counters.reconnects,
             connected=counters.connected,
             outbound_dropped=outbound_dropped,
             inbound_dropped=inbound_dropped,
             unconfirmed=counters.unconfirmed,
-            outbound_pending=(
-                pending + self._in_hand + self._handed - counters.settled
-            ),
+            outbound_pending=exporter.pending(),
             closed=counters.closed,
-            requests_refused=self._refused,
-            requests_expired=self._expired + counters.expired,
+            requests_refused=importer.refused,
+            requests_expired=exporter.expired + counters.expired,
         )
 
     def __repr__(self) -> str:
@@ -249,6 +208,24 @@ class Bridge(Generic[T]):
             flush_timeout=confirm_timeout,
             backoff=backoff,
         )
+        exporter = self._exporter = Exporter(
+            self._broker,
+            link,
+            encode=self._encode,
+            head=self._head,
+            max_outbound_bytes=self._max_outbound_bytes,
+        )
+        self._importer = Importer(
+            self._broker,
+            link,
+            decode=self._decode,
+            head=self._head,
+            inbound=self._inbound,
+            request_timeout=self._request_timeout,
+            max_requests=self._max_requests,
+            reply_prefixes=self._reply_prefixes,
+            send_answer=exporter.send_answer,
+        )
         link.start()
         try:
             await link.connect()
@@ -261,25 +238,35 @@ class Bridge(Generic[T]):
                 ) from error
             raise
 
+    def _pump(self) -> trio.CancelScope:
+        """The cancel scope of a new export or import task (cancelled at close)."""
+        scope = trio.CancelScope()
+        self._pumps.append(scope)
+        if self._pumps_stopped:
+            scope.cancel()
+        return scope
+
     async def _start(self, nursery: trio.Nursery) -> None:
-        link = self._link
+        link, exporter, importer = self._link, self._exporter, self._importer
         assert link is not None
-        self._nursery = nursery
+        assert exporter is not None
+        assert importer is not None
+        importer.nursery = nursery
         try:
             if self._outbound:
                 # Listening for answers before a request can go out.
-                answers = await link.subscribe_replies(self._replies)
-                nursery.start_soon(self._import, answers)
+                answers = await link.subscribe_replies(_port.reply_prefix(self._broker))
+                nursery.start_soon(importer.run, answers, self._pump())
                 self._export_scope = _port.export(
                     self._broker,
                     self._outbound,
                     max_buffer_size=self._max_outbound,
                     policy=self._outbound_policy,
                 )
-                self._export_sub = await self._export_scope.__aenter__()
-                nursery.start_soon(self._export)
+                sub = exporter.sub = await self._export_scope.__aenter__()
+                nursery.start_soon(exporter.run, sub, self._pump())
             else:
-                self._export_done.set()
+                exporter.done.set()
             if self._inbound:
                 # One lane, and one task, per pattern: a full BLOCK subscriber
                 # holds back only the pattern whose message waits for it.
@@ -291,7 +278,7 @@ class Bridge(Generic[T]):
                     # (only a pattern starting with a wildcard matches subjects
                     # under _INBOX: the others need no look at each message)
                     lane.screened = pattern.split(_port.SEPARATOR, 1)[0] in ("*", ">")
-                    nursery.start_soon(self._import, lane)
+                    nursery.start_soon(importer.run, lane, self._pump())
         except BaseException:
             await self._close(drain=False)
             raise
@@ -320,477 +307,49 @@ class Bridge(Generic[T]):
             await self._shut(drain=drain)
 
     async def _shut(self, *, drain: bool) -> None:
-        link = self._link
+        link, exporter, importer = self._link, self._exporter, self._importer
         assert link is not None
         try:
             if drain:
+                assert exporter is not None
+                assert importer is not None
                 with trio.move_on_after(self._drain_timeout):
-                    await self._drain_all(link)
+                    await self._drain_all(link, exporter, importer)
             self._pumps_stopped = True
-            for scope in [*self._pumps, *self._answering]:
+            answering = set() if importer is None else importer.answering
+            if importer is not None:
+                importer.stopped = True
+            for scope in [*self._pumps, *answering]:
                 scope.cancel()
-            if self._export_sub is not None:
-                self._export_sub.close()  # what it still holds: dropped, counted
+            sub = None if exporter is None else exporter.sub
+            if sub is not None:
+                sub.close()  # what it still holds: dropped, counted
             if self._export_scope is not None:
                 await self._export_scope.__aexit__(None, None, None)
             # nats-py's close is quick on loopback and bounded elsewhere by its
             # own timeouts; the limit here guards against a wedged connection.
             with trio.move_on_after(10):
                 await link.close(drain=False)
-            self._in_lost += link.queued_inbound()
+            if importer is not None:
+                importer.lost += link.queued_inbound()
         finally:
             await link.stop()
             self._closed.set()
 
-    async def _drain_all(self, link: Link) -> None:
-        if self._export_sub is not None:
-            _port.stop_routing(self._export_sub)
-            await self._export_done.wait()
-        while self._answering:  # noqa: ASYNC110 (each ends within request_timeout)
+    async def _drain_all(
+        self, link: Link, exporter: Exporter[T], importer: Importer[T]
+    ) -> None:
+        if exporter.sub is not None:
+            _port.stop_routing(exporter.sub)
+            await exporter.done.wait()
+        while importer.answering:  # noqa: ASYNC110 (each ends within request_timeout)
             await trio.sleep(0.005)
         await link.wait_sent()
         # nats-py's drain: the inbound subscriptions stop, what they hold still
-        # comes in (the import task is running), publishes are flushed.
+        # comes in (the import tasks are running), publishes are flushed.
         await link.close(drain=True)
-        while link.queued_inbound() or self._importing:  # noqa: ASYNC110
+        while link.queued_inbound() or importer.importing:  # noqa: ASYNC110
             await trio.sleep(0.005)  # polls a deque the loop's thread fills
-
-    # -- export ----------------------------------------------------------------------
-
-    async def _export(self) -> None:
-        sub = self._export_sub
-        link = self._link
-        assert sub is not None
-        assert link is not None
-        with trio.CancelScope() as scope:
-            self._pumps.append(scope)
-            if self._pumps_stopped:
-                scope.cancel()
-            try:
-                while True:
-                    try:
-                        messages = await sub.receive_batch(MAX_BATCH)
-                    except (trio.EndOfChannel, trio.ClosedResourceError):
-                        return
-                    await self._hand_all(link, messages)
-            finally:
-                self._export_done.set()
-
-    async def _hand_all(self, link: Link, messages: list[Message[T]]) -> None:
-        """Encode ``messages`` and hand them to the link, a bounded batch at a time.
-
-        Each batch holds about ``max_outbound_bytes / 5`` of data at most (one
-        message more), so that what is encoded and not yet sent stays within
-        ``max_outbound_bytes`` (and five messages).
-        """
-        self._in_hand += len(messages)
-        start = 0
-        try:
-            while start < len(messages):
-                batch, stop = self._outgoing(messages, start)
-                self._in_hand -= stop - start  # each is lost (counted) or in batch
-                start = stop
-                await self._hand(link, batch)
-        except BaseException:
-            self._in_hand -= len(messages) - start
-            self._out_lost += len(messages) - start
-            raise
-
-    async def _hand(self, link: Link, batch: list[Outgoing]) -> None:
-        """Hand ``batch`` to the link, counting it in hand, handed, or lost."""
-        self._in_hand += len(batch)  # waiting for the link's credit
-        try:
-            handed = await link.send(batch)
-        except BaseException:
-            self._out_lost += len(batch)
-            raise
-        finally:
-            self._in_hand -= len(batch)
-        if handed:
-            self._handed += len(batch)
-        else:
-            self._out_lost += len(batch)
-
-    def _outgoing(
-        self, messages: list[Message[T]], start: int = 0, to: str | None = None
-    ) -> tuple[list[Outgoing], int]:
-        """Encode and check messages for NATS; count and log what cannot go.
-
-        From ``messages[start]`` on, until the batch holds about a chunk of
-        data. Each goes to its subject under the prefix, with its reply
-        subject if it is a request (unless nobody waits for its answer any
-        more); or, given ``to``, to that subject as is (an answer). Returns
-        the batch and the index of the first message not taken.
-        """
-        batch: list[Outgoing] = []
-        encode = self._encode
-        head = self._head
-        assert self._link is not None
-        max_payload = self._link.max_payload
-        chunk = self._chunk
-        size = 0
-        index = start
-        for message in messages[start:] if start else messages:
-            index += 1
-            reply = message.reply
-            deadline = None
-            if reply is not None:
-                left = _port.time_left(self._broker, reply)
-                if left is None or left <= 0:
-                    self._expire(message.subject)
-                    continue
-                if left != math.inf:
-                    deadline = time.monotonic() + left
-            try:
-                data = encode(message.payload)
-                if not isinstance(data, bytes):
-                    raise TypeError(f"encode returned {type(data).__name__}, not bytes")
-            except Exception as error:
-                self._out_lost += 1
-                self._warn_encode(
-                    "NATS bridge: a message on %r was not exported: "
-                    "encode failed: %s: %s",
-                    message.subject,
-                    type(error).__name__,
-                    error,
-                )
-                continue
-            subject = head + message.subject if to is None else to
-            refusal = _refusal(subject, data, message.headers, max_payload, reply)
-            if refusal is not None:
-                cause, problem = refusal
-                self._out_lost += 1
-                warn = self._warn_refused.get(cause)
-                if warn is None:
-                    warn = self._warn_refused[cause] = RateLimitedWarning(log=logger)
-                warn(
-                    "NATS bridge: a message on %r was not exported: %s",
-                    message.subject,
-                    problem,
-                )
-                continue
-            headers = dict(message.headers) if message.headers else None
-            batch.append((subject, data, headers, reply, deadline))
-            size += len(data)
-            if size >= chunk:
-                break
-        return batch, index
-
-    def _expire(self, subject: str) -> None:
-        self._out_lost += 1
-        self._expired += 1
-        self._warn_expired(
-            "NATS bridge: a request on %r was not sent: nobody waits for its "
-            "answer any more",
-            subject,
-        )
-
-    # -- import ----------------------------------------------------------------------
-
-    async def _import(self, lane: Lane) -> None:
-        """Publish what comes in on ``lane`` into the broker, in order."""
-        link = self._link
-        assert link is not None
-        if lane.answers:
-            one: Callable[[Incoming], _port.Pending[T] | None] = self._import_answer
-        elif lane.screened:
-            one = self._import_screened
-        else:
-            one = self._import_one
-        with trio.CancelScope() as scope:
-            self._pumps.append(scope)
-            if self._pumps_stopped:
-                scope.cancel()
-            while True:
-                # incoming() waits only when nothing is there: a checkpoint per
-                # batch keeps a steady stream from starving the other tasks.
-                await trio.lowlevel.checkpoint()
-                batch = await link.incoming(lane)
-                self._importing += 1
-                try:
-                    for index, item in enumerate(batch):
-                        try:
-                            pending = one(item)
-                            if pending is not None:
-                                self._tell_busy()
-                                await self._import_rest(pending)
-                        except BaseException:
-                            self._in_lost += len(batch) - index
-                            raise
-                    self._tell_busy()
-                finally:
-                    self._importing -= 1
-
-    def _tell_busy(self) -> None:
-        """Send "no responders" to the requests refused for want of room."""
-        if self._busy:
-            assert self._link is not None
-            self._link.no_responders(self._busy)
-            self._busy = []
-
-    async def _import_rest(self, pending: _port.Pending[T]) -> None:
-        try:
-            await _port.finish(self._broker, pending)
-        except BrokerClosedError as error:
-            self._in_lost += 1
-            self._warn_import(
-                "NATS bridge: a message on %r was not imported: %s",
-                pending.message.subject,
-                error,
-            )
-        else:
-            self._imported += 1
-
-    def _import_screened(self, item: Incoming) -> _port.Pending[T] | None:
-        """:meth:`_import_one`, but never to a subject under ``_INBOX.``.
-
-        For the patterns whose first token is a wildcard: only they match
-        reply subjects.
-        """
-        remote = item[0]
-        subject = remote[len(self._head) :]
-        if _port.is_reserved(subject):
-            # Answers to the broker's requests come on the answers' lane only.
-            self._in_lost += 1
-            self._warn_reserved(
-                "NATS bridge: a message on %r was not imported: subjects under "
-                "_INBOX. are reply subjects, and answers to this broker's "
-                "requests arrive only on the bridge's own subscription for them",
-                remote,
-            )
-            return None
-        return self._import_one(item)
-
-    def _import_one(self, item: Incoming) -> _port.Pending[T] | None:
-        """Publish ``item`` into the broker, or count it as dropped.
-
-        Returns what is left to wait for, if anything: a message and the full
-        ``BLOCK`` subscriptions it is still to go to.
-        """
-        remote, answer_to, data, headers = item
-        subject = remote[len(self._head) :]
-        if answer_to and not self._may_ask(remote, answer_to):
-            return None
-        try:
-            payload = self._decode(data)
-        except Exception as error:
-            self._in_lost += 1
-            self._warn_decode(
-                "NATS bridge: a message on %r was not imported: decode failed: %s: %s",
-                remote,
-                type(error).__name__,
-                error,
-            )
-            return None
-        reply = None
-        try:
-            if answer_to:
-                pending, reply = _port.inject_request(
-                    self._broker, subject, payload, headers
-                )
-            else:
-                pending = _port.inject(self._broker, subject, payload, headers)
-        except (InvalidSubjectError, TypeError, BrokerClosedError) as error:
-            self._in_lost += 1
-            self._warn_import(
-                "NATS bridge: a message on %r was not imported: %s",
-                remote,
-                error,
-            )
-            return None
-        if reply is not None:
-            assert self._nursery is not None
-            self._waiting += 1
-            self._nursery.start_soon(self._answer, reply, answer_to)
-        if pending is None:
-            self._imported += 1
-        return pending
-
-    def _may_ask(self, remote: str, to: str) -> bool:
-        """Whether a request from NATS, answered to ``to``, may be published.
-
-        If not, it is counted as refused (and told "no responders" if it is
-        refused for want of room).
-        """
-        why = self._unanswerable(to)
-        if why is None and self._waiting < self._max_requests:
-            return True
-        self._in_lost += 1
-        self._refused += 1
-        if why is not None:
-            self._warn_request(
-                "NATS bridge: a request on %r was not imported: its reply "
-                "subject %r is %s",
-                remote,
-                to,
-                why,
-            )
-        else:
-            self._busy.append(to)
-            self._warn_busy(
-                "NATS bridge: a request on %r was answered 'no responders': "
-                "%d requests from NATS already wait for a local answer "
-                "(max_requests)",
-                remote,
-                self._max_requests,
-            )
-        return False
-
-    def _unanswerable(self, to: str) -> str | None:
-        """Why an answer may not go to ``to`` (a reply subject from NATS), or None."""
-        if not to.startswith(self._reply_prefixes):
-            return "not under an inbox prefix the bridge answers (reply_prefixes)"
-        try:
-            validate_subject(to)
-        except InvalidSubjectError as error:
-            return f"not a literal subject ({error.reason})"
-        if to.startswith(self._replies):
-            return "one of the broker's own reply subjects"
-        if to.startswith(self._head):
-            local = to[len(self._head) :]
-            if not _port.is_reserved(local):
-                tokens = tuple(local.split(_port.SEPARATOR))
-                for pattern in self._imports:
-                    if _port.tokens_match(pattern, tokens):
-                        return "a subject the bridge imports"
-        return None
-
-    def _import_answer(self, item: Incoming) -> None:
-        """An answer from NATS to one of the broker's requests: pass it on.
-
-        It reaches the request if it still waits, else nobody (counted as
-        imported all the same: it was published). A "no responders" status
-        carries no answer: it tells the request that nobody in NATS will.
-        Never waits: a reply takes its answer at once.
-        """
-        subject, _, data, headers = item
-        if headers and headers.get("Status") == _NO_RESPONDERS and not data:
-            _port.decline(self._broker, subject)
-            return
-        try:
-            payload = self._decode(data)
-        except Exception as error:
-            self._in_lost += 1
-            self._warn_decode(
-                "NATS bridge: an answer on %r was not imported: decode failed: %s: %s",
-                subject,
-                type(error).__name__,
-                error,
-            )
-            return
-        try:
-            _port.inject(self._broker, subject, payload, headers)
-        except (TypeError, BrokerClosedError) as error:
-            self._in_lost += 1
-            self._warn_import(
-                "NATS bridge: an answer on %r was not imported: %s", subject, error
-            )
-            return
-        self._imported += 1
-
-    async def _answer(self, reply: _port.Reply[T], to: str) -> None:
-        """Wait for the local answer to a request from NATS; send it to ``to``."""
-        link = self._link
-        assert link is not None
-        with trio.CancelScope() as scope:
-            self._answering.add(scope)
-            if self._pumps_stopped:
-                scope.cancel()
-            try:
-                with trio.move_on_after(self._request_timeout):
-                    answer = await reply.wait()
-                    await self._hand(link, self._outgoing([answer], to=to)[0])
-                    return
-                self._warn_answer(
-                    "NATS bridge: a request from NATS on %r had no local answer "
-                    "within request_timeout (%s s)",
-                    reply.asked,
-                    self._request_timeout,
-                )
-            except BrokerClosedError:
-                pass  # nobody can answer any more
-            finally:
-                self._waiting -= 1
-                reply.close()
-                self._answering.discard(scope)
-
-
-_NO_RESPONDERS = "503"
-"""The status NATS sends to a reply subject when nobody subscribes to the request."""
-
-MAX_CONTROL_LINE = 4096
-"""nats-server's default ``max_control_line``: the longest ``HPUB`` line it takes.
-
-A longer one makes it answer ``-ERR`` and close the connection."""
-
-_CONTROL_LINE_EXTRA = 48  # "HPUB", spaces, two sizes of up to 20 digits, CRLF
-_HEADER_BLOCK = len(b"NATS/1.0\r\n\r\n")
-_TOKEN_CHARS = frozenset(
-    "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-)
-
-
-def _refusal(
-    subject: str,
-    data: bytes,
-    headers: Mapping[str, str],
-    max_payload: int,
-    reply: str | None = None,
-) -> tuple[str, str] | None:
-    """Why NATS cannot carry this message as it is: (cause, explanation), or None.
-
-    Checked before it is written, because nats-py and the server would
-    otherwise fail on it after the fact: a lone surrogate raises in the
-    sender; a control line over the server's limit, or headers and payload
-    over ``max_payload``, make the server close the connection; nats-py
-    refuses header names that are not RFC 7230 tokens and strips the
-    whitespace around values.
-    """
-    if subject.isascii():
-        size = len(subject)
-    else:
-        try:
-            size = len(subject.encode())
-        except UnicodeEncodeError:
-            return "subject", "the subject is not valid UTF-8 (a lone surrogate)"
-    if reply is not None:
-        size += len(reply) + 1  # (ASCII: the broker makes them)
-    if size + _CONTROL_LINE_EXTRA > MAX_CONTROL_LINE:
-        return "control line", (
-            f"its subject takes {size} bytes, too many for a NATS control line "
-            f"({MAX_CONTROL_LINE} bytes in all)"
-        )
-    size = len(data)
-    if headers:
-        size += _HEADER_BLOCK
-        for name, value in headers.items():
-            if not name or not _TOKEN_CHARS.issuperset(name):
-                return "header name", (
-                    f"header name {name!r} is not valid in NATS (letters, digits "
-                    "and !#$%&'*+-.^_`|~ only)"
-                )
-            if "\r" in value or "\n" in value:
-                return "header value", (
-                    f"the value of header {name!r} holds a line break"
-                )
-            if value != value.strip():
-                return "header value", (
-                    f"the value of header {name!r} starts or ends with whitespace, "
-                    "which NATS would strip"
-                )
-            try:
-                size += len(name) + len(value.encode()) + 4  # ": " and CRLF
-            except UnicodeEncodeError:
-                return "header value", (
-                    f"the value of header {name!r} is not valid UTF-8 (a lone "
-                    "surrogate)"
-                )
-    if size > max_payload:
-        return "size", (
-            f"it takes {size} bytes with its headers, more than the server's "
-            f"max_payload ({max_payload})"
-        )
-    return None
 
 
 def _patterns(kind: str, patterns: Iterable[str]) -> list[str]:

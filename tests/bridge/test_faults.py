@@ -276,7 +276,7 @@ async def test_a_read_loop_that_ends_is_restarted_issue_16(
         await take(sub, 1)
         link = into._link
         assert link is not None
-        nc = link._nc
+        nc = link.nc
         assert nc is not None
         reader = nc._reading_task
         assert reader is not None

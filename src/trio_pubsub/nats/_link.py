@@ -26,7 +26,6 @@ import contextlib
 import functools
 import logging
 import threading
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,12 +37,15 @@ from nats.aio.client import Client
 from .. import _port
 from .._log import RateLimitedWarning
 from ._client import GuardedClient, Incoming
+from ._core import CoreNats
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
     from nats.aio.client import Server
     from nats.aio.msg import Msg
+
+    from ._carrier import Carrier
 
 logger = logging.getLogger("trio_pubsub.nats")
 
@@ -221,6 +223,8 @@ class Link:
         backoff: Backoff,
     ) -> None:
         self.counters = Counters()
+        self.carrier: Carrier = CoreNats(self)
+        """What sends the batches out (core NATS: PUB, then PING/PONG)."""
         self.max_payload = 1 << 20
         """The server's max_payload (nats-server's default until connected)."""
         self._token = token
@@ -228,13 +232,13 @@ class Link:
         self._max_inbound_bytes = max_inbound_bytes
         self._connect_options = connect_options
         self.backoff = backoff
-        self._flush_timeout = flush_timeout
+        self.flush_timeout = flush_timeout
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._run, name="trio-pubsub-nats", daemon=True
         )
         self._finished = trio.Event()
-        self._nc: GuardedClient | None = None
+        self.nc: GuardedClient | None = None
         # in: one lane per subscription, by its sid
         self._lanes: dict[int, Lane] = {}
         self._stopped = False  # loop side: the connection is closed for good
@@ -242,9 +246,9 @@ class Link:
         self._outbox: asyncio.Queue[list[Outgoing]] | None = None
         self._sender: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._up: asyncio.Event | None = None  # set while connected
+        self.up: asyncio.Event | None = None  # set while connected
         # Disconnections so far: a batch sent across one is unconfirmed.
-        self._breaks = 0
+        self.breaks = 0
         self._closing = False  # the bridge is closing the connection itself
         # one rate-limited warning per cause, made on first use (see _warn)
         self._warnings: dict[str, RateLimitedWarning] = {}
@@ -307,15 +311,15 @@ class Link:
     # -- connecting ---------------------------------------------------------------
 
     async def _connect(self) -> None:
-        self._up = asyncio.Event()
+        self.up = asyncio.Event()
         self._outbox = asyncio.Queue()
         options = dict(self._connect_options)
         # On the first connect nats-py would retry forever with -1: try each
         # server twice and fail, then reconnect as asked (it reads its options
         # dict when it reconnects).
         attempts = options.pop("max_reconnect_attempts")
-        self._nc = GuardedClient(self._on_malformed)
-        await self._nc.connect(
+        self.nc = GuardedClient(self._on_malformed)
+        await self.nc.connect(
             **options,
             max_reconnect_attempts=1,
             error_cb=self._on_error,
@@ -324,10 +328,10 @@ class Link:
             closed_cb=self._on_closed,
             reconnect_to_server_handler=self._next_server,
         )
-        self._nc.options["max_reconnect_attempts"] = attempts
-        self.max_payload = self._nc.max_payload
+        self.nc.options["max_reconnect_attempts"] = attempts
+        self.max_payload = self.nc.max_payload
         self.counters.connected = True
-        self._up.set()
+        self.up.set()
         self._sender = asyncio.ensure_future(self._send_batches())
         self._watcher = asyncio.ensure_future(self._watch())
 
@@ -338,7 +342,7 @@ class Link:
     async def _subscribe(
         self, subjects: list[str], queue: str, answers: bool
     ) -> list[Lane]:
-        assert self._nc is not None
+        assert self.nc is not None
         lanes = []
         for index, subject in enumerate(subjects):
             # NATS sends a message once per subscription it matches, so with
@@ -356,7 +360,7 @@ class Link:
                 max_bytes=self._max_inbound_bytes,
             )
             lane.room = asyncio.Event()
-            sub = await self._nc.subscribe(
+            sub = await self.nc.subscribe(
                 subject,
                 queue=queue,
                 cb=functools.partial(self._on_message, lane),
@@ -364,13 +368,13 @@ class Link:
                 pending_bytes_limit=self._max_inbound_bytes,
             )
             self._lanes[sub._id] = lane
-            self._nc.takers[sub._id] = (
+            self.nc.takers[sub._id] = (
                 functools.partial(self._can_take, lane),
                 functools.partial(self._take, lane),
             )
             lanes.append(lane)
         # After the PONG, the server has the subscriptions.
-        await self._nc.flush(timeout=self._flush_timeout)  # type: ignore[arg-type]
+        await self.nc.flush(timeout=self.flush_timeout)  # type: ignore[arg-type]
         return lanes
 
     async def subscribe(self, subjects: list[str], queue: str) -> list[Lane]:
@@ -398,7 +402,7 @@ class Link:
         ):
             return
         self.counters.malformed += 1
-        self._warn(
+        self.warn(
             "malformed",
             "NATS bridge: a message from NATS was not imported: nats-py cannot "
             "read it (%s)",
@@ -412,13 +416,13 @@ class Link:
         nothing more is read while ``is_connected`` stays true. This looks
         every WATCH_INTERVAL seconds and, if so, makes nats-py reconnect.
         """
-        nc = self._nc
+        nc = self.nc
         assert nc is not None
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             reader = nc._reading_task
             if nc.is_connected and (reader is None or reader.done()):
-                self._warn(
+                self.warn(
                     "reader",
                     "NATS bridge: the connection stopped reading; reconnecting",
                 )
@@ -427,7 +431,7 @@ class Link:
     async def _on_error(self, error: Exception) -> None:
         if isinstance(error, nats.errors.SlowConsumerError):
             self.counters.slow_consumer += 1
-            self._warn(
+            self.warn(
                 "slow consumer",
                 "NATS bridge: a message on %r was dropped: the bridge's inbound "
                 "queue is full (the broker takes messages more slowly than NATS "
@@ -436,16 +440,16 @@ class Link:
             )
         else:
             name = type(error).__name__
-            self._warn(name, "NATS bridge: %s: %s", name, error)
+            self.warn(name, "NATS bridge: %s: %s", name, error)
 
     async def _on_disconnected(self) -> None:
-        self._breaks += 1
+        self.breaks += 1
         self.counters.connected = False
-        if self._up is not None:
-            self._up.clear()
+        if self.up is not None:
+            self.up.clear()
         if self._closing:
             return
-        self._warn(
+        self.warn(
             "disconnected",
             "NATS bridge: disconnected; messages to export wait in its queue",
         )
@@ -465,28 +469,28 @@ class Link:
         self.backoff.reset()
         self.counters.reconnects += 1
         self.counters.connected = True
-        assert self._nc is not None
-        self.max_payload = self._nc.max_payload
-        url = self._nc.connected_url  # a ParseResult, or None if it broke again
-        self._warn(
+        assert self.nc is not None
+        self.max_payload = self.nc.max_payload
+        url = self.nc.connected_url  # a ParseResult, or None if it broke again
+        self.warn(
             "reconnected",
             "NATS bridge: reconnected to %s",
             url.geturl() if url else "the server",
         )
-        assert self._up is not None
-        self._up.set()
+        assert self.up is not None
+        self.up.set()
 
     async def _on_closed(self) -> None:
         self.counters.connected = False
         self.counters.closed = True
         # Wake the sender: it counts every batch left as refused.
-        if self._up is not None:
-            self._up.set()
+        if self.up is not None:
+            self.up.set()
         self._open_lanes()
         if self._closing:
             logger.info("NATS bridge: connection closed")
         else:
-            self._warn(
+            self.warn(
                 "closed",
                 "NATS bridge: connection closed for good (no reconnect attempt "
                 "left); what is left to export is dropped",
@@ -520,86 +524,14 @@ class Link:
 
     async def _send_batches(self) -> None:
         assert self._outbox is not None
-        assert self._up is not None
+        assert self.up is not None
         while True:
             batch = await self._outbox.get()
             try:
-                await self._send(batch)
+                await self.carrier.carry(batch)
             finally:
                 self.counters.settled += len(batch)
                 self._done()
-
-    async def _send(self, batch: list[Outgoing]) -> None:
-        """Publish and confirm ``batch``; each message ends in one counter.
-
-        If the bridge closes meanwhile (this task is cancelled), what was not
-        written yet is refused, and what was written and not confirmed is
-        unconfirmed, so the ledger stays exact.
-        """
-        nc = self._nc
-        assert nc is not None
-        assert self._up is not None
-        counters = self.counters
-        sent = 0  # messages of the batch taken in hand so far
-        in_doubt = 0  # of those, written (or being written) and not confirmed
-        try:
-            while True:
-                # Publish only while connected: during an outage the batch
-                # waits here, and those after it in the bridge's bounded queue.
-                await self._up.wait()
-                if counters.closed:
-                    self._refuse(len(batch) - sent, "the connection is closed")
-                    return
-                if not nc.is_connected:  # broken, and nats-py has not said so
-                    await asyncio.sleep(0.01)
-                    continue
-                breaks = self._breaks
-                for subject, data, headers, reply, deadline in batch[sent:]:
-                    # (it may break during an await below)
-                    connected = nc._status == Client.CONNECTED
-                    if not (connected or _is_up(nc)):
-                        break
-                    sent += 1
-                    if deadline is not None and time.monotonic() >= deadline:
-                        self._expire(subject)
-                        continue
-                    in_doubt += 1
-                    try:
-                        if headers is None and connected:
-                            await nc.publish_checked(subject, data, reply or "")
-                        else:
-                            await nc.publish(
-                                subject, data, reply=reply or "", headers=headers
-                            )
-                    except nats.errors.MaxPayloadError:
-                        in_doubt -= 1
-                        self._refuse(1, "larger than the server's limit", subject)
-                    except nats.errors.Error as error:
-                        in_doubt -= 1
-                        self._refuse(1, type(error).__name__, subject)
-                published = in_doubt
-                confirmed = await self._confirm(breaks)  # (in doubt while it waits)
-                in_doubt = 0
-                if confirmed:
-                    counters.exported += published
-                elif published:
-                    self._unconfirmed(published, "as the connection broke")
-                if sent == len(batch):
-                    return
-        except asyncio.CancelledError:
-            self._refuse(len(batch) - sent, "the bridge closed before sending them")
-            if in_doubt:
-                self._unconfirmed(in_doubt, "as the bridge closed")
-            raise
-
-    def _expire(self, subject: str) -> None:
-        self.counters.expired += 1
-        self._warn(
-            "expired",
-            "NATS bridge: a request on %r was not sent: its deadline passed "
-            "while it waited to go out",
-            subject,
-        )
 
     def no_responders(self, subjects: list[str]) -> None:
         """Tell each of ``subjects`` "no responders" (NATS's 503), if connected.
@@ -611,7 +543,7 @@ class Link:
             self._loop.call_soon_threadsafe(self._tell_busy, subjects)
 
     def _tell_busy(self, subjects: list[str]) -> None:
-        nc = self._nc
+        nc = self.nc
         if nc is None or nc._status != Client.CONNECTED:
             return
         for subject in subjects:
@@ -620,63 +552,24 @@ class Link:
         self._tasks.add(flush)  # (the loop keeps only a weak reference)
         flush.add_done_callback(self._tasks.discard)
 
-    def _unconfirmed(self, count: int, when: str) -> None:
-        self.counters.unconfirmed += count
-        self._warn(
-            "unconfirmed",
-            "NATS bridge: %d message(s) were sent %s and may not have reached "
-            "the server",
-            count,
-            when,
-        )
-
-    async def _confirm(self, breaks: int) -> bool:
-        """Whether the server has processed all sent before (a PING/PONG).
-
-        A flush is never cancelled (nats-py would then resolve a cancelled
-        future); one outlived by a disconnection finishes, or times out, alone.
-        """
-        nc = self._nc
-        assert nc is not None
-        reader = nc._reading_task
-        if self._breaks != breaks or not nc.is_connected or _ended(reader):
-            return False
-        # (with its read loop ended, nats-py's flush returns at once, without
-        # the round trip: hence the check before, and after)
-        # (nats-py annotates the timeout as an int; asyncio.wait_for takes any)
-        flush = asyncio.ensure_future(nc.flush(timeout=self._flush_timeout))  # type: ignore[arg-type]
-        flush.add_done_callback(_consume)
-        assert self._up is not None
-        while not flush.done():
-            if self._breaks != breaks:
-                return False
-            # Wake up on the PONG, or every 50 ms to look for a disconnection.
-            await asyncio.wait([flush], timeout=0.05)
-        return (
-            flush.exception() is None
-            and self._breaks == breaks
-            and nc._reading_task is reader
-            and not _ended(reader)
-        )
-
-    def _warn(self, cause: str, fmt: str, *args: object) -> None:
+    def warn(self, cause: str, fmt: str, *args: object) -> None:
         """Log a warning, at most one a second for each ``cause``."""
         warn = self._warnings.get(cause)
         if warn is None:
             warn = self._warnings[cause] = RateLimitedWarning(log=logger)
         warn(fmt, *args)
 
-    def _refuse(self, count: int, why: str, subject: str | None = None) -> None:
+    def refuse(self, count: int, why: str, subject: str | None = None) -> None:
         if count:
             self.counters.refused += count
             where = "" if subject is None else f" (on {subject!r})"
-            self._warn(
+            self.warn(
                 why, "NATS bridge: %d message(s) not exported: %s%s", count, why, where
             )
 
     async def _close(self, *, drain: bool) -> None:
         self._closing = True
-        nc = self._nc
+        nc = self.nc
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -688,7 +581,7 @@ class Link:
         assert self._outbox is not None
         while not self._outbox.empty():
             batch = self._outbox.get_nowait()
-            self._refuse(len(batch), "the bridge closed before sending them")
+            self.refuse(len(batch), "the bridge closed before sending them")
             self.counters.settled += len(batch)
             self._done()
         if nc is not None and not nc.is_closed:
@@ -812,17 +705,3 @@ def _seen(replies: str | None, earlier: list[tuple[str, ...]], subject: str) -> 
 
 _NO_RESPONDERS = b"503"
 """The status NATS sends to a reply subject when nobody subscribes to the request."""
-
-
-def _ended(task: asyncio.Task[None] | None) -> bool:
-    return task is None or task.done()
-
-
-def _is_up(nc: Client) -> bool:
-    return nc.is_connected
-
-
-def _consume(task: asyncio.Future[None]) -> None:
-    """Retrieve a background flush's outcome, so that asyncio does not log it."""
-    if not task.cancelled():
-        task.exception()

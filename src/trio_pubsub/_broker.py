@@ -132,6 +132,7 @@ class Broker(Generic[T]):
         "_cache_misses",
         "_closed",
         "_disconnect_after",
+        "_exports",
         "_max_buffer_size",
         "_message_type",
         "_on_subscribe",
@@ -180,6 +181,8 @@ class Broker(Generic[T]):
         # 88 random bits: reply subjects of brokers in other processes, met
         # across a NATS bridge, do not collide.
         self._replies: Replies[T] = Replies(f"{REPLY_ROOT}.{secrets.token_hex(11)}.")
+        # the NATS bridges' exports open now: what they import skips them all
+        self._exports: set[_Inbox[T]] = set()
         self._published = 0
         self._cache_hits = 0
         self._cache_misses = 0

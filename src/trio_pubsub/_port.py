@@ -34,7 +34,6 @@ the token matcher, for subjects from NATS that the broker's grammar refuses.
 from __future__ import annotations
 
 import typing
-import weakref
 from typing import Generic, TypeVar
 
 import trio
@@ -77,23 +76,6 @@ if typing.TYPE_CHECKING:
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-_EXPORTS: dict[int, set[_Inbox[typing.Any]]] = {}
-"""The exports open now on each broker (by ``id``), whichever bridge opened them.
-
-Keyed by ``id`` rather than held in a ``WeakKeyDictionary``: every imported
-message looks its broker up, and a weak key makes a weak reference per
-lookup. An entry goes with its broker (``weakref.finalize``), so an ``id``
-is never met again while its entry is there.
-"""
-
-
-def _exports_of(broker: Broker[typing.Any]) -> set[_Inbox[typing.Any]]:
-    exports = _EXPORTS.get(id(broker))
-    if exports is None:
-        exports = _EXPORTS[id(broker)] = set()
-        weakref.finalize(broker, _EXPORTS.pop, id(broker), None)
-    return exports
 
 
 def export(
@@ -145,11 +127,11 @@ class _Export(Generic[T]):
 
     async def __aenter__(self) -> Subscription[T]:
         subscription = await self._scope.__aenter__()
-        _exports_of(self._broker).add(self._inbox)
+        self._broker._exports.add(self._inbox)
         return subscription
 
     async def __aexit__(self, *exc_info: object) -> None:
-        _exports_of(self._broker).discard(self._inbox)
+        self._broker._exports.discard(self._inbox)
         await self._scope.__aexit__(None, None, None)
 
 
@@ -217,7 +199,7 @@ def inject(
     if message_type is not None and not isinstance(payload, message_type):
         raise payload_error(message_type, payload)
     message = new_message(subject, payload)
-    exports = _EXPORTS.get(id(broker))
+    exports = broker._exports
     if exports and not exports.isdisjoint(targets):
         targets = tuple(target for target in targets if target not in exports)
     full: list[Target[T]] = []
@@ -256,7 +238,7 @@ def _inject(
     ask: bool,
 ) -> tuple[Pending[T] | None, Reply[T] | None]:
     message, targets = broker._snapshot(subject, payload, headers)
-    exports = _EXPORTS.get(id(broker))
+    exports = broker._exports
     if exports and not exports.isdisjoint(targets):
         targets = tuple(target for target in targets if target not in exports)
     reply: Reply[T] | None = None

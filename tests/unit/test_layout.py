@@ -99,3 +99,23 @@ def test_only_the_inbox_parks_and_wakes_tasks() -> None:
         if parking.search(path.read_text())
     )
     assert users == ["_inbox.py"]
+
+
+def test_the_port_keeps_no_state_of_its_own_issue_28() -> None:
+    """What a broker's integrations share lives in the broker, not in ``_port``.
+
+    Before, the exports open on each broker sat in a module-level dict keyed
+    by ``id(broker)``.
+    """
+    mutable = (ast.Dict, ast.Set, ast.List, ast.DictComp, ast.SetComp, ast.ListComp)
+    tree = ast.parse((PACKAGE / "_port.py").read_text())
+    wrong = []
+    for node in tree.body:
+        value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+        if isinstance(value, mutable) or (
+            isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Name)
+            and value.func.id in {"dict", "set", "list", "defaultdict"}
+        ):
+            wrong.append(ast.unparse(node).split("\n")[0])
+    assert wrong == []

@@ -15,31 +15,18 @@ from typing import Any
 import nats.errors
 import pytest
 import trio
+from nats.aio.msg import Msg
 
-from trio_pubsub import Broker, OverflowPolicy, Subscription
-from trio_pubsub.nats import (
-    decode_bytes,
-    decode_json,
-    encode_bytes,
-    encode_json,
-    open_bridge,
-)
+from trio_pubsub import Broker, Message, OverflowPolicy, Subscription
+from trio_pubsub.nats import decode_bytes, encode_bytes, open_bridge
 from trio_pubsub.nats._link import Backoff
 
 from .peer import Peer
 from .raw import RawClient
 from .server import NatsServer
+from .test_bridge import GUARD, JSON, wait_until
 
-GUARD = 20  # seconds: a guard against hanging, never a measure
-
-JSON: dict[str, Any] = {"encode": encode_json, "decode": decode_json}
 BYTES: dict[str, Any] = {"encode": encode_bytes, "decode": decode_bytes}
-
-
-async def wait_until(condition: Any) -> None:
-    with trio.fail_after(GUARD):
-        while not condition():  # noqa: ASYNC110 - counters of another thread
-            await trio.sleep(0.01)
 
 
 async def answer_all(
@@ -54,6 +41,28 @@ async def answer_all(
         task_status.started(sub)
         async for message in sub:
             await message.respond(answer)
+
+
+async def requests_seen_by(peer: Peer, subject: str) -> list[Msg]:
+    """What a NATS peer receives on ``subject`` (the broker's requests there)."""
+    seen: list[Msg] = []
+
+    async def record() -> None:
+        assert peer.nc is not None
+
+        async def on_request(msg: Msg) -> None:
+            seen.append(msg)
+
+        await peer.nc.subscribe(subject, cb=on_request)
+        await peer.nc.flush()
+
+    await peer.call(record())
+    return seen
+
+
+async def ask(broker: Broker[Any], answer: list[Message[Any]]) -> None:
+    """The broker asks NATS for a price; ``answer`` gets what came back."""
+    answer.append(await broker.request("prices.get", 1, timeout=GUARD))
 
 
 class Listener:
@@ -150,24 +159,9 @@ async def test_an_answer_never_goes_to_the_brokers_own_waiting_request(
         trio.open_nursery() as nursery,
     ):
         await nursery.start(answer_all, broker, "req.>", "forged")
-        seen: list[Any] = []
-
-        async def record() -> None:
-            assert peer.nc is not None
-
-            async def on_request(msg: Any) -> None:
-                seen.append(msg)
-
-            await peer.nc.subscribe("prices.get", cb=on_request)
-            await peer.nc.flush()
-
-        await peer.call(record())
-        answer: list[Any] = []
-
-        async def ask() -> None:
-            answer.append(await broker.request("prices.get", 1, timeout=GUARD))
-
-        nursery.start_soon(ask)
+        seen = await requests_seen_by(peer, "prices.get")
+        answer: list[Message[Any]] = []
+        nursery.start_soon(ask, broker, answer)
         await wait_until(lambda: len(seen) == 1)
         reply = seen[0].reply
         assert re.fullmatch(r"_INBOX\.[0-9a-f]{22}\.[A-Za-z0-9_-]{16}", reply)
@@ -254,24 +248,9 @@ async def test_an_answer_forged_through_the_prefix_is_dropped(
         Peer(nats_server.url) as peer,
         trio.open_nursery() as nursery,
     ):
-        seen: list[Any] = []
-
-        async def record() -> None:
-            assert peer.nc is not None
-
-            async def on_request(msg: Any) -> None:
-                seen.append(msg)
-
-            await peer.nc.subscribe("shop.prices.get", cb=on_request)
-            await peer.nc.flush()
-
-        await peer.call(record())
-        answer: list[Any] = []
-
-        async def ask() -> None:
-            answer.append(await broker.request("prices.get", 1, timeout=GUARD))
-
-        nursery.start_soon(ask)
+        seen = await requests_seen_by(peer, "shop.prices.get")
+        answer: list[Message[Any]] = []
+        nursery.start_soon(ask, broker, answer)
         await wait_until(lambda: len(seen) == 1)
         attacker = await RawClient.connect(nats_server.port)
         forged = b"shop." + seen[0].reply.encode()

@@ -56,7 +56,9 @@ async def requests(url: str, port: int) -> None:
     ):
         before = rss_mb()
         peer = await RawClient.connect(port)
-        burst = b"".join(b"PUB req _INBOX.flood.%d 1\r\n1\r\n" % i for i in range(50_000))
+        burst = b"".join(
+            b"PUB req _INBOX.flood.%d 1\r\n1\r\n" % i for i in range(50_000)
+        )
         await peer.send(burst)
         await settle(lambda: b.statistics().imported + b.statistics().dropped == 50_000)
         stats = b.statistics()

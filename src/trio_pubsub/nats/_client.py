@@ -51,11 +51,13 @@ import re
 import typing
 
 from nats.aio.client import PING_PROTO, Client
-from nats.errors import MaxPayloadError, ProtocolError
+from nats.errors import MaxPayloadError, ProtocolError, UnexpectedEOF
 from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
 if typing.TYPE_CHECKING:
     from collections.abc import Callable
+
+    from nats.aio.subscription import Subscription
 
 Incoming = tuple[str, str, bytes, dict[str, str] | None]
 """One message as NATS delivered it: subject, reply subject (or ""), data and
@@ -112,6 +114,33 @@ class GuardedClient(Client):
             await self._flush_pending(force_flush=True)
         elif self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
+
+    @staticmethod
+    def sid(sub: Subscription) -> int:
+        """The id by which the server and the read loop know ``sub``."""
+        return sub._id
+
+    @property
+    def reader(self) -> asyncio.Task[None] | None:
+        """nats-py's read loop, while it has one (a flush confirms only then)."""
+        return self._reading_task
+
+    @property
+    def plainly_connected(self) -> bool:
+        """Connected and not draining: a plain PUB may go straight in."""
+        return self._status == Client.CONNECTED
+
+    async def restart_reading(self) -> None:
+        """Treat the connection as broken, so that nats-py reconnects.
+
+        For a read loop that has ended while the connection looks up: nothing
+        more would be read.
+        """
+        await self._process_op_err(UnexpectedEOF())
+
+    async def kick_flusher(self) -> None:
+        """Have nats-py's flusher write what its pending buffer holds."""
+        await self._flush_pending()
 
     def write_status(self, subject: str, status: bytes) -> None:
         """Put a message with only a status line (``NATS/1.0 503``) in the buffer.

@@ -54,6 +54,9 @@ class CoreNats:
                 breaks = self._link.breaks
                 for subject, data, headers, reply, deadline in batch[sent:]:
                     # (it may break during an await below)
+                    # (nats-py's own state, read here rather than through the
+                    # client's plainly_connected: once per message, a property
+                    # would cost the send loop more than anything else here)
                     connected = nc._status == Client.CONNECTED
                     if not (connected or _is_up(nc)):
                         break
@@ -119,7 +122,7 @@ class CoreNats:
         """
         nc = self._link.nc
         assert nc is not None
-        reader = nc._reading_task
+        reader = nc.reader
         if self._link.breaks != breaks or not nc.is_connected or _ended(reader):
             return False
         # (with its read loop ended, nats-py's flush returns at once, without
@@ -136,7 +139,7 @@ class CoreNats:
         return (
             flush.exception() is None
             and self._link.breaks == breaks
-            and nc._reading_task is reader
+            and nc.reader is reader
             and not _ended(reader)
         )
 

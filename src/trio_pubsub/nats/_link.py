@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import nats
 import nats.errors
 import trio
-from nats.aio.client import Client
 
 from .. import _port
 from .._log import RateLimitedWarning
@@ -367,8 +366,9 @@ class Link:
                 pending_msgs_limit=self._max_inbound,
                 pending_bytes_limit=self._max_inbound_bytes,
             )
-            self._lanes[sub._id] = lane
-            self.nc.takers[sub._id] = (
+            sid = GuardedClient.sid(sub)
+            self._lanes[sid] = lane
+            self.nc.takers[sid] = (
                 functools.partial(self._can_take, lane),
                 functools.partial(self._take, lane),
             )
@@ -420,13 +420,13 @@ class Link:
         assert nc is not None
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
-            reader = nc._reading_task
+            reader = nc.reader
             if nc.is_connected and (reader is None or reader.done()):
                 self.warn(
                     "reader",
                     "NATS bridge: the connection stopped reading; reconnecting",
                 )
-                await nc._process_op_err(nats.errors.UnexpectedEOF())
+                await nc.restart_reading()
 
     async def _on_error(self, error: Exception) -> None:
         if isinstance(error, nats.errors.SlowConsumerError):
@@ -544,11 +544,11 @@ class Link:
 
     def _tell_busy(self, subjects: list[str]) -> None:
         nc = self.nc
-        if nc is None or nc._status != Client.CONNECTED:
+        if nc is None or not nc.plainly_connected:
             return
         for subject in subjects:
             nc.write_status(subject, _NO_RESPONDERS)
-        flush = asyncio.ensure_future(nc._flush_pending())
+        flush = asyncio.ensure_future(nc.kick_flusher())
         self._tasks.add(flush)  # (the loop keeps only a weak reference)
         flush.add_done_callback(self._tasks.discard)
 

@@ -240,6 +240,9 @@ async def test_a_stall_longer_than_the_confirm_timeout_leaves_the_import_alive_i
     ):
         await here.publish("out.0", 0)
         await take(exported, 1)
+        # and confirmed: else its PONG may come after the pause too, and two
+        # confirmations time out instead of one
+        await wait_until(lambda: both.statistics().exported == 1)
         own_server.pause()
         await here.publish("out.1", 1)  # its confirmation times out
         await trio.sleep(1.5)  # real time: past the confirm timeout

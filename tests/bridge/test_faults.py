@@ -244,10 +244,13 @@ async def test_a_stall_longer_than_the_confirm_timeout_leaves_the_import_alive_i
         # confirmations time out instead of one
         await wait_until(lambda: both.statistics().exported == 1)
         own_server.pause()
-        await here.publish("out.1", 1)  # its confirmation times out
-        await trio.sleep(1.5)  # real time: past the confirm timeout
-        own_server.resume()
-        await wait_until(lambda: both.statistics().unconfirmed == 1)
+        await here.publish("out.1", 1)
+        # its confirmation times out while the server is still paused (no
+        # fixed sleep: on a loaded machine the flush may start late)
+        try:
+            await wait_until(lambda: both.statistics().unconfirmed == 1)
+        finally:
+            own_server.resume()  # the PONG comes now, after its timeout
         for i in range(10):
             await there.publish(f"in.{i}", i)
         got = await take(imported, 10)
@@ -386,7 +389,13 @@ async def test_closing_while_a_batch_awaits_confirmation_counts_it_issue_16(
         for i in range(1, 21):
             await broker.publish(f"p.{i}", i)
         await wait_until(lambda: bridge.statistics().outbound_pending == 20)
-        await trio.sleep(0.2)  # written, waiting for the PONG
+        # written, waiting for the PONG (no fixed sleep: on a loaded machine
+        # the connection's thread may write late)
+        link = bridge._link
+        assert link is not None
+        assert link.nc is not None
+        nc = link.nc
+        await wait_until(lambda: nc.stats["out_msgs"] >= 2)  # p.0, and more
     own_server.resume()
     assert routed_to_export(bridge) == 21
     assert ledger(bridge) == 21

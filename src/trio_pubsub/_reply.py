@@ -79,8 +79,6 @@ class Replies(Generic[T]):
         the request's, on the trio clock.
         """
         subject = self.prefix + secrets.token_urlsafe(12)
-        while subject in self.waiting:  # pragma: no cover - 2**-96 a pair
-            subject = self.prefix + secrets.token_urlsafe(12)
         reply = Reply(subject, asked, self, deadline)
         self.waiting[subject] = reply
         return reply

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 
 from trio_pubsub import Broker, Message, OverflowPolicy, Subscription
 from trio_pubsub.nats import decode_bytes, encode_bytes, open_bridge
-from trio_pubsub.nats._link import Backoff
+from trio_pubsub.nats._link import KEPT_WAITS, Backoff
 
 from .peer import Peer
 from .raw import RawClient
@@ -501,7 +501,11 @@ def test_backoff_doubles_up_to_its_cap_and_draws_from_the_upper_half() -> None:
     waits = [backoff.next_wait() for _ in range(6)]
     assert waits == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     assert draws == [(w / 2, w) for w in waits]
+    for _ in range(30):  # a long outage: only the first waits are kept
+        backoff.next_wait()
+    assert len(backoff.waits) == KEPT_WAITS
     backoff.reset()
+    assert len(backoff.last_waits) == KEPT_WAITS
     assert backoff.next_wait() == 0.5
 
 

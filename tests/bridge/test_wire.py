@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -53,6 +54,16 @@ def stream(sid: bytes) -> bytes:
     )
 
 
+async def commands(stream_: trio.SocketStream) -> AsyncIterator[list[bytes]]:
+    """Greet the client with INFO, then yield the whole lines of each read."""
+    await stream_.send_all(b"INFO %s\r\n" % json.dumps(INFO).encode())
+    pending = b""
+    while data := await stream_.receive_some():
+        pending += data
+        *lines, pending = pending.split(b"\r\n")
+        yield lines
+
+
 class StandIn:
     """One connection: INFO, a PONG for each PING, the stream after the SUB."""
 
@@ -61,16 +72,9 @@ class StandIn:
         self.pongs = 0  # PONGs from the client: answers to the stream's PING
 
     async def serve(self, stream_: trio.SocketStream) -> None:
-        await stream_.send_all(b"INFO %s\r\n" % json.dumps(INFO).encode())
-        pending = b""
         sid = None
         async with stream_:
-            while True:
-                data = await stream_.receive_some()
-                if not data:
-                    return
-                pending += data
-                *lines, pending = pending.split(b"\r\n")
+            async for lines in commands(stream_):
                 for line in lines:
                     if line == b"PING":
                         await stream_.send_all(b"PONG\r\n")
@@ -135,15 +139,8 @@ class Recorder:
         self.verbs: list[bytes] = []
 
     async def serve(self, stream_: trio.SocketStream) -> None:
-        await stream_.send_all(b"INFO %s\r\n" % json.dumps(INFO).encode())
-        pending = b""
         async with stream_:
-            while True:
-                data = await stream_.receive_some()
-                if not data:
-                    return
-                pending += data
-                *lines, pending = pending.split(b"\r\n")
+            async for lines in commands(stream_):
                 for line in lines:
                     verb = line.split(b" ", 1)[0]
                     if verb in (b"SUB", b"PUB", b"PING"):

@@ -155,6 +155,10 @@ class Lane:
         self.wake.set()
 
 
+KEPT_WAITS = 16
+"""Waits a :class:`Backoff` remembers of one break."""
+
+
 class Backoff:
     """Jittered, capped exponential waits between attempts to reconnect.
 
@@ -171,7 +175,8 @@ class Backoff:
         self.cap = cap
         self.attempts = 0
         self.waits: list[float] = []
-        """The waits drawn since the last connection, for tests to read."""
+        """The first waits drawn since the last connection (at most
+        ``KEPT_WAITS``: an outage may last for days), for tests to read."""
         self.last_waits: list[float] = []
         """Those drawn before the last connection."""
         self._draw = draw
@@ -181,7 +186,8 @@ class Backoff:
         ceiling = min(self.cap, self.base * 2.0**self.attempts)
         self.attempts += 1
         wait = self._draw(ceiling / 2, ceiling)
-        self.waits.append(wait)
+        if len(self.waits) < KEPT_WAITS:
+            self.waits.append(wait)
         return wait
 
     def reset(self) -> None:

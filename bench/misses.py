@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import workloads as w
 
+from trio_pubsub._broker import pipeline
 from trio_pubsub._subject import parse_subject
 
 
@@ -71,7 +72,7 @@ def paired_growth(
 
 def nodes_per_miss(ours: w.Ours, subjects: list[str]) -> float:
     """Mean trie nodes a match visits per subject (root included)."""
-    root: Any = ours.broker._routes._trie._root
+    root: Any = pipeline(ours.broker).routes._trie._root
     visited = 0
     for subject in subjects:
         tokens = parse_subject(subject)
@@ -131,7 +132,7 @@ def length_dead_per_miss(ours: w.Ours, subjects: list[str]) -> tuple[float, floa
     Those are the nodes in branches whose patterns cannot end at the subject's
     length.
     """
-    root: Any = ours.broker._routes._trie._root
+    root: Any = pipeline(ours.broker).routes._trie._root
     reach = _reach(root)
     visited = dead_visits = 0
     for subject in subjects:

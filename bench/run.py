@@ -25,6 +25,7 @@ from pathlib import Path
 
 import trio
 
+from trio_pubsub._broker import pipeline
 from trio_pubsub._subject import parse_subject
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -92,7 +93,7 @@ def miss_stages(
     )
 
     def stages(ours: w.Ours) -> list[Callable[[list[str]], float]]:
-        routes = ours.broker._routes
+        routes = pipeline(ours.broker).routes
 
         def loop(step: Callable[[str], object]) -> Callable[[list[str]], float]:
             def batch(chunk: list[str]) -> float:

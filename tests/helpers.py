@@ -9,6 +9,7 @@ from typing import TypeVar
 import trio
 
 from trio_pubsub import Broker, OverflowPolicy, SlowConsumerError, Subscription, _port
+from trio_pubsub._broker import pipeline
 from trio_pubsub._inbox import Tally, _Inbox
 from trio_pubsub._routes import RouteTable
 from trio_pubsub._subject import parse_subject
@@ -26,9 +27,9 @@ def drain(sub: Subscription[T]) -> list[T]:
             return out
 
 
-def routing_nodes(broker: Broker[object] | Broker[int]) -> int:
+def routing_nodes(broker: Broker[typing.Any]) -> int:
     """Nodes in the broker's routing trie, the root included (1: pruned bare)."""
-    return broker._routes.node_count()
+    return pipeline(broker).routes.node_count()
 
 
 def export_subscription(
@@ -107,7 +108,7 @@ def request_leftovers(broker: Broker[int]) -> tuple[int, list[str]]:
     Both are empty once every request has ended; the trie is checked with
     :func:`routing_nodes`.
     """
-    cached = [s for s in broker._cache if s.split(".")[0] == "_INBOX"]
+    cached = [s for s in pipeline(broker).cache if s.split(".")[0] == "_INBOX"]
     waiting = broker.statistics().requests_waiting
-    assert waiting == len(broker._replies)
+    assert waiting == len(pipeline(broker).replies)
     return waiting, cached

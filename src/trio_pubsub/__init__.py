@@ -2,10 +2,11 @@
 
 Modules import one way only, each from those before it in this list:
 _errors, _subject, _trie, _retained, _policy, _options, _stats, _metrics, _message,
-_log, _inbox, _groups, _reply, _routes, _subscription, _threads, _broker, _port; and
-nats/ imports the public API, _port and _log. Only _inbox parks and wakes
-tasks. _pytest_plugin and _pytest_fixtures are the pytest plugin, no part of
-the core: they import the public API and testing. See the module map in
+_log, _inbox, _groups, _reply, _routes, _subscription, _delivery, _threads, _broker,
+_port; and nats/ imports the public API, _port and _log. Only _inbox parks and
+wakes tasks; only _inbox, _delivery and _subscription use trio.lowlevel.
+_pytest_plugin and _pytest_fixtures are the pytest plugin, no part of the
+core: they import the public API and testing. See the module map in
 docs/explanation/design.md.
 """
 

@@ -17,9 +17,11 @@ at the back, as if it had just been routed a message. So a slow member is not
 handed work while a faster one sits idle, and among equally busy members the
 work goes round.
 
-A ``GroupTarget`` looks to the broker's fast path like an inbox that is never
-open for a plain append (empty ``buffer``, ``limit`` 0), so every offer to it
-takes ``offer()``; subscriptions outside groups pay nothing for groups.
+A ``GroupTarget`` has no buffer of its own. To the one inlined copy of the
+pipeline (``Delivery.publish_nowait``), which appends to a routed target's
+``buffer`` while it is below its ``limit``, it shows an empty one and a
+``limit`` of 0, so every message to it takes ``offer()``; subscriptions outside
+groups pay nothing for groups.
 """
 
 from __future__ import annotations
@@ -38,22 +40,34 @@ if typing.TYPE_CHECKING:
     from ._message import Message
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 
 
-class Target(Protocol[T]):
-    """What a publish offers a message to: an inbox, or a group's members."""
+class Target(Protocol[T_contra]):
+    """What a publish offers a message to: an inbox, a group's members, a reply."""
+
+    def would_block(self) -> bool:
+        """Whether :meth:`offer` would say ``WAIT`` now."""
+
+    def offer(self, message: Message[T_contra]) -> int:
+        """Take it (1), refuse it (0), or say ``WAIT`` (-1): full and ``BLOCK``."""
+
+    async def put(self, message: Message[T_contra]) -> bool:
+        """Take it once there is room; whether it was taken."""
+
+
+class Routed(Target[T], Protocol[T]):
+    """A target the routes hold, by subject: an inbox, or a group's members.
+
+    Below ``limit``, it takes a message by ``buffer.append`` and one more
+    ``tally.delivered`` (the inlined copy in ``Delivery.publish_nowait``).
+    """
 
     @property
     def buffer(self) -> deque[Message[T]]: ...
 
     @property
     def limit(self) -> int: ...
-
-    def would_block(self) -> bool: ...
-
-    def offer(self, message: Message[T]) -> int: ...
-
-    async def put(self, message: Message[T]) -> bool: ...
 
 
 class _Group:
@@ -81,7 +95,7 @@ class GroupTarget(Generic[T]):
 
     __slots__ = ("group", "members")
 
-    # Read by the broker's fast path, which then always calls offer().
+    # Read by the inlined copy of the pipeline, which then always calls offer().
     buffer: typing.ClassVar[deque[typing.Any]] = _NO_BUFFER
     limit: typing.ClassVar[int] = 0
 

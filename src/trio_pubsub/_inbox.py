@@ -20,8 +20,11 @@ wait):
 
 * ``len(buffer) <= max_buffer_size``, except in a ``BLOCK`` inbox that took more
   retained messages on entry than it holds (see ``take_retained``); ``limit`` is
-  ``max_buffer_size`` except while receivers wait or before the first message is
-  buffered: then 0.
+  ``max_buffer_size`` except while receivers or publishers wait, before the
+  first message is buffered, and once it is no longer ``OPEN``: then 0. Below
+  ``limit``, taking a message is an append and one more ``tally.delivered``:
+  the first lines of ``offer``, and the one copy of them outside this class,
+  inlined in ``Delivery.publish_nowait``.
 * ``buffer`` is the shared, always empty ``_NO_BUFFER`` until a message is
   buffered: an idle subscription owns no deque.
 * Tasks wait in ``receivers`` only while ``buffer`` is empty, and publishers wait
@@ -36,7 +39,7 @@ wait):
 * Every message that entered the buffer (or went straight to a receiver) is
   received, pending, evicted or discarded, and ``dropped == refused + evicted +
   discarded``; so ``delivered`` is derived, ``received + pending + dropped -
-  refused``, and the broker's fast path only has to append to the buffer.
+  refused``, and taking a message below ``limit`` only has to append it.
 * Only an ``OPEN`` inbox is registered in its broker's routes.
 
 Two figures cost the publish fast path nothing:
@@ -331,6 +334,12 @@ class _Inbox(Generic[T]):
         buffer is full: an ordinary answer rather than an exception, as every
         message of a publisher that keeps a ``BLOCK`` buffer full gets it.
         """
+        buffer = self.buffer
+        if len(buffer) < self.limit:
+            # The common case: room, nobody waits, open (see ``limit``).
+            buffer.append(message)
+            self.tally.delivered += 1
+            return 1
         if self.state is not State.OPEN:
             return 0  # left, or cut off, after the publisher's snapshot
         if len(self.buffer) < self.max_buffer_size:
@@ -446,8 +455,13 @@ class _Inbox(Generic[T]):
             self.buffer.append(message)
 
     def _reopen_fast_path(self) -> None:
-        """Let the broker append directly again once nobody waits."""
-        if not self.receivers and not self.senders and self.buffer is not _NO_BUFFER:
+        """Let messages in by an append again once nobody waits (and it is open)."""
+        if (
+            not self.receivers
+            and not self.senders
+            and self.buffer is not _NO_BUFFER
+            and self.state is State.OPEN
+        ):
             self.limit = self.max_buffer_size
 
     def _let_in(self) -> None:
@@ -699,6 +713,7 @@ class _Inbox(Generic[T]):
         self._wake_everyone(broker_closed=False)
 
     def _wake_everyone(self, *, broker_closed: bool) -> None:
+        self.limit = 0  # no longer open: every message takes offer()'s checks
         if broker_closed:
             _wake_all(self.senders, lambda: outcome.Error(self._broker_closed()))
         else:

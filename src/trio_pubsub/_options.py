@@ -7,8 +7,18 @@ returns the value unchanged, so a call can check and assign in one step.
 from __future__ import annotations
 
 import math
+import typing
 
 from ._policy import OverflowPolicy
+
+# The defaults of Broker()'s options.
+MAX_BUFFER_SIZE: typing.Final = 64
+POLICY: typing.Final = OverflowPolicy.DROP_NEWEST
+DISCONNECT_AFTER: typing.Final = 1
+MATCH_CACHE_SIZE: typing.Final = 8192
+MATCH_CACHE_BYTES: typing.Final = 8 << 20
+MAX_RETAINED: typing.Final = 10_000
+MAX_PENDING: typing.Final = 1024  # a thread publisher's queue
 
 
 def check_int(name: str, value: object, *, minimum: int = 1) -> int:

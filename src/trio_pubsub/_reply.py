@@ -10,8 +10,10 @@ nowhere as a drop. An answer is a publish (counted in ``published``), not a
 copy in a subscription's buffer (so not in ``delivered``, which stays the sum
 over the subscriptions).
 
-A ``Reply`` looks to the publish fast path like a group target: an empty
-buffer and a ``limit`` of 0, so every answer goes through :meth:`Reply.offer`.
+A reply subject is never cached, so an answer always takes the pipeline's
+steps (``Delivery.prepare`` finds the ``Reply`` here, ``Delivery.offer`` calls
+:meth:`Reply.offer`). Its methods are called only from the pipeline's, which
+are protected from ``KeyboardInterrupt``, and so are they.
 """
 
 from __future__ import annotations
@@ -22,14 +24,11 @@ import typing
 from typing import Generic, TypeVar
 
 import trio
-from trio.lowlevel import enable_ki_protection
 
 from ._errors import InvalidSubjectError, NoRespondersError
-from ._inbox import _NO_BUFFER
 from ._subject import REPLY_ROOT
 
 if typing.TYPE_CHECKING:
-    from collections import deque
     from collections.abc import Callable
 
     from ._message import Message
@@ -92,10 +91,7 @@ class Replies(Generic[T]):
 class Reply(Generic[T]):
     """One request's reply slot: the first answer wins, then it leaves."""
 
-    # The broker's fast path reads ``buffer`` and ``limit`` of every target.
-    __slots__ = (  # noqa: RUF023
-        "buffer",
-        "limit",
+    __slots__ = (
         "_event",
         "_replies",
         "asked",
@@ -112,8 +108,6 @@ class Reply(Generic[T]):
     def __init__(
         self, subject: str, asked: str, replies: Replies[T], deadline: float
     ) -> None:
-        self.buffer: deque[Message[T]] = _NO_BUFFER
-        self.limit = 0
         self.subject = subject
         self.asked = asked
         """The subject of the request."""
@@ -134,7 +128,6 @@ class Reply(Generic[T]):
     def would_block(self) -> bool:
         return False
 
-    @enable_ki_protection
     def offer(self, message: Message[T]) -> bool:
         """Take ``message`` as the answer.
 
@@ -150,14 +143,12 @@ class Reply(Generic[T]):
         """Never called: :meth:`offer` never raises ``WouldBlock`` (for Target)."""
         raise AssertionError("a reply never makes a publish wait")
 
-    @enable_ki_protection
     def fail(self, error: BaseException) -> None:
         """End the waiting request with ``error``."""
         assert self.open, "only waiting replies are failed"
         self.error = error
         self._end()
 
-    @enable_ki_protection
     def decline(self) -> None:
         """One taker has no responder behind it (a bridge heard "no responders").
 
@@ -179,7 +170,6 @@ class Reply(Generic[T]):
             )
         return f"each of the {reached} subscription(s) it reached dropped it (full)"
 
-    @enable_ki_protection
     def close(self) -> None:
         """The request is over (answered, timed out, cancelled): leave."""
         if self.open:

@@ -36,7 +36,7 @@ from ._subject import ONE, REST, SEPARATOR, tokens_match
 from ._trie import SubjectTrie
 
 if typing.TYPE_CHECKING:
-    from ._groups import Target
+    from ._groups import Routed
     from ._inbox import _Inbox
 
 T = TypeVar("T")
@@ -78,7 +78,7 @@ class RouteTable(Generic[T]):
         self._largest = cache_bytes // 8  # a larger entry is not cached
         self._bytes = 0  # what the cache's entries take now
         self._arranged = 0  # of those, queue members and multi-pattern inboxes
-        self.cache: dict[str, tuple[Target[T], ...]] = {}
+        self.cache: dict[str, tuple[Routed[T], ...]] = {}
         """Literal subject -> its targets. Read by the broker, written here only."""
         self.evictions = 0
         """Entries the cache has let go to make room, so far."""
@@ -106,7 +106,7 @@ class RouteTable(Generic[T]):
 
     # -- lookups ----------------------------------------------------------------
 
-    def targets(self, subject: str, tokens: tuple[str, ...]) -> tuple[Target[T], ...]:
+    def targets(self, subject: str, tokens: tuple[str, ...]) -> tuple[Routed[T], ...]:
         """The targets of ``subject`` (parsed as ``tokens``), cached if it fits.
 
         The broker calls this on a cache miss.
@@ -126,14 +126,14 @@ class RouteTable(Generic[T]):
                 cache[subject] = found
         return found
 
-    def _entry(self, tokens: tuple[str, ...]) -> tuple[Target[T], ...]:
+    def _entry(self, tokens: tuple[str, ...]) -> tuple[Routed[T], ...]:
         """The targets of a parsed subject, arranged when anything needs it."""
         matched = self._trie.match(tokens)
         return self._arrange(matched) if self._arranged else tuple(matched)
 
-    def _arrange(self, matched: list[_Inbox[T]]) -> tuple[Target[T], ...]:
+    def _arrange(self, matched: list[_Inbox[T]]) -> tuple[Routed[T], ...]:
         """Gather queue members into GroupTargets; list multi-pattern inboxes once."""
-        slots: list[Target[T] | _Group] = []  # a group where its target goes
+        slots: list[Routed[T] | _Group] = []  # a group where its target goes
         members: dict[_Group, list[_Inbox[T]]] = {}
         membership = self.membership
         for inbox in matched:
@@ -172,7 +172,7 @@ class RouteTable(Generic[T]):
             if len(cache) < self._limit and self._bytes <= self._budget:
                 return
 
-    def _store(self, subject: str, targets: tuple[Target[T], ...]) -> None:
+    def _store(self, subject: str, targets: tuple[Routed[T], ...]) -> None:
         """Replace the cached targets of ``subject``, keeping the byte count."""
         cache = self.cache
         self._bytes += 8 * (len(targets) - len(cache[subject]))

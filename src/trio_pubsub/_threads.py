@@ -1,11 +1,9 @@
-"""Reaching a broker's trio run from other threads.
+"""Publishing from other threads: the thread publisher, and its checks.
 
-A broker is bound to no trio run, so it learns one: the run it was created
-in, or else the one in which it last entered a subscription, or was first
-awaited in ``publish`` or ``async with``. ``TrioRun`` keeps that run's token
-and calls into it from another thread with ``trio.from_thread.run``, refusing
-first what would deadlock (a call from the run's own thread) or cannot work
-(no run learned yet).
+The broker's trio run (``_delivery.TrioRun``) is reached from other threads
+with ``trio.from_thread``; ``Broker.publish_from_thread`` waits there for each
+message, and a :class:`ThreadPublisher` queues them and has the trio thread
+publish a batch at a time.
 """
 
 from __future__ import annotations
@@ -17,77 +15,41 @@ import typing
 
 import trio
 
-from ._errors import BrokerClosedError
+from ._errors import BrokerClosedError, InvalidSubjectError
 from ._log import logger
+from ._message import freeze_headers
+from ._subject import REPLY_ROOT, parse_subject
 
 if typing.TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Callable, Mapping
 
-R = typing.TypeVar("R")
+    from ._delivery import Delivery, TrioRun
+
 T = typing.TypeVar("T")
 
 
-class TrioRun:
-    """The trio run a broker belongs to, as far as it knows."""
+def check_item(
+    delivery: Delivery[T], subject: object, payload: object, headers: object
+) -> tuple[str, T, Mapping[str, str] | None]:
+    """Check a message for the thread publisher, in the calling thread.
 
-    __slots__ = ("token",)
-
-    def __init__(self) -> None:
-        self.token: trio.lowlevel.TrioToken | None = None
-        self.learn()
-
-    def learn(self) -> bool:
-        """Remember the trio run this is called from (outside one: keep the last).
-
-        Returns whether it is another run than the one remembered before.
-        """
-        with contextlib.suppress(RuntimeError):
-            token = trio.lowlevel.current_trio_token()
-            if token is not self.token:
-                self.token = token
-                return True
-        return False
-
-    def check_caller(self, what: str) -> None:
-        """Refuse a call from the run's own thread, or before a run is known.
-
-        Raises:
-            RuntimeError: called from the broker's trio thread (waiting there
-                for that thread would never end), or no run is known yet.
-        """
-        try:
-            here = trio.lowlevel.current_trio_token()
-        except RuntimeError:
-            here = None
-        if here is not None and here is self.token:
-            raise RuntimeError(
-                f"{what} was called from the broker's own trio thread, where it "
-                "would wait for itself forever; use 'await broker.publish()' or "
-                "'broker.publish_nowait()' there"
+    The checks of ``publish``, in its order; a subject already in the
+    match cache (a plain dict, read whole under the interpreter's lock) is
+    known to be valid.
+    """
+    if type(subject) is not str or subject not in delivery.cache:
+        tokens = parse_subject(subject)  # so it is a str from here on
+        subject = str.__str__(typing.cast("str", subject))
+        if tokens[0] == REPLY_ROOT:
+            raise InvalidSubjectError(
+                subject,
+                "a request is answered with Message.respond() in the trio "
+                "thread, not from a thread publisher",
             )
-        if self.token is None:
-            raise RuntimeError(
-                "the broker has not been used in a trio run yet, so there is no "
-                "trio thread to publish in: create it inside trio.run(), or enter "
-                "a subscription first"
-            )
-
-    def call(self, async_fn: Callable[[], Awaitable[R]]) -> R:
-        """Run ``async_fn`` in the run and wait for it (after :meth:`check_caller`).
-
-        Raises:
-            BrokerClosedError: the run has ended, before ``async_fn`` started or
-                while it ran.
-        """
-        assert self.token is not None
-        try:
-            return trio.from_thread.run(async_fn, trio_token=self.token)
-        except (trio.RunFinishedError, trio.Cancelled):
-            # Given a token, trio runs async_fn in its system nursery, which is
-            # cancelled only as the run ends: a Cancelled here says just that.
-            raise BrokerClosedError(
-                "the trio run the broker belonged to has ended"
-            ) from None
+    checked = delivery.check_payload(payload)
+    frozen = None if headers is None else freeze_headers(headers) or None
+    delivery.check_open()
+    return subject, checked, frozen
 
 
 # -- the batched entry: broker.thread_publisher() ---------------------------------
@@ -123,8 +85,19 @@ class ThreadPublisher(typing.Generic[T]):
 
     Threads put messages in a bounded queue and return; the broker's trio
     thread takes them out a batch at a time, woken once per batch, and
-    publishes them in the order they were queued. As a context manager, its
-    exit flushes and closes it::
+    publishes them in the order they were queued. :meth:`publish` checks a
+    message in the calling thread (raising what ``Broker.publish`` would
+    raise, there) and returns once it is queued; :meth:`flush` returns once
+    every message queued so far is published.
+
+    Messages queued from one thread are published in the order they were
+    queued; those of different threads interleave. Each is published with
+    ``publish_nowait``, or, when a ``BLOCK`` buffer is full, with ``await
+    publish`` by a task that waits for room (and holds the rest of the queue
+    back meanwhile). Queued messages it could not publish because the broker
+    closed, or its trio run ended, are counted in :attr:`lost`, and
+    :meth:`flush` raises :class:`BrokerClosedError` for them. As a context
+    manager, its exit flushes and closes it::
 
         with broker.thread_publisher() as publisher:  # in a worker thread
             for reading in sensor:
@@ -168,7 +141,8 @@ class ThreadPublisher(typing.Generic[T]):
         self._run = run
         self._check = check
         # Its publish methods are looked up for each batch, not bound once: a
-        # broker whose class changes (trio_pubsub.otel's tracing) is followed.
+        # broker whose publishers are rebound (trio_pubsub.otel's tracing) is
+        # followed.
         self._broker = broker
         self._max_pending = max_pending
         self._condition = threading.Condition(threading.Lock())
@@ -183,9 +157,8 @@ class ThreadPublisher(typing.Generic[T]):
         # The trio thread's ident, once known: publish() compares it (one
         # call) instead of asking trio (which raises outside a run).
         self._trio_thread: int | None = None
-        with contextlib.suppress(RuntimeError):
-            if trio.lowlevel.current_trio_token() is run.token:
-                self._trio_thread = threading.get_ident()
+        if run.is_current():
+            self._trio_thread = threading.get_ident()
 
     # -- in the calling thread -------------------------------------------------
 
@@ -325,7 +298,7 @@ class ThreadPublisher(typing.Generic[T]):
         item = self._publish_batch()
         if item is not None:
             try:
-                trio.lowlevel.spawn_system_task(self._wait_and_drain, item)
+                self._run.spawn(self._wait_and_drain, item)
             except RuntimeError:  # the run is shutting down: no more tasks
                 self._lose(" (the broker's trio run ended)", held=1)
 

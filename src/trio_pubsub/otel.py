@@ -18,10 +18,12 @@ subscription's pattern (never a subject on a metric: subjects are unbounded),
 
 Counts are read from the broker's own counters when the SDK collects them
 (observable instruments), so they cost a publish nothing; with metrics only,
-publishing runs the broker's own code, unchanged (the instrumentation watches
-new subscriptions through a hook that ``subscribe`` calls). With a tracer,
-:func:`instrument` changes the broker's class to a subclass whose publishes
-make spans, and :meth:`Instrumentation.uninstrument` changes it back.
+publishing runs the broker's own code, unchanged. Everything goes through the
+broker's supported hooks, and no class changes: new subscriptions are seen
+through a hook that ``subscribe`` calls, what their handles hand to consumers
+through a watcher on each handle, and with a tracer, ``broker.publish`` and
+``publish_nowait`` are bound to wrappers that make spans;
+:meth:`Instrumentation.uninstrument` undoes each.
 """
 
 from __future__ import annotations
@@ -35,13 +37,13 @@ import trio
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from . import Broker, Message, Subscription, _port
+from . import Broker, Message, _port
 
 if typing.TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
-    from . import BrokerStatistics, SubscriptionInfo
+    from . import BrokerStatistics, Subscription, SubscriptionInfo
 
 __all__ = ["Instrumentation", "instrument"]
 
@@ -76,8 +78,8 @@ class Instrumentation:
             if tracer_provider is None
             else tracer_provider.get_tracer("trio_pubsub", _version())
         )
-        # the subscription handles entered while instrumented
-        self._subscriptions: set[Subscription[typing.Any]] = set()
+        # the watchers of the subscription handles entered while instrumented
+        self._handles: set[_Handle] = set()
         # what those that have left had received, by series: the broker keeps
         # no total of it (what they were delivered and dropped it does keep)
         self._received_before: dict[tuple[tuple[str, str], ...], int] = {}
@@ -150,11 +152,11 @@ class Instrumentation:
         if _ACTIVE.get(self._broker) is self:
             del _ACTIVE[self._broker]
         _port.on_subscribe(self._broker, None)
-        self._broker.__class__ = Broker
-        for sub in self._subscriptions:
-            _HANDLES.pop(sub).end()
-            sub.__class__ = Subscription
-        self._subscriptions.clear()
+        if self._tracer is not None:
+            _port.bind_publishers(self._broker, None, None)
+        for handle in self._handles:
+            handle.stop()
+        self._handles.clear()
 
     # -- observable instruments ----------------------------------------------
 
@@ -231,20 +233,23 @@ class Instrumentation:
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         return span, carrier
 
-    def _watch(self, sub: Subscription[typing.Any]) -> None:
-        sub.__class__ = _InstrumentedSubscription
-        self._subscriptions.add(sub)
-        _HANDLES[sub] = _Handle(self)
+    def _watch(self, sub: Subscription[typing.Any], family: set[_Handle]) -> _Handle:
+        """Watch the handle ``sub``, one of ``family`` (a subscription's handles)."""
+        handle = _Handle(self, sub, family)
+        family.add(handle)
+        self._handles.add(handle)
+        _port.watch(sub, handle)
+        return handle
 
-    def _forget(self, sub: Subscription[typing.Any]) -> None:
+    def _forget(self, sub: Subscription[typing.Any], family: set[_Handle]) -> None:
         """The scope of ``sub`` is left: forget it and its clones.
 
         What it received stays counted in its series.
         """
-        inbox = sub._inbox
-        for other in [s for s in self._subscriptions if s._inbox is inbox]:
-            self._subscriptions.discard(other)
-            _HANDLES.pop(other).end()
+        for handle in family:
+            self._handles.discard(handle)
+            handle.stop()
+        family.clear()
         key = _key(sub.name, sub.pattern, sub.queue)
         received = sub.statistics().received
         self._received_before[key] = self._received_before.get(key, 0) + received
@@ -268,36 +273,42 @@ def _attributes(name: str, pattern: str, queue: str | None) -> dict[str, str]:
 
 
 class _Handle:
-    """What one instrumented subscription handle keeps between two receives."""
+    """The watcher of one subscription handle: what it keeps between receives."""
 
-    __slots__ = ("attributes", "handed_at", "instrumentation", "span")
+    __slots__ = ("attributes", "family", "handed_at", "instrumentation", "span", "sub")
 
-    def __init__(self, instrumentation: Instrumentation) -> None:
+    def __init__(
+        self,
+        instrumentation: Instrumentation,
+        sub: Subscription[typing.Any],
+        family: set[_Handle],
+    ) -> None:
         self.instrumentation = instrumentation
+        self.sub = sub
+        self.family = family  # the watchers of the subscription's handles
         self.attributes: dict[str, str] | None = None  # made on first use
         self.handed_at: float | None = None
         self.span: trace.Span | None = None
 
-    def asked(self, sub: Subscription[typing.Any]) -> None:
+    def asked(self) -> None:
         """The consumer asks for the next message: the last one is processed."""
         if self.handed_at is not None:
             elapsed = trio.current_time() - self.handed_at
-            self.instrumentation._duration.record(elapsed, self.of(sub))
+            self.instrumentation._duration.record(elapsed, self.of())
             self.handed_at = None
         self.end()
 
-    def of(self, sub: Subscription[typing.Any]) -> dict[str, str]:
+    def of(self) -> dict[str, str]:
         """The attributes of the subscription's processing."""
         if self.attributes is None:
+            sub = self.sub
             self.attributes = {
                 **_attributes(sub.name, sub.pattern, sub.queue),
                 "messaging.operation.name": "process",
             }
         return self.attributes
 
-    def handed(
-        self, sub: Subscription[typing.Any], message: Message[typing.Any]
-    ) -> None:
+    def handed(self, message: Message[typing.Any]) -> None:
         """A message is handed to the consumer: its processing starts."""
         self.handed_at = trio.current_time()
         tracer = self.instrumentation._tracer
@@ -308,82 +319,73 @@ class _Handle:
                 "process",
                 kind=trace.SpanKind.CONSUMER,
                 attributes={
-                    **self.of(sub),
+                    **self.of(),
                     "messaging.operation.type": "process",
                     "messaging.destination.name": message.subject,
                 },
                 links=[trace.Link(context)] if context.is_valid else None,
             )
 
+    def cloned(self, clone: Subscription[typing.Any]) -> _Handle | None:
+        """A clone of the handle is watched too, as one of the family."""
+        if not self.instrumentation._active or self not in self.family:
+            return None
+        return self.instrumentation._watch(clone, self.family)
+
     def end(self) -> None:
         if self.span is not None:
             self.span.end()
             self.span = None
 
+    def stop(self) -> None:
+        """Watch the handle no more; end its open span."""
+        _port.watch(self.sub, None)
+        self.end()
+
 
 _ACTIVE: dict[Broker[typing.Any], Instrumentation] = {}
 """The instrumentation of each instrumented broker (held until uninstrument)."""
 
-_HANDLES: dict[Subscription[typing.Any], _Handle] = {}
-"""What each instrumented subscription handle keeps, until its scope is left."""
 
+def _traced_publishers(
+    broker: Broker[T], state: Instrumentation
+) -> tuple[_port.Publish, _port.PublishNowait]:
+    """``publish`` and ``publish_nowait`` of ``broker``, each making a span."""
+    delivery = _port.pipeline(broker)
+    publish, publish_nowait = delivery.publish, delivery.publish_nowait
 
-def _state(broker: Broker[typing.Any]) -> Instrumentation | None:
-    return _ACTIVE.get(broker)
-
-
-class _TracedBroker(Broker[T]):  # type: ignore[misc]  # final, on purpose
-    """A Broker while instrumented with traces: each publish makes a span.
-
-    Only with a tracer does instrument() change the broker's class, to this
-    one; metrics need no change to publishing at all.
-    """
-
-    __slots__ = ()
-
-    async def publish(
-        self,
+    async def traced_publish(
         subject: str,
         payload: T,
         *,
         headers: Mapping[str, str] | None = None,
         retain: bool = False,
     ) -> int:
-        span, headers = _traced(self, subject, headers)
+        span, headers = state._traced_headers(subject, headers)
         with trace.use_span(span, end_on_exit=True) if span else _NOTHING:
-            return await Broker.publish(
-                self, subject, payload, headers=headers, retain=retain
-            )
+            return await publish(subject, payload, headers=headers, retain=retain)
 
-    def publish_nowait(
-        self,
+    def traced_publish_nowait(
         subject: str,
         payload: T,
         *,
         headers: Mapping[str, str] | None = None,
         retain: bool = False,
     ) -> int:
-        span, headers = _traced(self, subject, headers)
+        span, headers = state._traced_headers(subject, headers)
         with trace.use_span(span, end_on_exit=True) if span else _NOTHING:
-            return Broker.publish_nowait(
-                self, subject, payload, headers=headers, retain=retain
-            )
+            return publish_nowait(subject, payload, headers=headers, retain=retain)
+
+    return traced_publish, traced_publish_nowait
 
 
 _NOTHING = contextlib.nullcontext()
 
 
-def _traced(
-    broker: Broker[typing.Any], subject: str, headers: Mapping[str, str] | None
-) -> tuple[trace.Span | None, Mapping[str, str] | None]:
-    state = _state(broker)
-    return (None, headers) if state is None else state._traced_headers(subject, headers)
-
-
 class _WatchedScope(typing.Generic[T]):
     """A subscription's scope that hands its subscription to the instrumentation."""
 
-    __slots__ = ("_scope", "_state", "_sub")
+    __slots__ = ("_family", "_scope", "_state", "_sub")
 
     def __init__(
         self,
@@ -393,11 +395,12 @@ class _WatchedScope(typing.Generic[T]):
         self._scope = scope
         self._state = state
         self._sub: Subscription[T] | None = None
+        self._family: set[_Handle] = set()
 
     async def __aenter__(self) -> Subscription[T]:
         sub = await self._scope.__aenter__()
         if self._state._active:
-            self._state._watch(sub)
+            self._state._watch(sub, self._family)
         self._sub = sub
         return sub
 
@@ -412,47 +415,7 @@ class _WatchedScope(typing.Generic[T]):
         finally:
             # (after: what it held when it left is counted by then)
             if self._sub is not None:
-                self._state._forget(self._sub)
-
-
-class _InstrumentedSubscription(Subscription[T]):  # type: ignore[misc]  # final
-    """A Subscription entered while its broker was instrumented."""
-
-    __slots__ = ()
-
-    async def receive(self) -> Message[T]:
-        handle = _HANDLES.get(self)
-        if handle is not None:
-            handle.asked(self)
-        message = await Subscription.receive(self)
-        if handle is not None:
-            handle.handed(self, message)
-        return message
-
-    def receive_nowait(self) -> Message[T]:
-        handle = _HANDLES.get(self)
-        if handle is not None:
-            handle.asked(self)
-        message = Subscription.receive_nowait(self)
-        if handle is not None:
-            handle.handed(self, message)
-        return message
-
-    async def __anext__(self) -> Message[T]:
-        handle = _HANDLES.get(self)
-        if handle is not None:
-            handle.asked(self)
-        message = await Subscription.__anext__(self)
-        if handle is not None:
-            handle.handed(self, message)
-        return message
-
-    def clone(self) -> Subscription[T]:
-        clone = Subscription.clone(self)
-        handle = _HANDLES.get(self)
-        if handle is not None:
-            handle.instrumentation._watch(clone)
-        return clone
+                self._state._forget(self._sub, self._family)
 
 
 def instrument(
@@ -494,5 +457,5 @@ def instrument(
     _ACTIVE[broker] = instrumentation
     _port.on_subscribe(broker, functools.partial(_WatchedScope, state=instrumentation))
     if tracer_provider is not None:
-        broker.__class__ = _TracedBroker
+        _port.bind_publishers(broker, *_traced_publishers(broker, instrumentation))
     return instrumentation

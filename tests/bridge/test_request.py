@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from trio_pubsub import Broker, Message, NoRespondersError, Subscription
+from trio_pubsub._broker import pipeline
 from trio_pubsub.nats import decode_json, encode_json, open_bridge
 
 from .peer import Peer
@@ -70,7 +71,7 @@ async def test_a_local_request_reaches_a_nats_responder(
         stats = bridge.statistics()
         assert (stats.imported, stats.dropped) == (5, 0)
     assert broker.statistics().requests_waiting == 0
-    assert [s for s in broker._cache if s.startswith("_INBOX")] == []
+    assert [s for s in pipeline(broker).cache if s.startswith("_INBOX")] == []
 
 
 async def test_a_nats_request_reaches_a_local_responder(

@@ -203,7 +203,7 @@ async def test_a_thread_publisher_made_before_instrument_is_traced(
 ) -> None:
     provider, exporter = spans
     broker = Broker(int)
-    publisher = broker.thread_publisher()  # before the broker's class changes
+    publisher = broker.thread_publisher()  # before the publishers are rebound
     instrumentation = instrument(broker, tracer_provider=provider)
     async with broker.subscribe("orders.*") as sub:
         with trio.fail_after(30):
@@ -229,8 +229,11 @@ async def test_uninstrument_leaves_a_plain_broker(
         instrument(broker, meter_provider=provider)
     async with broker.subscribe("a") as sub:
         clone = sub.clone()
-        assert type(sub).__name__ == "_InstrumentedSubscription"
-        assert type(clone) is type(sub)
+        # Watched through the supported hook: no class changes (issue 28;
+        # before, both were an _InstrumentedSubscription until uninstrument)
+        assert type(sub) is Subscription
+        assert type(clone) is Subscription
+        assert type(broker) is Broker
         instrumentation.uninstrument()
         instrumentation.uninstrument()  # idempotent
         assert type(broker) is Broker

@@ -29,6 +29,7 @@ from tests.model import (
     receive_and_compare,
 )
 from trio_pubsub import Broker, BrokerClosedError, OverflowPolicy, Subscription
+from trio_pubsub._broker import pipeline
 from trio_pubsub._inbox import _NO_BUFFER
 
 Scope = AbstractAsyncContextManager[Subscription[int]]
@@ -136,7 +137,7 @@ class BrokerMachine(RuleBasedStateMachine):
     @invariant()
     def trie_is_pruned_when_empty(self) -> None:
         if self.broker.statistics().subscriptions == 0:
-            assert self.broker._routes.node_count() == 1
+            assert pipeline(self.broker).routes.node_count() == 1
 
 
 TestBrokerMachine = BrokerMachine.TestCase

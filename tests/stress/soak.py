@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from trio_pubsub import Broker, OverflowPolicy
+from trio_pubsub._broker import pipeline
 
 PATTERNS = [
     "orders.>",
@@ -87,7 +88,7 @@ async def _soak(cycles: int, publishes: int, seed: int) -> SoakResult:
     gc.collect()
     end, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    trie_nodes = broker._routes.node_count()
+    trie_nodes = pipeline(broker).routes.node_count()
     return SoakResult(
         cycles=cycles,
         publishes=sent,

@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from trio_pubsub import Broker, OverflowPolicy, Subscription
+from trio_pubsub._broker import pipeline
 
 
 class CancelAtStep(trio.abc.Instrument):
@@ -84,7 +85,7 @@ async def run_once(step: int) -> bool:
     totals = broker.statistics()
     assert totals.subscriptions == 0, context
     assert totals.published == 1 + len(returned), context
-    assert broker._routes.node_count() == 1, context
+    assert pipeline(broker).routes.node_count() == 1, context
     return cancelled
 
 

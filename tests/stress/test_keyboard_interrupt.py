@@ -37,6 +37,7 @@ import trio.testing
 
 import trio_pubsub
 from trio_pubsub import Broker, OverflowPolicy, Subscription
+from trio_pubsub._broker import pipeline
 from trio_pubsub._inbox import _Inbox
 from trio_pubsub._subscription import SubscriptionScope
 
@@ -178,7 +179,7 @@ def check_whole(scenario: Scenario, context: str) -> None:
     stats = [inbox.statistics() for inbox in scenario.inboxes]
     assert totals.subscriptions == 0, context
     assert routing_nodes(broker) == 1, context
-    assert len(broker._replies) == 0, context
+    assert len(pipeline(broker).replies) == 0, context
     assert totals.delivered == sum(s.delivered for s in stats), context
     assert totals.dropped == sum(s.dropped for s in stats), context
     for s in stats:

@@ -76,8 +76,8 @@ async def test_inject_skips_every_export_of_the_broker_issue_16(
         ) as two,
         broker.subscribe("e.*") as other,
     ):
-        assert _port.inject(broker, "e.x", 1, None) is None
-        _port.inject(broker, "e.y", 2, {"h": "v"})
+        assert _port.pipeline(broker).inject("e.x", 1, None) is None
+        _port.pipeline(broker).inject("e.y", 2, {"h": "v"})
         assert drain(one) == drain(two) == []
         first, second = other.receive_nowait(), other.receive_nowait()
         assert (first.payload, dict(first.headers)) == (1, {})
@@ -86,7 +86,7 @@ async def test_inject_skips_every_export_of_the_broker_issue_16(
         assert drain(one) == drain(two) == [3]
         assert broker.statistics().published == 3
     async with broker.subscribe("e.>") as later:
-        _port.inject(broker, "e.w", 4, None)  # no export open now
+        _port.pipeline(broker).inject("e.w", 4, None)  # no export open now
         assert drain(later) == [4]
 
 
@@ -101,12 +101,12 @@ async def test_publish_except_leaves_waiting_to_the_caller(
     ):
         broker.publish_nowait("w", 0)
         drain(left_out)
-        pending = _port.inject(broker, "w", 1, None)
+        pending = _port.pipeline(broker).inject("w", 1, None)
         assert pending is not None
         assert len(pending.full) == 1
         assert broker.statistics().published == 1  # not yet
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_port.finish, broker, pending)
+            nursery.start_soon(_port.pipeline(broker).finish, pending)
             await trio.testing.wait_all_tasks_blocked()
             assert (await sub.receive()).payload == 0
         assert (await sub.receive()).payload == 1
@@ -119,8 +119,8 @@ async def test_stop_routing_keeps_what_is_held(broker: Broker[int]) -> None:
         broker, ["s.>"], max_buffer_size=4, policy=OverflowPolicy.BLOCK
     ) as many:
         broker.publish_nowait("s.a", 1)
-        _port.stop_routing(many)
-        _port.stop_routing(many)  # idempotent
+        many.drain()
+        many.drain()  # idempotent
         broker.publish_nowait("s.a", 2)  # no longer routed, nothing blocks
         assert (await many.receive()).payload == 1
         with pytest.raises(trio.EndOfChannel):
@@ -162,7 +162,7 @@ async def test_stop_routing_releases_waiting_publishers_normally_issue_16(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(publisher)
             await trio.testing.wait_all_tasks_blocked()
-            _port.stop_routing(export)
+            export.drain()
         assert results == [1]  # the other subscription took it; the export left
         assert drain(export) == [1]
         assert drain(other) == [1, 2]
@@ -184,7 +184,7 @@ async def test_a_decline_ends_a_request_only_no_other_subscription_took(
         async def decline_it() -> None:
             request = await out.receive()
             assert request.reply is not None
-            _port.decline(broker, request.reply)
+            _port.pipeline(broker).decline(request.reply)
 
         nursery.start_soon(decline_it)
         with pytest.raises(NoRespondersError, match=r"1 answered no responders"):
@@ -194,10 +194,10 @@ async def test_a_decline_ends_a_request_only_no_other_subscription_took(
             async def decline_then_answer() -> None:
                 request = await out.receive()
                 assert request.reply is not None
-                _port.decline(broker, request.reply)
+                _port.pipeline(broker).decline(request.reply)
                 await trio.testing.wait_all_tasks_blocked()
                 await local.receive_nowait().respond(5)
-                _port.decline(broker, request.reply)  # ended: nothing happens
+                _port.pipeline(broker).decline(request.reply)  # ended: nothing happens
 
             nursery.start_soon(decline_then_answer)
             assert (await broker.request("q", 1, timeout=1)).payload == 5
@@ -219,7 +219,7 @@ async def test_a_decline_while_the_request_still_waits_for_room(
         async def decline_then_make_room() -> None:
             request = await out.receive()
             assert request.reply is not None
-            _port.decline(broker, request.reply)
+            _port.pipeline(broker).decline(request.reply)
             await trio.sleep(1)
             full.receive_nowait()  # room: the request goes in
             await (await full.receive()).respond(9)
@@ -233,9 +233,9 @@ async def test_inject_request_waits_on_a_reply_only_if_someone_took_it(
 ) -> None:
     async with export(broker, ["q.>"]):
         # only the export matches: a plain message to nobody, nothing waits
-        assert _port.inject_request(broker, "q.a", 1, None) == (None, None)
+        assert _port.pipeline(broker).inject_request("q.a", 1, None) == (None, None)
         async with broker.subscribe("q.a", max_buffer_size=1) as local:
-            pending, reply = _port.inject_request(broker, "q.a", 2, {"h": "v"})
+            pending, reply = _port.pipeline(broker).inject_request("q.a", 2, {"h": "v"})
             assert pending is None
             assert reply is not None
             assert reply.asked == "q.a"
@@ -247,17 +247,17 @@ async def test_inject_request_waits_on_a_reply_only_if_someone_took_it(
             reply.close()
             # a full DROP_NEWEST one drops it: nothing waits either
             broker.publish_nowait("q.a", 0)
-            assert _port.inject_request(broker, "q.a", 3, None) == (None, None)
+            assert _port.pipeline(broker).inject_request("q.a", 3, None) == (None, None)
             assert local.statistics().dropped == 1
         async with broker.subscribe(
             "q.b", max_buffer_size=1, policy=OverflowPolicy.BLOCK
         ) as blocking:
             broker.publish_nowait("q.b", 0)
-            pending, reply = _port.inject_request(broker, "q.b", 5, None)
+            pending, reply = _port.pipeline(broker).inject_request("q.b", 5, None)
             assert pending is not None
             assert reply is not None
             blocking.receive_nowait()
-            await _port.finish(broker, pending)
+            await _port.pipeline(broker).finish(pending)
             assert blocking.receive_nowait().reply == reply.subject
             reply.close()
     assert broker.statistics().requests_waiting == 0

@@ -21,6 +21,7 @@ from trio_pubsub import (
     SlowConsumerError,
     Subscription,
 )
+from trio_pubsub._broker import pipeline
 
 T = TypeVar("T")
 
@@ -354,7 +355,7 @@ async def test_a_group_starts_afresh_after_its_last_member_left(
         broker.publish_nowait("j", 2)
         broker.publish_nowait("j", 3)
         assert (drain(first), drain(second)) == ([2], [3])
-    assert broker._routes.groups == {}
+    assert pipeline(broker).routes.groups == {}
 
 
 async def test_joining_and_leaving_update_cached_routes(cache_size: int) -> None:

@@ -20,6 +20,7 @@ from trio_pubsub import (
     OverflowPolicy,
     Subscription,
 )
+from trio_pubsub._broker import pipeline
 
 from ..helpers import drain, request_leftovers, routing_nodes
 
@@ -310,7 +311,12 @@ async def test_only_requests_can_be_answered() -> None:
 async def test_reply_subjects_are_reserved() -> None:
     broker = Broker(int)
     before = broker.statistics()
-    for subject in ["_INBOX", "_INBOX.x", "_INBOX.x.1", broker._replies.prefix[:-1]]:
+    for subject in [
+        "_INBOX",
+        "_INBOX.x",
+        "_INBOX.x.1",
+        pipeline(broker).replies.prefix[:-1],
+    ]:
         with pytest.raises(InvalidSubjectError, match="reserved for reply subjects"):
             await broker.publish(subject, 1)
         with pytest.raises(InvalidSubjectError, match="reserved for reply subjects"):
@@ -318,10 +324,10 @@ async def test_reply_subjects_are_reserved() -> None:
         with pytest.raises(InvalidSubjectError, match="none listens under _INBOX"):
             await broker.request(subject, 1, timeout=1)
     # one of ours, but never issued: published to nobody
-    assert await broker.publish(broker._replies.prefix + "99", 1) == 0
+    assert await broker.publish(pipeline(broker).replies.prefix + "99", 1) == 0
     assert broker.statistics().published == before.published + 1
     with pytest.raises(InvalidSubjectError, match="never retained"):
-        await broker.publish(broker._replies.prefix + "99", 1, retain=True)
+        await broker.publish(pipeline(broker).replies.prefix + "99", 1, retain=True)
     with pytest.raises(InvalidSubjectError, match="never retained"):
         broker.publish_nowait("_INBOX.x", 1, retain=True)
     for pattern in ["_INBOX", "_INBOX.>", "_INBOX.*.1"]:
@@ -370,7 +376,7 @@ async def test_a_thousand_requests_leave_the_cache_and_the_trie_as_they_were() -
             assert answer.payload == 2 * i
         assert request_leftovers(broker) == (0, [])
         assert routing_nodes(broker) == nodes
-        assert sorted(broker._cache) == ["q.0", "q.1", "q.2", "q.3"]
+        assert sorted(pipeline(broker).cache) == ["q.0", "q.1", "q.2", "q.3"]
         nursery.cancel_scope.cancel()
 
 
@@ -400,7 +406,7 @@ def test_a_request_can_be_the_broker_s_first_call_in_a_run() -> None:
     async def ask() -> bool:
         with pytest.raises(NoRespondersError):
             await broker.request("q", 1, timeout=1)
-        return broker._run.token is trio.lowlevel.current_trio_token()
+        return pipeline(broker).run.token is trio.lowlevel.current_trio_token()
 
     assert trio.run(ask)
 

@@ -23,6 +23,7 @@ from trio_pubsub import (
     SlowConsumerError,
     subject_matches,
 )
+from trio_pubsub._broker import pipeline
 from trio_pubsub._retained import RetainedStore
 
 STATE = {
@@ -90,7 +91,7 @@ async def test_clear_retained_forgets_one_subject() -> None:
     for subject in list(STATE):
         broker.clear_retained(subject)
     assert broker.statistics().retained == 0
-    assert broker._retained.node_count() == 1  # pruned back to the root
+    assert pipeline(broker).retained.node_count() == 1  # pruned back to the root
     with pytest.raises(InvalidSubjectError):
         broker.clear_retained("config.*")
     with pytest.raises(TypeError):

@@ -340,7 +340,7 @@ class Bridge(Generic[T]):
         self, link: Link, exporter: Exporter[T], importer: Importer[T]
     ) -> None:
         if exporter.sub is not None:
-            _port.stop_routing(exporter.sub)
+            exporter.sub.drain()
             await exporter.done.wait()
         while importer.answering:  # noqa: ASYNC110 (each ends within request_timeout)
             await trio.sleep(0.005)

@@ -49,6 +49,7 @@ class Exporter(Generic[T]):
         max_outbound_bytes: int,
     ) -> None:
         self._broker = broker
+        self._pipeline = _port.pipeline(broker)
         self._link = link
         self._encode = encode
         self._head = head
@@ -150,7 +151,7 @@ class Exporter(Generic[T]):
             reply = message.reply
             deadline = None
             if reply is not None:
-                left = _port.time_left(self._broker, reply)
+                left = self._pipeline.time_left(reply)
                 if left is None or left <= 0:
                     self._expire(message.subject)
                     continue

@@ -2,7 +2,7 @@
 
 One trio task per lane (an inbound pattern, or the answers to the broker's
 own requests; see ``_link.Lane``) takes what the link's thread has queued and
-publishes it past every export of the broker (``_port.inject``), in order;
+publishes it past every export of the broker (its pipeline's ``inject``), in order;
 only that lane waits for a full ``BLOCK`` subscriber. A request from NATS is
 published as a request, if its reply subject is one the bridge answers and
 fewer than ``max_requests`` wait, and one task per request waits for the first
@@ -53,6 +53,7 @@ class Importer(Generic[T]):
         send_answer: Callable[[Message[T], str], Awaitable[None]],
     ) -> None:
         self._broker = broker
+        self._pipeline = _port.pipeline(broker)
         self._link = link
         self._decode = decode
         self._head = head
@@ -122,7 +123,7 @@ class Importer(Generic[T]):
 
     async def _import_rest(self, pending: _port.Pending[T]) -> None:
         try:
-            await _port.finish(self._broker, pending)
+            await self._pipeline.finish(pending)
         except BrokerClosedError as error:
             self.lost += 1
             self._warn_import(
@@ -177,11 +178,11 @@ class Importer(Generic[T]):
         reply = None
         try:
             if answer_to:
-                pending, reply = _port.inject_request(
-                    self._broker, subject, payload, headers
+                pending, reply = self._pipeline.inject_request(
+                    subject, payload, headers
                 )
             else:
-                pending = _port.inject(self._broker, subject, payload, headers)
+                pending = self._pipeline.inject(subject, payload, headers)
         except (InvalidSubjectError, TypeError, BrokerClosedError) as error:
             self.lost += 1
             self._warn_import(
@@ -257,7 +258,7 @@ class Importer(Generic[T]):
         """
         subject, _, data, headers = item
         if headers and headers.get("Status") == _NO_RESPONDERS and not data:
-            _port.decline(self._broker, subject)
+            self._pipeline.decline(subject)
             return
         try:
             payload = self._decode(data)
@@ -271,7 +272,7 @@ class Importer(Generic[T]):
             )
             return
         try:
-            _port.inject(self._broker, subject, payload, headers)
+            self._pipeline.inject(subject, payload, headers)
         except (TypeError, BrokerClosedError) as error:
             self.lost += 1
             self._warn_import(

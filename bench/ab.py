@@ -5,8 +5,9 @@
 The package of ``<commit>`` is taken from git (``git archive``), imported under
 another name beside the working tree's, and both run the same workloads in
 turn, batch after batch: W1 (one literal subject, fan-out F) and W2 (the hot
-subjects of N patterns of the W2 mix, all cache hits), and W3b (a miss minus
-a hit on the same new subjects, see ``misses.py``). Each round times one
+subjects of N patterns of the W2 mix, all cache hits), W3b (a miss minus
+a hit on the same new subjects, see ``misses.py``), and the thread publisher
+(two threads, 20,000 messages each, DROP_NEWEST and BLOCK). Each round times one
 batch of A and one of B, in alternating order; the figure reported is the
 median over rounds of the ratio A/B of the two times (before / now), so drift
 of the shared machine between rounds cancels. 1.00x means equal; above 1 the
@@ -31,9 +32,16 @@ from typing import Any
 
 import trio
 from misses import miss_minus_hit_us
-from workloads import Ours, cycle, fresh_subjects, make_patterns
+from workloads import (
+    Ours,
+    cycle,
+    fresh_subjects,
+    make_patterns,
+    thread_publisher_rate,
+)
 
 import trio_pubsub
+from trio_pubsub import OverflowPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,6 +140,24 @@ async def main(before: ModuleType, rounds: int, messages: int) -> None:
         print(f"{name:<34} {t_old:>10.3f} {t_new:>10.3f} {ratio:>9.3f}x")
         await old.stack.aclose()
         await new.stack.aclose()
+    for policy in (OverflowPolicy.DROP_NEWEST, OverflowPolicy.BLOCK):
+        times: dict[str, list[float]] = {"old": [], "new": []}
+        ratios = []
+        for round_ in range(max(3, rounds // 3)):
+            order = [("old", before), ("new", trio_pubsub)]
+            if round_ % 2:
+                order.reverse()
+            got = {}
+            for label, api in order:
+                got[label] = await thread_publisher_rate(2, 20_000, policy, api)
+                times[label].append(got[label])
+            ratios.append(got["old"] / got["new"])
+        name = f"thread publisher, 2 threads, {policy.name}"
+        t_old, t_new = statistics.median(times["old"]), statistics.median(times["new"])
+        print(
+            f"{name:<34} {t_old:>10.3f} {t_new:>10.3f} "
+            f"{statistics.median(ratios):>9.3f}x"
+        )
 
 
 def run() -> None:

@@ -408,7 +408,9 @@ def ab(before: ModuleType, rounds: int, scale: float) -> None:
 
         return run
 
-    for label, ours, _ in CASES:
+    cases = [(label, ours) for label, ours, _ in CASES]
+    cases.append(("W10b batches(64), BLOCK bursts", ours_batches))
+    for label, ours in cases:
         for consumers, messages in SIZES.items():
             n = max(50, int(messages * scale))
             ratios = []

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -274,7 +275,10 @@ async def thread_publishes(threads: int, per_thread: int) -> float:
 
 
 async def thread_publisher_rate(
-    threads: int, per_thread: int, policy: OverflowPolicy = OverflowPolicy.DROP_NEWEST
+    threads: int,
+    per_thread: int,
+    policy: OverflowPolicy = OverflowPolicy.DROP_NEWEST,
+    api: Any = None,
 ) -> float:
     """µs per message through ``broker.thread_publisher()``, ``threads`` at once.
 
@@ -283,7 +287,10 @@ async def thread_publisher_rate(
     64, so the threads are held back whenever it falls behind).
     """
     block = policy is OverflowPolicy.BLOCK
-    broker = Broker[int](max_buffer_size=64 if block else BIG)
+    broker_class: Any = Broker if api is None else api.Broker  # (another version's)
+    broker = broker_class(max_buffer_size=64 if block else BIG)
+    if api is not None:
+        policy = getattr(api.OverflowPolicy, policy.name)
 
     def worker(number: int) -> None:
         with broker.thread_publisher() as publisher:

@@ -27,7 +27,7 @@ from ._policy import OverflowPolicy  # noqa: TC001
 from ._stats import BrokerStatistics, SubscriptionInfo  # noqa: TC001
 from ._subject import parse_pattern
 from ._subscription import Subscription  # noqa: TC001
-from ._threads import ThreadPublisher, check_item
+from ._threads import ThreadPublisher
 
 T = TypeVar("T")
 
@@ -305,10 +305,8 @@ class Broker(Generic[T]):
             BrokerClosedError: the broker is closed.
         """
         check_int("max_pending", max_pending)
-        delivery = self._delivery
-        delivery.check_open()
-        check = functools.partial(check_item, delivery)
-        return ThreadPublisher(delivery.run, check, self, max_pending)
+        self._delivery.check_open()
+        return ThreadPublisher(self._delivery, self, max_pending)
 
     async def request(
         self,

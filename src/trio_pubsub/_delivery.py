@@ -481,14 +481,24 @@ class Delivery(Generic[T]):
         headers: Mapping[str, str] | None = None,
         retain: bool = False,
     ) -> int:
-        """``Broker.publish``: see there."""
+        """``Broker.publish``: the steps, and a wait for the full targets.
+
+        While no ``BLOCK`` subscription is registered, no target can be full:
+        it is a ``publish_nowait`` between two checkpoints.
+        """
         if retain is not False and retain is not True:
-            raise retain_error(retain)
+            raise retain_error(retain)  # (before the checkpoint, as documented)
         if retain:
             check_retainable(subject)
         await trio.lowlevel.checkpoint_if_cancelled()
         if self.run.token is None:
             self.run.learn()
+        if not self.routes.blocking:
+            accepted = self.publish_nowait(
+                subject, payload, headers=headers, retain=retain
+            )
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return accepted
         message, targets = self.prepare(subject, payload, headers)
         if retain:
             self.retained.put(message.subject, message)
@@ -594,7 +604,22 @@ class Delivery(Generic[T]):
         Raises:
             InvalidSubjectError, TypeError, BrokerClosedError: as ``publish`` does.
         """
-        return self.inject_request(subject, payload, headers, ask=False)[0]
+        exports = self.exports
+        if not self.routes.blocking and headers is None:
+            cached = self.cache.get(subject)
+            if cached is not None and (not exports or exports.isdisjoint(cached)):
+                # No export among them, and none can be full: publish_nowait
+                self.publish_nowait(subject, payload)
+                return None
+        message, targets = self.prepare(subject, payload, headers)
+        if exports and not exports.isdisjoint(targets):
+            targets = _without(targets, exports)
+        full: list[Target[T]] = []
+        self.offer(message, targets, full)
+        if full:
+            return Pending(message, full)
+        self.published += 1
+        return None
 
     @enable_ki_protection
     def inject_request(
@@ -602,8 +627,6 @@ class Delivery(Generic[T]):
         subject: str,
         payload: T,
         headers: Mapping[str, str] | None,
-        *,
-        ask: bool = True,
     ) -> tuple[Pending[T] | None, Reply[T] | None]:
         """:meth:`inject` a request, as ``Broker.request`` publishes one.
 
@@ -615,9 +638,9 @@ class Delivery(Generic[T]):
         message, targets = self.prepare(subject, payload, headers)
         exports = self.exports
         if exports and not exports.isdisjoint(targets):
-            targets = tuple(target for target in targets if target not in exports)
+            targets = _without(targets, exports)
         reply: Reply[T] | None = None
-        if ask and targets:
+        if targets:
             reply = self.replies.open(message.subject)
             message = request_message(message, reply.subject, self.respond)
         full: list[Target[T]] = []
@@ -813,3 +836,12 @@ def check_retainable(subject: object) -> None:
 
 def _reserved(subject: object) -> typing.TypeGuard[str]:
     return isinstance(subject, str) and is_reserved(subject)
+
+
+def _without(targets: tuple[R, ...], skip: set[typing.Any]) -> tuple[R, ...]:
+    """``targets`` but those in ``skip``, in order.
+
+    (A generator inline would make ``skip`` a cell of the caller's frame, at a
+    cost to every call of the caller.)
+    """
+    return tuple(target for target in targets if target not in skip)

@@ -8,7 +8,7 @@ patterns (a NATS bridge's export) appearing once. Swapping the matcher is a
 change to this module alone.
 
 The match cache maps literal subjects to their targets, as nats-server's
-Sublist does. The broker reads ``cache`` directly on its hot path (one dict
+Sublist does. The pipeline reads ``cache`` directly on its hot path (one dict
 lookup per publish) and never writes it. It is kept exact: registering or
 removing an inbox updates only the entries it affects (one lookup for a
 literal pattern, a scan of the cache for a wildcard one). It is bounded twice:

@@ -21,7 +21,7 @@ from ._message import freeze_headers
 from ._subject import REPLY_ROOT, parse_subject
 
 if typing.TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
     from ._delivery import Delivery, TrioRun
 
@@ -116,9 +116,9 @@ class ThreadPublisher(typing.Generic[T]):
 
     __slots__ = (
         "_broker",
-        "_check",
         "_closed",
         "_condition",
+        "_delivery",
         "_lost",
         "_max_pending",
         "_published",
@@ -132,14 +132,10 @@ class ThreadPublisher(typing.Generic[T]):
     )
 
     def __init__(
-        self,
-        run: TrioRun,
-        check: Callable[[object, object, object], Item],
-        broker: _Publishes,
-        max_pending: int,
+        self, delivery: Delivery[T], broker: _Publishes, max_pending: int
     ) -> None:
-        self._run = run
-        self._check = check
+        self._delivery = delivery
+        self._run: TrioRun = delivery.run
         # Its publish methods are looked up for each batch, not bound once: a
         # broker whose publishers are rebound (trio_pubsub.otel's tracing) is
         # followed.
@@ -157,7 +153,7 @@ class ThreadPublisher(typing.Generic[T]):
         # The trio thread's ident, once known: publish() compares it (one
         # call) instead of asking trio (which raises outside a run).
         self._trio_thread: int | None = None
-        if run.is_current():
+        if self._run.is_current():
             self._trio_thread = threading.get_ident()
 
     # -- in the calling thread -------------------------------------------------
@@ -181,7 +177,7 @@ class ThreadPublisher(typing.Generic[T]):
             BrokerClosedError: this handle is closed, or the broker is, or its
                 trio run has ended.
         """
-        item = self._check(subject, payload, headers)
+        item = check_item(self._delivery, subject, payload, headers)
         trio_thread = self._trio_thread
         if trio_thread is None or threading.get_ident() == trio_thread:
             self._run.check_caller("ThreadPublisher.publish()")

@@ -56,7 +56,9 @@ async def test_publish_nowait_while_a_request_waits_takes_the_steps() -> None:
     broker = Broker[int](match_cache_size=0)
     async with (
         broker.subscribe("q") as responder,
-        broker.subscribe("full", max_buffer_size=1, policy=OverflowPolicy.BLOCK),
+        broker.subscribe(
+            "full", max_buffer_size=1, policy=OverflowPolicy.BLOCK
+        ) as blocking,
         broker.subscribe("other") as other,
         trio.open_nursery() as nursery,
     ):
@@ -76,6 +78,20 @@ async def test_publish_nowait_while_a_request_waits_takes_the_steps() -> None:
         assert broker.publish_nowait("full", 1) == 1
         with pytest.raises(trio.WouldBlock):
             broker.publish_nowait("full", 2)  # all or nothing, as ever
+        # publish goes on from the refusal: offered to all, then it waits
+        waited: list[int] = []
+
+        async def publish() -> None:
+            waited.append(await broker.publish("full", 3, retain=True))
+
+        nursery.start_soon(publish)
+        await trio.testing.wait_all_tasks_blocked()
+        assert waited == []
+        assert [m.payload for m in broker.retained("full")] == [3]
+        assert blocking.receive_nowait().payload == 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert waited == [1]
+        assert blocking.receive_nowait().payload == 3
         assert broker.publish_nowait(request.reply, 10, retain=False) == 1
         assert broker.publish_nowait(request.reply, 11) == 0  # answered already
     assert [a.payload for a in answers] == [10]

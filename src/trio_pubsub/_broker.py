@@ -2,9 +2,9 @@
 
 ``publish`` and ``publish_nowait`` are bound per broker straight to the
 pipeline's methods (an instance attribute comes before the class's method),
-so a call runs no frame of the facade, which would cost about 6% of a
-``publish_nowait``; the class's methods, which document them, delegate when
-called through the class. An instrumentation rebinds them with
+so a call runs no frame of the facade, which would cost 28 ns, about 6% of a
+``publish_nowait`` at fan-out 1; the class's methods, which document them,
+delegate when called through the class. An instrumentation rebinds them with
 :func:`bind_publishers`: no class changes.
 """
 

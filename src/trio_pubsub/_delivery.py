@@ -16,12 +16,15 @@ bridge importing. The pipeline has three steps:
    ``offer`` and ``put`` check their state); inboxes that enter meanwhile are
    not in the snapshot.
 
-One documented copy of steps 1 and 2 is inlined: in :meth:`Delivery.publish_nowait`,
-for a cached subject without headers while no ``BLOCK`` subscription is
-registered (the W1 and W2 workloads): it appends to a target's buffer itself
-while the buffer is below the target's ``limit``, the one place outside
-``_Inbox`` that does, as ``_Inbox`` documents. Going through the steps instead
-costs 12% of such a publish (fan-out 1; see the performance page).
+One documented copy of steps 1 and 2 is inlined, in :meth:`Delivery.publish_nowait`
+for a cached subject without headers (the W1 and W2 workloads): it appends to
+a target's buffer itself while the buffer is below the target's ``limit``, the
+one place outside ``_Inbox`` that does, as ``_Inbox`` documents. Through the
+steps instead, a W1 publish took 1.38x the time at fan-out 1 and 2.0x at
+fan-out 100 (``bench/ab.py`` against that variant). ``publish`` is a
+``publish_nowait`` between two checkpoints while no ``BLOCK`` subscription is
+registered (no target can be full), and the steps otherwise; an import of a
+cached subject that reaches no export is one too.
 
 No checkpoint lies between checking a call and changing state, so a rejected
 call leaves the broker as it was; every method that changes state is protected

@@ -442,7 +442,12 @@ class Delivery(Generic[T]):
         message_type = self.message_type
         if message_type is not None and not isinstance(payload, message_type):  # type: ignore[arg-type]
             raise payload_error(message_type, payload)
-        message = new_message(subject, payload, headers)
+        if headers is None:  # new_message() without its call, as most are
+            message: Message[T] = new_object(Message)
+            set_subject(message, subject)
+            set_payload(message, payload)
+        else:
+            message = new_message(subject, payload, headers)
         if targets is None:
             # A closed broker caches nothing: every call on it gets here.
             self.check_open()

@@ -20,6 +20,9 @@ extensions = [
 source_suffix = {".md": "markdown"}
 exclude_patterns = ["_build"]
 myst_heading_anchors = 3
+# {{ release }} in a page: the version, from the package.
+myst_enable_extensions = ["substitution"]
+myst_substitutions = {"release": release}
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import subprocess
 import sys
@@ -231,3 +232,22 @@ def test_a_real_signal_drains_the_broker(signum: signal.Signals) -> None:
     assert "every accepted job was done: True" in out
     assert "dropped: 0" in out
     assert "Traceback" not in err
+
+
+def test_the_landing_page_shows_what_the_quickstart_prints_issue_29() -> None:
+    """The output under the quickstart on the index is the real output."""
+    page = (EXAMPLES.parent / "docs" / "index.md").read_text()
+    shown = page.split("It prints:")[1].split("```text\n")[1].split("```")[0]
+    assert run("quickstart.py") == shown
+
+
+def test_the_performance_table_is_what_the_benchmarks_measured_issue_29() -> None:
+    """bench/users.md is derived from bench/results.md, never typed by hand."""
+    bench = EXAMPLES.parent / "bench"
+    spec = importlib.util.spec_from_file_location("users", bench / "users.py")
+    assert spec is not None
+    assert spec.loader is not None
+    users = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(users)
+    derived = users.table((bench / "results.md").read_text())
+    assert (bench / "users.md").read_text() == derived

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import pkgutil
+import re
+import typing
 
 from sphinx.pycode import ModuleAnalyzer
 
@@ -15,13 +18,19 @@ release = trio_pubsub.__version__
 extensions = [
     "myst_parser",
     "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
 ]
+# The summary tables at the top of the API page link to the entries below
+# them; no page per name is generated.
+autosummary_generate = False
+# A signature longer than this shows one parameter per line.
+maximum_signature_line_length = 88
 source_suffix = {".md": "markdown"}
 exclude_patterns = ["_build"]
 myst_heading_anchors = 3
 # {{ release }} in a page: the version, from the package.
-myst_enable_extensions = ["substitution"]
+myst_enable_extensions = ["deflist", "substitution"]
 myst_substitutions = {"release": release}
 
 autodoc_member_order = "bysource"
@@ -87,3 +96,39 @@ def _read_public_names_at_their_source() -> None:
 
 
 _read_public_names_at_their_source()
+
+
+_ASYNC_ITERATOR = re.compile(r"^(~?[\w.]*\.)?AsyncIterator\[")
+
+
+def _context_manager_returns(
+    app: object,
+    what: str,
+    name: str,
+    obj: object,
+    options: object,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str | None, str | None] | None:
+    """Show what an ``@asynccontextmanager`` function returns: a context manager.
+
+    autodoc reads the decorated generator's annotation, ``AsyncIterator[X]``;
+    callers get an ``AbstractAsyncContextManager[X]`` to use in ``async with``.
+    """
+    wrapped = getattr(obj, "__wrapped__", None)
+    if (
+        what == "function"
+        and wrapped is not None
+        and inspect.isasyncgenfunction(wrapped)
+        and return_annotation
+    ):
+        fixed = _ASYNC_ITERATOR.sub(
+            "~contextlib.AbstractAsyncContextManager[", return_annotation
+        )
+        return signature, fixed
+    return None
+
+
+def setup(app: typing.Any) -> None:
+    """Hook the signature fix into autodoc."""
+    app.connect("autodoc-process-signature", _context_manager_returns)

@@ -16,7 +16,8 @@ async def main() -> None:
         await broker.publish("orders.42.shipped", "not matched by the pattern")
         message = await sub.receive()
         print(f"{message.subject}: {message.payload}")
-        print(sub.statistics())
+        stats = sub.statistics()
+        print(f"delivered {stats.delivered}, dropped {stats.dropped}")
 
 
 trio.run(main)

@@ -265,10 +265,16 @@ class Broker(Generic[T]):
         which it last entered a subscription, or was first awaited in
         ``publish`` or ``async with``.
 
-        Args: as for :meth:`publish`.
+        Args:
+            subject: A literal subject (no wildcards), as for :meth:`publish`.
+            payload: The message's payload.
+            headers: Metadata for the receivers: a mapping of ``str`` to
+                ``str``, as for :meth:`publish`.
+            retain: Also keep it as the last message of ``subject``.
 
         Returns:
-            As for :meth:`publish`.
+            How many subscriptions accepted the message, as :meth:`publish`
+            returns.
 
         Raises:
             RuntimeError: called from the broker's own trio thread (it would wait

@@ -61,7 +61,7 @@ def _version() -> str:
 
 
 class Instrumentation:
-    """The handle :func:`instrument` returns; :meth:`uninstrument` ends it."""
+    """What :func:`~trio_pubsub.otel.instrument` returns; ``uninstrument()`` ends it."""
 
     def __init__(
         self,

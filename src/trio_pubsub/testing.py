@@ -122,7 +122,7 @@ def subjects(
 
 
 @st.composite
-def patterns(
+def patterns(  # noqa: D417 (draw is hypothesis's: callers never pass it)
     draw: st.DrawFn,
     *,
     tokens: SearchStrategy[str] | None = None,
@@ -134,7 +134,6 @@ def patterns(
     """Patterns of ``min_depth`` to ``max_depth`` tokens.
 
     Args:
-        draw: Given by hypothesis (call ``patterns(...)`` without it).
         tokens: Where the literal tokens come from (default: :func:`tokens`).
         min_depth: The fewest tokens (>= 1).
         max_depth: The most tokens.

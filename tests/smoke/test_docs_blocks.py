@@ -176,6 +176,7 @@ HARNESSES: dict[tuple[str, int], Harness] = {
     ("docs/how-to/property-test-routing.md", 1): Harness("pytest"),
     ("docs/how-to/property-test-routing.md", 2): Harness("pytest"),
     ("docs/how-to/request-reply.md", 1): Harness("async", ASK_BY_HEADER),
+    ("docs/reference/api.md", 1): Harness("pytest"),
 }
 
 

@@ -118,7 +118,7 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "quickstart.py": [
         "orders.42.created: order 42 was created",
-        "SubscriptionStatistics(delivered=1, received=1, pending=0, dropped=0,",
+        "delivered 1, dropped 0",
     ],
 }
 

@@ -60,7 +60,7 @@ T = TypeVar("T")
 
 @attrs.frozen(kw_only=True)
 class BridgeStatistics:
-    """A snapshot of a bridge's counters (:meth:`Bridge.statistics`)."""
+    """A snapshot of a bridge's counters, from ``Bridge.statistics()``."""
 
     exported: int
     """Messages sent to NATS and confirmed by the server (a PING/PONG after them),
@@ -104,7 +104,7 @@ class BridgeStatistics:
 
 
 class Bridge(Generic[T]):
-    """A running bridge, as :func:`open_bridge` yields it."""
+    """A running bridge, as :func:`~trio_pubsub.nats.open_bridge` yields it."""
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ from ._errors import (
     NoRespondersError as NoRespondersError,
     SlowConsumerError as SlowConsumerError,
 )
+from ._inbox import SubscriptionState as SubscriptionState
 from ._message import Message as Message
 from ._policy import OverflowPolicy as OverflowPolicy
 from ._stats import (
@@ -45,6 +46,7 @@ __all__ = [
     "SlowConsumerError",
     "Subscription",
     "SubscriptionInfo",
+    "SubscriptionState",
     "SubscriptionStatistics",
     "ThreadPublisher",
     "subject_matches",

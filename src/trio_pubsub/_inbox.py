@@ -117,18 +117,26 @@ class Tally:
         return clock()
 
 
-class State(enum.Enum):
+class SubscriptionState(enum.Enum):
+    """Where a subscription is in its life: :attr:`Subscription.state`.
+
+    Every state but ``OPEN`` is final: the broker routes nothing more to it.
+    """
+
     OPEN = enum.auto()
     """Registered in the broker's routes, taking new messages."""
     ENDED = enum.auto()
-    """The broker was closed: drain, then ``trio.EndOfChannel``."""
+    """The broker was closed; drain, then ``trio.EndOfChannel``."""
     DRAINED = enum.auto()
-    """Routed nothing more while the broker stays open: drain, then
+    """Routed nothing more while the broker stays open; drain, then
     ``trio.EndOfChannel``; publishers waiting on it return as if it had left."""
     CUT_OFF = enum.auto()
-    """Disconnected as a slow consumer: drain, then ``SlowConsumerError``."""
+    """Disconnected as a slow consumer; drain, then ``SlowConsumerError``."""
     CLOSED = enum.auto()
     """Left (scope exit or ``close()``): buffer discarded, ``ClosedResourceError``."""
+
+
+State = SubscriptionState  # (the name the core uses)
 
 
 # -- the waiters helper: park, wake one, wake all -------------------------------
@@ -214,6 +222,7 @@ class _Inbox(Generic[T]):
         "since",
         "senders",
         "state",
+        "stopped",
         "streak",
         "streak_mark",
         "tally",
@@ -251,6 +260,8 @@ class _Inbox(Generic[T]):
         self.disconnect_after = disconnect_after
         self.tally = tally
         self.state = State.OPEN
+        # Set once it is no longer OPEN; made only for a task that waits for it
+        self.stopped: trio.Event | None = None
         self.buffer: deque[Message[T]] = _NO_BUFFER
         # What the fast path may fill the buffer up to: max_buffer_size, or 0
         # while receivers wait (a message for them takes the slow path and is
@@ -714,11 +725,21 @@ class _Inbox(Generic[T]):
 
     def _wake_everyone(self, *, broker_closed: bool) -> None:
         self.limit = 0  # no longer open: every message takes offer()'s checks
+        if self.stopped is not None:
+            self.stopped.set()
         if broker_closed:
             _wake_all(self.senders, lambda: outcome.Error(self._broker_closed()))
         else:
             _wake_all(self.senders, lambda: outcome.Value(False))
         _wake_all(self.receivers, lambda: outcome.Value(None))
+
+    def stop_event(self) -> trio.Event:
+        """An event set once the inbox is no longer ``OPEN`` (made on demand)."""
+        if self.stopped is None:
+            self.stopped = trio.Event()
+            if self.state is not State.OPEN:
+                self.stopped.set()
+        return self.stopped
 
     def statistics(self) -> SubscriptionStatistics:
         # From now on, receives look at the clock too: the figure is read.

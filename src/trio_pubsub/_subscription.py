@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 import trio
 from trio.lowlevel import enable_ki_protection
 
-from ._inbox import State
+from ._inbox import State, SubscriptionState
 from ._message import Message
 from ._options import check_int
 from ._policy import OverflowPolicy  # noqa: TC001
@@ -120,6 +120,28 @@ class Subscription(trio.abc.ReceiveChannel[Message[T_co]]):
     def max_buffer_size(self) -> int:
         """How many messages its buffer holds."""
         return self._inbox.max_buffer_size
+
+    @property
+    def state(self) -> SubscriptionState:
+        """Where it is in its life; ``OPEN`` while the broker routes to it.
+
+        ``CUT_OFF`` the moment ``DISCONNECT`` cuts it off, ``DRAINED`` after
+        :meth:`drain`, ``ENDED`` once the broker is closed, ``CLOSED`` once it
+        has left; what it holds can still be received in all but ``CLOSED``.
+        """
+        return self._inbox.state
+
+    async def wait_stopped(self) -> SubscriptionState:
+        """Wait until the broker routes nothing more to it; return its state.
+
+        Returns as soon as it is cut off by ``DISCONNECT``, drained, ended by
+        the broker's :meth:`~Broker.aclose` or closed, without waiting for its
+        consumer to drain what it holds: a task busy elsewhere (sending to a
+        slow client, say) can watch for it and act at once. A trio checkpoint,
+        also when it has stopped already; cancelling it changes nothing.
+        """
+        await self._inbox.stop_event().wait()
+        return self._inbox.state
 
     @enable_ki_protection
     async def receive(self) -> Message[T_co]:

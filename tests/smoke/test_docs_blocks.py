@@ -46,8 +46,9 @@ PRELUDE = """\
 from typing import Any
 
 import trio
+import trio.testing
 
-from trio_pubsub import Broker, OverflowPolicy
+from trio_pubsub import Broker, OverflowPolicy, SubscriptionState
 from trio_pubsub.nats import decode_json, encode_json, open_bridge
 """
 
@@ -156,6 +157,28 @@ async with trio.open_nursery() as nursery:
     nursery.cancel_scope.cancel()
 """
 
+# A live feed stuck on a client that never takes a message: the watcher must
+# stop the feed once DISCONNECT cuts the subscription off.
+FEED = """\
+broker = Broker(int)
+async with broker.subscribe(
+    "feed", max_buffer_size=4, policy=OverflowPolicy.DISCONNECT
+) as sub:
+    {block}
+    stuck = trio.Event()
+
+    async def client_send(payload: Any) -> None:
+        await stuck.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed, client_send, sub, nursery.cancel_scope)
+        nursery.start_soon(watch, sub, nursery.cancel_scope)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(10):
+            broker.publish_nowait("feed", i)
+    assert sub.state is SubscriptionState.CUT_OFF
+"""
+
 HARNESSES: dict[tuple[str, int], Harness] = {
     ("README.md", 1): Harness("program"),
     ("docs/how-to/bridge-to-nats.md", 1): Harness(
@@ -165,7 +188,8 @@ HARNESSES: dict[tuple[str, int], Harness] = {
     ("docs/how-to/bridge-to-nats.md", 3): Harness("async", PRICES),
     ("docs/how-to/bridge-to-nats.md", 4): Harness("async", BRIDGED),
     ("docs/how-to/bridge-to-nats.md", 5): Harness("async", BROKER),
-    ("docs/how-to/choose-a-policy.md", 1): Harness("async", BROKER),
+    ("docs/how-to/choose-a-policy.md", 1): Harness("async", FEED),
+    ("docs/how-to/choose-a-policy.md", 2): Harness("async", BROKER),
     ("docs/how-to/consume-in-batches.md", 1): Harness("async", BATCHES),
     ("docs/how-to/monitor-a-broker.md", 1): Harness(
         "async",

@@ -25,7 +25,9 @@ SPEC_NAMES = {
 }
 # Beyond SPEC's names: the type of what broker.thread_publisher() returns (SPEC
 # calls it "a handle"), for users' annotations.
-BEYOND_SPEC = {"ThreadPublisher"}
+# And the type of Subscription.state (issue 30: a public state for a
+# subscription cut off by DISCONNECT).
+BEYOND_SPEC = {"SubscriptionState", "ThreadPublisher"}
 
 
 def test_all_is_the_spec_names_sorted() -> None:

@@ -15,6 +15,7 @@ from ._errors import (
     BrokerClosedError as BrokerClosedError,
     BrokerError as BrokerError,
     InvalidSubjectError as InvalidSubjectError,
+    Lagged as Lagged,
     NoRespondersError as NoRespondersError,
     SlowConsumerError as SlowConsumerError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "BrokerError",
     "BrokerStatistics",
     "InvalidSubjectError",
+    "Lagged",
     "Message",
     "NoRespondersError",
     "OverflowPolicy",

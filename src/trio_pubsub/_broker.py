@@ -117,6 +117,7 @@ class Broker(Generic[T]):
         disconnect_after: int | None = None,
         name: str | None = None,
         block_timeout: float | None = None,
+        report_gaps: bool = False,
     ) -> AbstractAsyncContextManager[Subscription[T]]:
         """Listen on ``pattern`` for the body of an ``async with`` block.
 
@@ -145,6 +146,7 @@ class Broker(Generic[T]):
                 counted and logged, and the publish goes on. ``None``: the
                 broker's. (Waiting publishers are let in once a quarter of the
                 buffer is free, or at their deadline.)
+            report_gaps: Raise :class:`Lagged` where messages were dropped for it.
 
         Returns:
             An async context manager yielding the :class:`Subscription`. Entering
@@ -171,6 +173,7 @@ class Broker(Generic[T]):
             disconnect_after=disconnect_after,
             name=name,
             block_timeout=block_timeout,
+            report_gaps=report_gaps,
         )
 
     async def publish(
@@ -266,15 +269,13 @@ class Broker(Generic[T]):
         ``publish`` or ``async with``.
 
         Args:
-            subject: A literal subject (no wildcards), as for :meth:`publish`.
+            subject: A literal subject (no wildcards).
             payload: The message's payload.
-            headers: Metadata for the receivers: a mapping of ``str`` to
-                ``str``, as for :meth:`publish`.
+            headers: A mapping of ``str`` to ``str``, as for :meth:`publish`.
             retain: Also keep it as the last message of ``subject``.
 
         Returns:
-            How many subscriptions accepted the message, as :meth:`publish`
-            returns.
+            How many subscriptions accepted the message.
 
         Raises:
             RuntimeError: called from the broker's own trio thread (it would wait
@@ -296,10 +297,9 @@ class Broker(Generic[T]):
         """A batched entry for threads that publish many messages.
 
         ``publish_from_thread`` waits for the trio thread once per message;
-        the :class:`ThreadPublisher` this returns queues messages instead,
-        and the trio thread publishes them a batch at a time, woken once per
-        batch (see there). Create it anywhere, and share it between threads
-        or give each its own.
+        the :class:`ThreadPublisher` this returns queues messages, which the
+        trio thread publishes a batch at a time (see there). Create it
+        anywhere, and share it between threads or give each its own.
 
         Args:
             max_pending: How many messages may wait in its queue (an int >=

@@ -323,8 +323,11 @@ class Delivery(Generic[T]):
         disconnect_after: int | None,
         name: str | None,
         block_timeout: float | None,
+        report_gaps: bool,
     ) -> AbstractAsyncContextManager[Subscription[T]]:
         """``Broker.subscribe``: everything checked here, before anything changes."""
+        if report_gaps is not False and report_gaps is not True:
+            raise TypeError(f"report_gaps must be a bool, not {report_gaps!r}")
         tokens = parse_pattern(pattern)
         if tokens[0] == REPLY_ROOT:
             raise reserved_pattern(pattern)
@@ -337,6 +340,7 @@ class Delivery(Generic[T]):
             disconnect_after=disconnect_after,
             name=check_name(name),
             block_timeout=check_timeout("block_timeout", block_timeout),
+            report_gaps=report_gaps,
         )
         self.check_open()
         scope = SubscriptionScope(inbox, self.attach)
@@ -355,6 +359,7 @@ class Delivery(Generic[T]):
         also: tuple[tuple[str, ...], ...] = (),
         name: str | None = None,
         block_timeout: float | None = None,
+        report_gaps: bool = False,
     ) -> _Inbox[T]:
         """A new inbox with the broker's defaults where an option is ``None``.
 
@@ -370,6 +375,7 @@ class Delivery(Generic[T]):
             also=also,
             name=name,
             block_timeout=math.inf if block_timeout is None else block_timeout,
+            report_gaps=report_gaps,
             policy=defaults.policy if policy is None else policy,
             max_buffer_size=(
                 defaults.max_buffer_size

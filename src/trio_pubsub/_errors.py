@@ -70,3 +70,24 @@ class NoRespondersError(BrokerError):
     def __init__(self, subject: str, why: str) -> None:
         self.subject = subject
         super().__init__(f"no responders for a request on {subject!r}: {why}")
+
+
+class Lagged(BrokerError):
+    """Messages were lost here, in the stream of a subscription that reports gaps.
+
+    Raised by ``receive()``, ``receive_nowait()``, ``receive_batch()`` and
+    ``async for`` of a subscription entered with ``report_gaps=True``, once,
+    exactly where its overflow policy (or ``block_timeout``) dropped messages:
+    the subscription stays open, and the next receive goes on after the gap.
+
+    Attributes:
+        count: How many messages were lost at this point of the stream.
+    """
+
+    count: int
+
+    def __init__(self, name: str, count: int) -> None:
+        self.count = count
+        super().__init__(
+            f"subscription {name!r} lost {count} message(s) here (counted as dropped)"
+        )

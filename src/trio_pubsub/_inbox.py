@@ -72,7 +72,7 @@ import outcome  # trio's own dependency: the values reschedule() passes
 import trio
 from trio.lowlevel import enable_ki_protection
 
-from ._errors import BrokerClosedError, SlowConsumerError
+from ._errors import BrokerClosedError, Lagged, SlowConsumerError
 from ._log import RateLimitedWarning, logger
 from ._policy import Action, OverflowPolicy, decide
 from ._stats import SubscriptionStatistics
@@ -207,6 +207,7 @@ class _Inbox(Generic[T]):
         "block_timeout",
         "disconnect_after",
         "dropped",
+        "gaps",
         "handles",
         "high_water",
         "later",
@@ -218,6 +219,7 @@ class _Inbox(Generic[T]):
         "received",
         "receivers",
         "refused",
+        "report_gaps",
         "handed",
         "since",
         "senders",
@@ -244,6 +246,7 @@ class _Inbox(Generic[T]):
         also: tuple[tuple[str, ...], ...] = (),
         name: str | None = None,
         block_timeout: float = math.inf,
+        report_gaps: bool = False,
     ) -> None:
         self.pattern = pattern
         self.name = pattern if name is None else name
@@ -290,6 +293,11 @@ class _Inbox(Generic[T]):
         self.streak = 0
         self.streak_mark = 0
         self.warn_drop: RateLimitedWarning | None = None
+        # With report_gaps, the gaps not yet reported, oldest first: [index,
+        # count], the index (in buffer order, as ``removed`` counts) of the
+        # message the gap comes before; a deque made at the first gap.
+        self.report_gaps = report_gaps
+        self.gaps: deque[list[int]] | None = None
 
     @property
     def delivered(self) -> int:
@@ -376,6 +384,8 @@ class _Inbox(Generic[T]):
         if action is Action.EVICT_OLDEST:
             self._note_high_water()
             self.buffer.popleft()
+            if self.report_gaps:
+                self._gap_at_head()
             self._count_drops(1)
             self._move_marks()
             self._warn_drop(message, "discarded its oldest pending message")
@@ -389,11 +399,43 @@ class _Inbox(Generic[T]):
 
     def _refuse(self, message: Message[T], what: str) -> None:
         """Count ``message`` as routed here and dropped, never buffered."""
+        if self.report_gaps:  # a gap after what is held
+            self._add_gap(self.removed + len(self.buffer))
         self.streak = self.consecutive_drops + 1
         self.refused += 1
         self._count_drops(1)
         self.streak_mark = self.delivered
         self._warn_drop(message, what)
+
+    def _add_gap(self, index: int, count: int = 1) -> None:
+        """One more message lost before the message numbered ``index``."""
+        gaps = self.gaps
+        if gaps is None:
+            gaps = self.gaps = deque()
+        if gaps and gaps[-1][0] == index:
+            gaps[-1][1] += count
+        else:
+            gaps.append([index, count])
+
+    def _gap_at_head(self) -> None:
+        """The oldest pending message is being evicted: move the head gap on.
+
+        (``removed`` does not count it yet.) The gap before it, if any, now
+        comes before the next one, one message larger.
+        """
+        head = self.removed
+        count = 1
+        gaps = self.gaps
+        if gaps and gaps[0][0] == head:
+            count += gaps.popleft()[1]
+        # Only DROP_OLDEST evicts, and it never refuses: no gap lies further on
+        assert not gaps, "a DROP_OLDEST inbox has gaps at its head only"
+        self._add_gap(head + 1, count)
+
+    def _lagged(self) -> Lagged:
+        """Report the gap at the head of the stream, and forget it."""
+        assert self.gaps is not None
+        return Lagged(self.name, self.gaps.popleft()[1])
 
     @enable_ki_protection
     async def put(self, message: Message[T]) -> bool:
@@ -562,7 +604,12 @@ class _Inbox(Generic[T]):
 
     @enable_ki_protection
     def take(self) -> Message[T]:
-        """Take the oldest pending message, or raise what the state says."""
+        """Take the oldest pending message, or raise what the state says.
+
+        With a gap before the oldest pending message, raise ``Lagged`` once.
+        """
+        if self.gaps and self.gaps[0][0] == self.removed:
+            raise self._lagged()
         buffer = self.buffer
         if buffer:
             if len(buffer) > self.high_water:
@@ -598,8 +645,12 @@ class _Inbox(Generic[T]):
         waiting publishers goes to them in turn, as after each ``take()``.
         """
         buffer = self.buffer
-        if not buffer:
-            return [self.take()]  # raises: WouldBlock, or the end of the stream
+        if not buffer or self.gaps:
+            if not buffer or self.gaps[0][0] == self.removed:  # type: ignore[index]
+                # raises: WouldBlock, the end of the stream, or Lagged
+                return [self.take()]
+            # up to the next gap, not past it
+            max_items = min(max_items, self.gaps[0][0] - self.removed)  # type: ignore[index]
         length = len(buffer)
         if length > self.high_water:
             self.high_water = length
@@ -621,7 +672,7 @@ class _Inbox(Generic[T]):
     async def receive_batch(self, max_items: int, handle: object) -> list[Message[T]]:
         """Wait for messages, take up to ``max_items``: one checkpoint for all."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self.buffer or self.state is not State.OPEN:
+        if self.buffer or self.gaps or self.state is not State.OPEN:
             batch = self.take_batch(max_items)
             await trio.lowlevel.cancel_shielded_checkpoint()
             return batch
@@ -639,8 +690,8 @@ class _Inbox(Generic[T]):
         handle wakes the tasks that wait on it.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self.buffer or self.state is not State.OPEN:
-            # A message, or the end of the stream: take() returns or raises
+        if self.buffer or self.gaps or self.state is not State.OPEN:
+            # A message, a gap, or the end of the stream: take() returns or raises
             # it. (Tested first: an empty buffer raises nothing on its way to
             # the wait.)
             message = self.take()

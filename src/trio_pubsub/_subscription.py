@@ -307,7 +307,7 @@ class Subscription(trio.abc.ReceiveChannel[Message[T_co]]):
         inbox = self._inbox
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            if inbox.buffer or inbox.state is not State.OPEN:
+            if inbox.buffer or inbox.gaps or inbox.state is not State.OPEN:
                 message = inbox.take()
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return message

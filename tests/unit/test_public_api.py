@@ -12,6 +12,7 @@ SPEC_NAMES = {
     "BrokerError",
     "BrokerStatistics",
     "InvalidSubjectError",
+    "Lagged",
     "Message",
     "NoRespondersError",
     "OverflowPolicy",

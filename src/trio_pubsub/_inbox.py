@@ -207,7 +207,6 @@ class _Inbox(Generic[T]):
         "block_timeout",
         "disconnect_after",
         "dropped",
-        "gaps",
         "handles",
         "high_water",
         "later",
@@ -219,7 +218,6 @@ class _Inbox(Generic[T]):
         "received",
         "receivers",
         "refused",
-        "report_gaps",
         "handed",
         "since",
         "senders",
@@ -231,6 +229,7 @@ class _Inbox(Generic[T]):
         "tokens",
         "warn_drop",
         "watched",
+        "gaps",  # (last: the slots before it keep their places)
     )
 
     def __init__(
@@ -295,9 +294,8 @@ class _Inbox(Generic[T]):
         self.warn_drop: RateLimitedWarning | None = None
         # With report_gaps, the gaps not yet reported, oldest first: [index,
         # count], the index (in buffer order, as ``removed`` counts) of the
-        # message the gap comes before; a deque made at the first gap.
-        self.report_gaps = report_gaps
-        self.gaps: deque[list[int]] | None = None
+        # message the gap comes before; None without report_gaps.
+        self.gaps: deque[list[int]] | None = deque() if report_gaps else None
 
     @property
     def delivered(self) -> int:
@@ -384,7 +382,7 @@ class _Inbox(Generic[T]):
         if action is Action.EVICT_OLDEST:
             self._note_high_water()
             self.buffer.popleft()
-            if self.report_gaps:
+            if self.gaps is not None:
                 self._gap_at_head()
             self._count_drops(1)
             self._move_marks()
@@ -399,7 +397,7 @@ class _Inbox(Generic[T]):
 
     def _refuse(self, message: Message[T], what: str) -> None:
         """Count ``message`` as routed here and dropped, never buffered."""
-        if self.report_gaps:  # a gap after what is held
+        if self.gaps is not None:  # a gap after what is held
             self._add_gap(self.removed + len(self.buffer))
         self.streak = self.consecutive_drops + 1
         self.refused += 1
@@ -410,8 +408,7 @@ class _Inbox(Generic[T]):
     def _add_gap(self, index: int, count: int = 1) -> None:
         """One more message lost before the message numbered ``index``."""
         gaps = self.gaps
-        if gaps is None:
-            gaps = self.gaps = deque()
+        assert gaps is not None, "only with report_gaps"
         if gaps and gaps[-1][0] == index:
             gaps[-1][1] += count
         else:

@@ -769,6 +769,8 @@ class _Inbox(Generic[T]):
             self.buffer.clear()
             self.since = self.later = None
             self._count_drops(discarded)
+        if self.gaps:
+            self.gaps.clear()  # nobody reads on: nothing lies after them
         self._wake_everyone(broker_closed=False)
 
     def _wake_everyone(self, *, broker_closed: bool) -> None:

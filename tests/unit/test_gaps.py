@@ -171,3 +171,14 @@ def test_every_gap_is_exactly_where_messages_are_missing(
             assert item == expected, stream
             expected += 1
     assert expected == published, stream
+
+
+async def test_a_closed_subscription_reports_no_gap_it_left_behind() -> None:
+    """Leaving discards the gaps with the messages: a receive says closed."""
+    broker = Broker[int]()
+    async with broker.subscribe("a", max_buffer_size=1, report_gaps=True) as sub:
+        keep = sub.clone()
+        broker.publish_nowait("a", 0)
+        broker.publish_nowait("a", 1)  # dropped: a gap after 0
+    with pytest.raises(trio.ClosedResourceError):
+        keep.receive_nowait()

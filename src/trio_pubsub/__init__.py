@@ -3,7 +3,7 @@
 Modules import one way only, each from those before it in this list:
 _errors, _subject, _trie, _retained, _policy, _options, _stats, _metrics, _message,
 _log, _inbox, _groups, _reply, _routes, _subscription, _delivery, _threads, _broker,
-_port; and nats/ imports the public API, _port and _log. Only _inbox parks and
+_port, _router; and nats/ imports the public API, _port and _log. Only _inbox parks and
 wakes tasks; only _inbox, _delivery and _subscription use trio.lowlevel.
 _pytest_plugin and _pytest_fixtures are the pytest plugin, no part of the
 core: they import the public API and testing. See the module map in
@@ -22,6 +22,11 @@ from ._errors import (
 from ._inbox import SubscriptionState as SubscriptionState
 from ._message import Message as Message
 from ._policy import OverflowPolicy as OverflowPolicy
+from ._router import (
+    HandlerStatistics as HandlerStatistics,
+    Retry as Retry,
+    Router as Router,
+)
 from ._stats import (
     BrokerStatistics as BrokerStatistics,
     SubscriptionInfo as SubscriptionInfo,
@@ -40,11 +45,14 @@ __all__ = [
     "BrokerClosedError",
     "BrokerError",
     "BrokerStatistics",
+    "HandlerStatistics",
     "InvalidSubjectError",
     "Lagged",
     "Message",
     "NoRespondersError",
     "OverflowPolicy",
+    "Retry",
+    "Router",
     "SlowConsumerError",
     "Subscription",
     "SubscriptionInfo",

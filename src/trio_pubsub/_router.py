@@ -277,10 +277,11 @@ class Router(Generic[T]):
 
         Use ``await nursery.start(router.serve)``: it returns once every
         handler's subscription is entered. Cancelling it cancels the attempts
-        in flight; each message cancelled so is counted as ``failed``.
+        in flight; each message cancelled so is counted as ``failed``. A
+        router serves once.
 
         Raises:
-            RuntimeError: it is serving already.
+            RuntimeError: it is serving, or has served, already.
         """
         if self._serving:
             raise RuntimeError("this router is serving already")

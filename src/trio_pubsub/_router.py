@@ -169,6 +169,22 @@ class _Handler(Generic[T]):
         self.failed = self.dead_lettered = self.in_flight = 0
         self.warn = RateLimitedWarning()
 
+    def settle(
+        self, outcome: typing.Literal["handled", "failed", "dead_lettered"]
+    ) -> None:
+        """One message in flight has its outcome.
+
+        The one place that keeps the law: a message leaves ``in_flight`` for
+        exactly one outcome counter.
+        """
+        self.in_flight -= 1
+        if outcome == "handled":
+            self.handled += 1
+        elif outcome == "dead_lettered":
+            self.dead_lettered += 1
+        else:
+            self.failed += 1
+
     def statistics(self) -> HandlerStatistics:
         return HandlerStatistics(
             name=self.name,
@@ -334,8 +350,7 @@ class Router(Generic[T]):
                 try:
                     await limiter.acquire_on_behalf_of(slot)
                 except BaseException:
-                    handler.in_flight -= 1
-                    handler.failed += 1  # cancelled before its first attempt
+                    handler.settle("failed")  # cancelled before its first attempt
                     raise
                 workers.start_soon(self._handle, handler, message, limiter, slot)
 
@@ -350,8 +365,7 @@ class Router(Generic[T]):
         try:
             await self._attempts(handler, message)
         except BaseException:
-            handler.in_flight -= 1
-            handler.failed += 1  # cancelled (or interrupted) before an outcome
+            handler.settle("failed")  # cancelled (or interrupted) before an outcome
             raise
         finally:
             limiter.release_on_behalf_of(slot)
@@ -374,8 +388,7 @@ class Router(Generic[T]):
                     continue
                 await self._give_up(handler, message, attempt, error)
                 return
-            handler.in_flight -= 1
-            handler.handled += 1
+            handler.settle("handled")
             return
 
     async def _give_up(
@@ -383,8 +396,7 @@ class Router(Generic[T]):
     ) -> None:
         """The last attempt failed: a dead letter, or a failure, logged."""
         if handler.dead_letter is None:
-            handler.in_flight -= 1
-            handler.failed += 1
+            handler.settle("failed")
             handler.warn(
                 "handler %r gave up on a message on %r after %d attempt(s): %s: %s",
                 handler.name,
@@ -409,8 +421,7 @@ class Router(Generic[T]):
                 headers=headers,
             )
         except Exception as failure:
-            handler.in_flight -= 1
-            handler.failed += 1
+            handler.settle("failed")
             handler.warn(
                 "handler %r could not publish a dead letter for %r: %s",
                 handler.name,
@@ -418,8 +429,7 @@ class Router(Generic[T]):
                 failure,
             )
             return
-        handler.in_flight -= 1
-        handler.dead_lettered += 1
+        handler.settle("dead_lettered")
         handler.warn(
             "handler %r sent a message on %r to %r after %d attempt(s): %s: %s",
             handler.name,

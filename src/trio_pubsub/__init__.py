@@ -3,12 +3,15 @@
 Modules import one way only, each from those before it in this list:
 _errors, _subject, _trie, _retained, _policy, _options, _stats, _metrics, _message,
 _log, _inbox, _groups, _reply, _routes, _subscription, _delivery, _threads, _broker,
-_port, _router; and nats/ imports the public API, _port and _log. Only _inbox parks and
-wakes tasks; only _inbox, _delivery and _subscription use trio.lowlevel.
+_port, _handling, _router; and nats/ imports the public API, _port and _log. Only
+_inbox parks and wakes tasks; only _inbox, _delivery, _subscription and
+_router use trio.lowlevel (_router for Ctrl-C protection of its counting alone).
 _pytest_plugin and _pytest_fixtures are the pytest plugin, no part of the
 core: they import the public API and testing. See the module map in
 docs/explanation/design.md.
 """
+
+import contextlib
 
 from ._broker import Broker as Broker
 from ._errors import (
@@ -19,14 +22,16 @@ from ._errors import (
     NoRespondersError as NoRespondersError,
     SlowConsumerError as SlowConsumerError,
 )
+from ._handling import (
+    Dedupe as Dedupe,
+    HandlerStatistics as HandlerStatistics,
+    Middleware as Middleware,
+    Retry as Retry,
+)
 from ._inbox import SubscriptionState as SubscriptionState
 from ._message import Message as Message
 from ._policy import OverflowPolicy as OverflowPolicy
-from ._router import (
-    HandlerStatistics as HandlerStatistics,
-    Retry as Retry,
-    Router as Router,
-)
+from ._router import Router as Router
 from ._stats import (
     BrokerStatistics as BrokerStatistics,
     SubscriptionInfo as SubscriptionInfo,
@@ -45,10 +50,12 @@ __all__ = [
     "BrokerClosedError",
     "BrokerError",
     "BrokerStatistics",
+    "Dedupe",
     "HandlerStatistics",
     "InvalidSubjectError",
     "Lagged",
     "Message",
+    "Middleware",
     "NoRespondersError",
     "OverflowPolicy",
     "Retry",
@@ -68,5 +75,6 @@ __version__ = "0.1.0"
 
 # Show the public path in reprs, tracebacks and docs.
 for _name in __all__:
-    globals()[_name].__module__ = "trio_pubsub"
+    with contextlib.suppress(AttributeError):  # (a type alias has none to set)
+        globals()[_name].__module__ = "trio_pubsub"
 del _name

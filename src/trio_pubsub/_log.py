@@ -47,7 +47,9 @@ class RateLimitedWarning:
         self._next = -math.inf
         self._suppressed = 0
 
-    def __call__(self, fmt: str, *args: object) -> None:
+    def __call__(
+        self, fmt: str, *args: object, extra: typing.Mapping[str, object] | None = None
+    ) -> None:
         if not self._logger.isEnabledFor(logging.WARNING):
             return
         now = _now()
@@ -57,6 +59,6 @@ class RateLimitedWarning:
         if self._suppressed:
             fmt += " (%d similar warnings suppressed since the last one)"
             args = (*args, self._suppressed)
-        self._logger.warning(fmt, *args)
+        self._logger.warning(fmt, *args, extra=extra)
         self._next = now + self._interval
         self._suppressed = 0

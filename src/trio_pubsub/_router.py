@@ -2,144 +2,79 @@
 
 A handler is an async callable taking one message. The router gives each
 handler a subscription of its own (``BLOCK`` by default: a handler must not
-lose what it was given), takes messages from it, and runs each through its
-attempts: a failed attempt is retried after an exponential, capped, jittered
-delay on the trio clock (:class:`Retry`); ``timeout`` bounds each attempt;
-after the last failed attempt the message goes to the dead letters
-(``dead_letter``), or is counted as failed. Every outcome is counted, and
+lose what it was given) and workers that take messages from it and run each
+through the handler's chain (:mod:`._handling`): deduplication, dead letters,
+retries, middleware, a timeout per attempt. Every outcome is counted, and
 ``received == handled + failed + dead_lettered + duplicates + in_flight``
 holds at every moment.
+
+The code that takes a message and counts its outcome is protected from
+Ctrl-C (trio delivers it at the next checkpoint instead), so that an
+interrupt cannot fall between the two; the chain, handlers included, runs
+unprotected, as any code does.
 """
 
 from __future__ import annotations
 
+import collections
 import math
-import random
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-import attrs
 import trio
+from trio.lowlevel import disable_ki_protection, enable_ki_protection
 
 from ._broker import Broker  # noqa: TC001 (the API reference resolves it)
-from ._log import RateLimitedWarning
+from ._errors import SlowConsumerError
+from ._handling import (
+    Counters,
+    DeadLettered,
+    Dedupe,
+    Duplicate,
+    Handler,
+    HandlerStatistics,
+    Middleware,
+    Outcome,
+    Retry,
+    chain,
+    dead_lettering,
+    deduplicating,
+    failure,
+    retrying,
+    timing_out,
+)
 from ._message import Message
 from ._options import check_int, check_name, check_timeout
 from ._policy import OverflowPolicy
 from ._subject import validate_pattern, validate_subject
 
+if typing.TYPE_CHECKING:
+    from ._subscription import Subscription
+
 T = TypeVar("T")
 
-Handler = Callable[[Message[T]], Awaitable[None]]
-
-# The headers a dead letter carries besides the original ones.
-DEAD_HANDLER: typing.Final = "dead-letter-handler"
-DEAD_ATTEMPTS: typing.Final = "dead-letter-attempts"
-DEAD_ERROR_TYPE: typing.Final = "dead-letter-error-type"
-DEAD_ERROR: typing.Final = "dead-letter-error"
-DEAD_SUBJECT: typing.Final = "dead-letter-subject"
-_MAX_ERROR = 500  # characters of the error's message kept in a dead letter
+Key = Callable[[Message[T]], Hashable]
 
 
-def _attempts(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    check_int(attribute.name, value)
-
-
-def _seconds(_: object, attribute: attrs.Attribute[float], value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or math.isnan(value)
-        or value < 0
-    ):
-        raise ValueError(
-            f"{attribute.name} must be a number of seconds >= 0, not {value!r}"
-        )
-
-
-def _retry_on(_: object, attribute: attrs.Attribute[typing.Any], value: object) -> None:
-    if not isinstance(value, tuple) or not all(
-        isinstance(kind, type) and issubclass(kind, Exception) for kind in value
-    ):
-        raise TypeError(f"retry_on must be a tuple of Exception classes, not {value!r}")
-
-
-@attrs.frozen
-class Retry:
-    """How a handler retries a message whose attempt failed.
-
-    The delay before attempt ``n + 1`` is ``backoff * 2 ** (n - 1)`` seconds,
-    at most ``max_backoff``; with ``jitter``, a random point in its upper half
-    (so that many failing handlers do not retry in step). Delays run on the
-    trio clock.
-
-    Args:
-        attempts: How many attempts in all (an int >= 1; 1: no retry).
-        backoff: The first delay, in seconds (>= 0).
-        max_backoff: The longest delay, in seconds (>= ``backoff``).
-        jitter: Whether each delay is drawn from its upper half.
-        retry_on: The exceptions that are retried; any other ends the
-            message's attempts at once.
-
-    Raises:
-        TypeError, ValueError: a value is of the wrong type or out of range.
-    """
-
-    attempts: int = attrs.field(default=3, validator=_attempts)
-    backoff: float = attrs.field(default=0.1, validator=_seconds)
-    max_backoff: float = attrs.field(default=30.0, validator=_seconds)
-    jitter: bool = attrs.field(
-        default=True, validator=attrs.validators.instance_of(bool)
-    )
-    retry_on: tuple[type[BaseException], ...] = attrs.field(
-        default=(Exception,), validator=_retry_on
-    )
-
-    def __attrs_post_init__(self) -> None:
-        if self.max_backoff < self.backoff:
-            raise ValueError(
-                f"max_backoff ({self.max_backoff!r}) must be >= backoff "
-                f"({self.backoff!r})"
-            )
-
-    def delay(self, attempt: int, draw: Callable[[], float] = random.random) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (from 1)."""
-        full = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
-        return full * (0.5 + draw() / 2) if self.jitter else full
-
-
-NO_RETRY: typing.Final = Retry(attempts=1, backoff=0.0, max_backoff=0.0)
-
-
-@attrs.frozen(kw_only=True)
-class HandlerStatistics:
-    """A snapshot of one handler's counters (:meth:`Router.statistics`).
-
-    ``received == handled + failed + dead_lettered + duplicates + in_flight``
-    at every moment.
-    """
-
-    name: str
-    """The handler's name."""
-    received: int
-    """Messages taken from its subscription."""
-    handled: int
-    """Messages an attempt handled (the handler returned)."""
-    retried: int
-    """Attempts after the first (not messages)."""
-    failed: int
-    """Messages given up on without a dead letter, or cancelled."""
-    dead_lettered: int
-    """Messages given up on and published on the dead letters' subject."""
-    duplicates: int
-    """Messages skipped as repeats (always 0 until ``dedupe`` exists)."""
-    in_flight: int
-    """Messages taken and not yet finished."""
+@disable_ki_protection
+async def _attempt(run: Handler[T], counters: Counters, message: Message[T]) -> Outcome:
+    """Run ``message`` through its chain: its outcome (Ctrl-C as anywhere)."""
+    try:
+        await run(message)
+    except Duplicate:
+        return "duplicates"
+    except DeadLettered:
+        return "dead_lettered"
+    except Exception as raised:
+        error, attempts = failure(raised)
+        counters.log("given up", message, attempts, error)
+        return "failed"
+    return "handled"
 
 
 class _Handler(Generic[T]):
-    """One registered handler, its options and its counters."""
+    """One registered handler: its options and its counters."""
 
     def __init__(
         self,
@@ -149,53 +84,47 @@ class _Handler(Generic[T]):
         name: str,
         queue: str | None,
         concurrency: int,
-        retry: Retry,
+        key: Key[T] | None,
+        retry: Retry | None,
         timeout: float | None,
         dead_letter: str | None,
+        dedupe: Dedupe | None,
+        middleware: list[Middleware[T]],
         max_buffer_size: int | None,
         policy: OverflowPolicy,
     ) -> None:
         self.fn = fn
         self.pattern = pattern
-        self.name = name
         self.queue = queue
         self.concurrency = concurrency
+        self.key = key
         self.retry = retry
         self.timeout = timeout
         self.dead_letter = dead_letter
+        self.dedupe = dedupe
+        self.middleware = middleware
         self.max_buffer_size = max_buffer_size
         self.policy = policy
-        self.received = self.handled = self.retried = 0
-        self.failed = self.dead_lettered = self.in_flight = 0
-        self.warn = RateLimitedWarning()
+        self.counters = Counters(name)
 
-    def settle(
-        self, outcome: typing.Literal["handled", "failed", "dead_lettered"]
-    ) -> None:
-        """One message in flight has its outcome.
+    @property
+    def name(self) -> str:
+        return self.counters.name
 
-        The one place that keeps the law: a message leaves ``in_flight`` for
-        exactly one outcome counter.
-        """
-        self.in_flight -= 1
-        if outcome == "handled":
-            self.handled += 1
-        elif outcome == "dead_lettered":
-            self.dead_lettered += 1
-        else:
-            self.failed += 1
-
-    def statistics(self) -> HandlerStatistics:
-        return HandlerStatistics(
-            name=self.name,
-            received=self.received,
-            handled=self.handled,
-            retried=self.retried,
-            failed=self.failed,
-            dead_lettered=self.dead_lettered,
-            duplicates=0,
-            in_flight=self.in_flight,
-        )
+    def build(self, broker: Broker[T], shared: list[Middleware[T]]) -> Handler[T]:
+        """The handler's chain, outermost step first (see :mod:`._handling`)."""
+        steps: list[Middleware[T]] = []
+        if self.dedupe is not None:
+            steps.append(deduplicating(self.dedupe))
+        if self.dead_letter is not None:
+            steps.append(dead_lettering(broker, self.dead_letter, self.counters))
+        if self.retry is not None and self.retry.attempts > 1:
+            steps.append(retrying(self.retry, self.counters))
+        steps += shared
+        steps += self.middleware
+        if self.timeout is not None:
+            steps.append(timing_out(self.timeout))
+        return chain(self.fn, steps)
 
 
 class Router(Generic[T]):
@@ -209,9 +138,30 @@ class Router(Generic[T]):
     def __init__(self, broker: Broker[T]) -> None:
         self._broker = broker
         self._handlers: list[_Handler[T]] = []
-        self._subscriptions: list[typing.Any] = []
+        self._middleware: list[Middleware[T]] = []
+        self._subscriptions: list[Subscription[T]] = []
         self._serving = False
         self._stopping = False
+
+    @property
+    def broker(self) -> Broker[T]:
+        """The broker whose messages the handlers take."""
+        return self._broker
+
+    def use(self, middleware: Middleware[T]) -> None:
+        """Run ``middleware`` around every attempt of every handler.
+
+        Router-wide middleware runs outside each handler's own ``middleware``
+        and in the order of the calls. (The metrics extras use it.)
+
+        Raises:
+            TypeError: ``middleware`` is not callable.
+            RuntimeError: the router is serving already.
+        """
+        if not callable(middleware):
+            raise TypeError(f"middleware must be callable, not {middleware!r}")
+        self._check_not_serving()
+        self._middleware.append(middleware)
 
     def handler(
         self,
@@ -220,9 +170,12 @@ class Router(Generic[T]):
         name: str | None = None,
         queue: str | None = None,
         concurrency: int = 1,
+        key: Key[T] | None = None,
         retry: Retry | None = None,
         timeout: float | None = None,
         dead_letter: str | None = None,
+        dedupe: str | Dedupe | None = None,
+        middleware: typing.Sequence[Middleware[T]] = (),
         max_buffer_size: int | None = None,
         policy: OverflowPolicy = OverflowPolicy.BLOCK,
     ) -> Callable[[Handler[T]], Handler[T]]:
@@ -234,14 +187,27 @@ class Router(Generic[T]):
                 function's qualified name); names are unique in a router.
             queue: A queue group to join, as for ``subscribe``.
             concurrency: How many messages it handles at once (int >= 1).
+            key: A function of a message: messages with equal keys are
+                handled one at a time, in the order they arrived, retries
+                included; different keys concurrently, up to ``concurrency``.
+                Besides its subscription's buffer, the handler then holds up
+                to ``max(concurrency, max_buffer_size)`` messages waiting for
+                their key; when that many wait, it takes no more, and ``BLOCK``
+                pushes back on publishers. A key function that raises fails
+                its message (counted, logged).
             retry: How failed attempts are retried (default: not at all).
-            timeout: The longest an attempt may take, in seconds (> 0); one
-                that takes longer is cancelled and counts as failed
-                (``trio.TooSlowError``). ``None``: no limit.
+            timeout: The longest an attempt of the handler may take, in
+                seconds (> 0); one that takes longer is cancelled and fails
+                with ``trio.TooSlowError``. ``None``: no limit.
             dead_letter: A subject prefix: a message given up on is published
                 on ``<dead_letter>.<its subject>``, with its payload and
                 headers and the ``dead-letter-*`` headers. ``None``: it is
                 counted as ``failed`` and logged.
+            dedupe: A header name, or a :class:`Dedupe` for its window: a
+                message whose value there was handled within the window is
+                skipped and counted in ``duplicates``.
+            middleware: Async callables ``(message, call_next)`` around each
+                attempt, the first outermost (inside the router's own).
             max_buffer_size: Its subscription's buffer (``None``: the broker's).
             policy: Its subscription's policy (``BLOCK`` by default).
 
@@ -257,12 +223,25 @@ class Router(Generic[T]):
         if dead_letter is not None:
             validate_subject(dead_letter)
         check_int("concurrency", concurrency)
+        if key is not None and not callable(key):
+            raise TypeError(f"key must be a function of a message, not {key!r}")
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(f"retry must be a trio_pubsub.Retry, not {retry!r}")
+        if isinstance(dedupe, str):
+            dedupe = Dedupe(dedupe)
+        elif dedupe is not None and not isinstance(dedupe, Dedupe):
+            raise TypeError(
+                f"dedupe must be a header name, a trio_pubsub.Dedupe or None, "
+                f"not {dedupe!r}"
+            )
+        steps = list(typing.cast("typing.Iterable[object]", middleware))
+        if not all(callable(step) for step in steps):
+            raise TypeError(
+                f"middleware must be a sequence of async callables, not {middleware!r}"
+            )
         seconds = check_timeout("timeout", timeout)
         checked_name = check_name(name)
-        if self._serving:
-            raise RuntimeError("handlers are registered before serve() starts")
+        self._check_not_serving()
 
         def register(fn: Handler[T]) -> Handler[T]:
             label = checked_name or str(getattr(fn, "__qualname__", repr(fn)))
@@ -275,9 +254,12 @@ class Router(Generic[T]):
                     name=label,
                     queue=queue,
                     concurrency=concurrency,
-                    retry=NO_RETRY if retry is None else retry,
+                    key=key,
+                    retry=retry,
                     timeout=seconds,
                     dead_letter=dead_letter,
+                    dedupe=dedupe,
+                    middleware=typing.cast("list[Middleware[T]]", steps),
                     max_buffer_size=max_buffer_size,
                     policy=policy,
                 )
@@ -286,6 +268,10 @@ class Router(Generic[T]):
 
         return register
 
+    def _check_not_serving(self) -> None:
+        if self._serving:
+            raise RuntimeError("handlers are registered before serve() starts")
+
     async def serve(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -293,8 +279,9 @@ class Router(Generic[T]):
 
         Use ``await nursery.start(router.serve)``: it returns once every
         handler's subscription is entered. Cancelling it cancels the attempts
-        in flight; each message cancelled so is counted as ``failed``. A
-        router serves once.
+        in flight; each message cancelled so, and each one waiting for its
+        key, is counted as ``failed``. A router serves once. It also returns
+        when the broker closes and the handlers have finished what they hold.
 
         Raises:
             RuntimeError: it is serving, or has served, already.
@@ -322,120 +309,134 @@ class Router(Generic[T]):
 
     def statistics(self) -> tuple[HandlerStatistics, ...]:
         """A snapshot of each handler's counters, in registration order."""
-        return tuple(handler.statistics() for handler in self._handlers)
+        return tuple(handler.counters.statistics() for handler in self._handlers)
 
     async def _run(
         self, handler: _Handler[T], *, task_status: trio.TaskStatus[None]
     ) -> None:
-        """Take the handler's messages and run each through its attempts."""
-        limiter = trio.CapacityLimiter(handler.concurrency)
-        async with (
-            self._broker.subscribe(
-                handler.pattern,
-                queue=handler.queue,
-                max_buffer_size=handler.max_buffer_size,
-                policy=handler.policy,
-                name=handler.name,
-            ) as sub,
-            trio.open_nursery() as workers,
-        ):
+        """Subscribe for the handler, then run its workers until the end."""
+        run = handler.build(self._broker, self._middleware)
+        async with self._broker.subscribe(
+            handler.pattern,
+            queue=handler.queue,
+            max_buffer_size=handler.max_buffer_size,
+            policy=handler.policy,
+            name=handler.name,
+        ) as sub:
             self._subscriptions.append(sub)
             if self._stopping:
                 sub.drain()
             task_status.started()
-            async for message in sub:
-                handler.received += 1
-                handler.in_flight += 1
-                slot = object()  # (messages compare by value: not a borrower)
-                try:
-                    await limiter.acquire_on_behalf_of(slot)
-                except BaseException:
-                    handler.settle("failed")  # cancelled before its first attempt
-                    raise
-                workers.start_soon(self._handle, handler, message, limiter, slot)
+            counters = handler.counters
+            if handler.key is not None:
+                await _by_key(handler.key, handler.concurrency, sub, run, counters)
+            elif handler.concurrency == 1:
+                await _work(sub, run, counters)
+            else:
+                async with trio.open_nursery() as workers:
+                    for _ in range(handler.concurrency):
+                        workers.start_soon(_work, sub, run, counters)
 
-    async def _handle(
-        self,
-        handler: _Handler[T],
-        message: Message[T],
-        limiter: trio.CapacityLimiter,
-        slot: object,
-    ) -> None:
-        """Every attempt for ``message``, then its one outcome."""
-        try:
-            await self._attempts(handler, message)
-        except BaseException:
-            handler.settle("failed")  # cancelled (or interrupted) before an outcome
-            raise
-        finally:
-            limiter.release_on_behalf_of(slot)
 
-    async def _attempts(self, handler: _Handler[T], message: Message[T]) -> None:
-        retry = handler.retry
-        attempt = 0
-        while True:
-            attempt += 1
+def _cut_off(counters: Counters, sub: Subscription[typing.Any]) -> None:
+    counters.warn(
+        "handler %r: its subscription was cut off (%s policy); it takes no more",
+        counters.name,
+        sub.policy.name,
+    )
+
+
+@enable_ki_protection
+async def _work(sub: Subscription[T], run: Handler[T], counters: Counters) -> None:
+    """Take messages from ``sub`` and settle each, until it ends."""
+    try:
+        async for message in sub:
+            counters.take()
             try:
-                if handler.timeout is None:
-                    await handler.fn(message)
-                else:
-                    with trio.fail_after(handler.timeout):
-                        await handler.fn(message)
-            except Exception as error:
-                if isinstance(error, retry.retry_on) and attempt < retry.attempts:
-                    handler.retried += 1
-                    await trio.sleep(retry.delay(attempt))
-                    continue
-                await self._give_up(handler, message, attempt, error)
-                return
-            handler.settle("handled")
-            return
+                outcome = await _attempt(run, counters, message)
+            except BaseException:
+                counters.settle("failed")  # cancelled, or interrupted
+                raise
+            counters.settle(outcome)
+    except SlowConsumerError:
+        _cut_off(counters, sub)
 
-    async def _give_up(
-        self, handler: _Handler[T], message: Message[T], attempts: int, error: Exception
-    ) -> None:
-        """The last attempt failed: a dead letter, or a failure, logged."""
-        if handler.dead_letter is None:
-            handler.settle("failed")
-            handler.warn(
-                "handler %r gave up on a message on %r after %d attempt(s): %s: %s",
-                handler.name,
-                message.subject,
-                attempts,
-                type(error).__name__,
-                error,
-            )
-            return
-        headers = {
-            **message.headers,
-            DEAD_HANDLER: handler.name,
-            DEAD_ATTEMPTS: str(attempts),
-            DEAD_ERROR_TYPE: type(error).__qualname__,
-            DEAD_ERROR: str(error)[:_MAX_ERROR],
-            DEAD_SUBJECT: message.subject,
-        }
-        try:
-            await self._broker.publish(
-                f"{handler.dead_letter}.{message.subject}",
-                message.payload,
-                headers=headers,
-            )
-        except Exception as failure:
-            handler.settle("failed")
-            handler.warn(
-                "handler %r could not publish a dead letter for %r: %s",
-                handler.name,
-                message.subject,
-                failure,
-            )
-            return
-        handler.settle("dead_lettered")
-        handler.warn(
-            "handler %r sent a message on %r to %r after %d attempt(s): %s: %s",
-            handler.name,
-            message.subject,
-            handler.dead_letter,
-            attempts,
-            type(error).__name__,
-            error,
-        )
+
+@enable_ki_protection
+async def _by_key(
+    key: Key[T],
+    concurrency: int,
+    sub: Subscription[T],
+    run: Handler[T],
+    counters: Counters,
+) -> None:
+    """Take messages from ``sub``; handle each key's in order, keys at once.
+
+    ``waiting`` holds each key that has messages taken and not settled: the
+    first one of a key is in an attempt, the others wait behind it. A key is
+    handed to a worker once, when it starts waiting; that worker handles its
+    messages until none is left.
+    """
+    hold = max(concurrency, sub.max_buffer_size)
+    room = trio.Semaphore(hold)
+    waiting: dict[Hashable, collections.deque[Message[T]]] = {}
+    send, ready = trio.open_memory_channel[Hashable](math.inf)
+    try:
+        async with trio.open_nursery() as workers:
+            for _ in range(concurrency):
+                workers.start_soon(_work_by_key, ready, waiting, room, run, counters)
+            async with send:
+                while True:
+                    await room.acquire()
+                    try:
+                        message = await sub.receive()
+                    except (trio.EndOfChannel, SlowConsumerError) as end:
+                        room.release()
+                        if isinstance(end, SlowConsumerError):
+                            _cut_off(counters, sub)
+                        break
+                    counters.take()
+                    try:
+                        label = key(message)
+                        queue = waiting.get(label)
+                    except Exception as error:
+                        counters.log("its key function failed", message, 0, error)
+                        counters.settle("failed")
+                        room.release()
+                        continue
+                    if queue is None:
+                        waiting[label] = collections.deque((message,))
+                        send.send_nowait(label)
+                    else:
+                        queue.append(message)
+                for _ in range(hold):  # every message taken is settled
+                    await room.acquire()
+    finally:
+        for queue in waiting.values():  # cancelled before their attempt
+            for _ in queue:
+                counters.settle("failed")
+        waiting.clear()
+
+
+@enable_ki_protection
+async def _work_by_key(
+    ready: trio.MemoryReceiveChannel[Hashable],
+    waiting: dict[Hashable, collections.deque[Message[T]]],
+    room: trio.Semaphore,
+    run: Handler[T],
+    counters: Counters,
+) -> None:
+    """Handle the messages of each key handed here, in order, until none is left."""
+    async for label in ready:
+        queue = waiting[label]
+        while queue:
+            message = queue.popleft()
+            try:
+                outcome = await _attempt(run, counters, message)
+            except BaseException:
+                counters.settle("failed")  # cancelled, or interrupted
+                room.release()
+                raise
+            counters.settle(outcome)
+            room.release()
+        del waiting[label]

@@ -8,10 +8,10 @@ retries, middleware, a timeout per attempt. Every outcome is counted, and
 ``received == handled + failed + dead_lettered + duplicates + in_flight``
 holds at every moment.
 
-The code that takes a message and counts its outcome is protected from
-Ctrl-C (trio delivers it at the next checkpoint instead), so that an
-interrupt cannot fall between the two; the chain, handlers included, runs
-unprotected, as any code does.
+The router's own code is protected from Ctrl-C (trio delivers it at the next
+checkpoint instead), so that an interrupt cannot fall between taking a
+message and counting it, nor between a nursery's body and its exit; the
+chain, handlers included, runs unprotected, as any code does.
 """
 
 from __future__ import annotations
@@ -272,6 +272,7 @@ class Router(Generic[T]):
         if self._serving:
             raise RuntimeError("handlers are registered before serve() starts")
 
+    @enable_ki_protection
     async def serve(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -311,6 +312,7 @@ class Router(Generic[T]):
         """A snapshot of each handler's counters, in registration order."""
         return tuple(handler.counters.statistics() for handler in self._handlers)
 
+    @enable_ki_protection
     async def _run(
         self, handler: _Handler[T], *, task_status: trio.TaskStatus[None]
     ) -> None:

@@ -36,7 +36,7 @@ import trio
 import trio.testing
 
 import trio_pubsub
-from trio_pubsub import Broker, OverflowPolicy, Subscription
+from trio_pubsub import Broker, Message, OverflowPolicy, Subscription
 from trio_pubsub._broker import pipeline
 from trio_pubsub._inbox import _Inbox
 from trio_pubsub._subscription import SubscriptionScope
@@ -204,6 +204,135 @@ def test_keyboard_interrupt_at_every_library_line_keeps_state_whole_issue_15() -
         try:
             scenario, _ = run_with_interrupt_at(step)
             check_whole(scenario, f"SIGINT at library line {step}")
+        except (AssertionError, trio.TrioInternalError, RuntimeError) as error:
+            failures.append(f"line {step}: {type(error).__name__}: {error}")
+    assert not failures, f"{len(failures)} of {total}:\n" + "\n".join(failures[:20])
+
+
+class RouterScenario:
+    """A router at work: keys, retries, a timeout, dedupe, dead letters, stop."""
+
+    def __init__(self) -> None:
+        self.broker = Broker(int)
+        self.inboxes: dict[str, _Inbox[int]] = {}
+        self.router: trio_pubsub.Router[int] = trio_pubsub.Router(
+            typing.cast("Broker[int]", self)
+        )
+
+    # The router's broker is this scenario: it records each handler's inbox.
+    def subscribe(
+        self, pattern: str, **options: Any
+    ) -> AbstractAsyncContextManager[Subscription[int]]:
+        scope = self.broker.subscribe(pattern, **options)
+        inbox = typing.cast("SubscriptionScope[int]", scope)._inbox
+        self.inboxes[options["name"]] = inbox
+        return scope
+
+    async def publish(self, subject: str, payload: int, **options: Any) -> int:
+        return await self.broker.publish(subject, payload, **options)
+
+    async def main(self) -> None:
+        router = self.router
+        tries: dict[int, int] = {}
+
+        async def work(message: Message[int]) -> None:
+            tries[message.payload] = tries.get(message.payload, 0) + 1
+            await trio.sleep(0.01)
+            if message.payload % 3 == 0 and tries[message.payload] == 1:
+                raise ConnectionError("once")
+            if message.payload == 4:
+                raise ValueError("poison")
+            if message.payload == 5:
+                await trio.sleep(10)  # past the timeout
+
+        router.handler(
+            "j.*",
+            name="keyed",
+            concurrency=2,
+            key=lambda m: m.subject,
+            retry=trio_pubsub.Retry(attempts=2, backoff=0.05),
+            timeout=1.0,
+            dead_letter="dead",
+            dedupe="id",
+            max_buffer_size=2,
+        )(work)
+        router.handler("j.*", name="plain", concurrency=2)(work)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(router.serve)
+            for payload in range(7):
+                await self.broker.publish(
+                    f"j.{payload % 2}", payload, headers={"id": str(payload % 6)}
+                )
+            await trio.sleep(0.5)
+            router.stop()
+
+
+def run_router_with_interrupt_at(step: int | None) -> tuple[RouterScenario, int]:
+    """As :func:`run_with_interrupt_at`, for the router's scenario."""
+    scenario = RouterScenario()
+    lines = 0
+
+    def local(frame: types.FrameType, event: str, arg: object) -> Callable[..., Any]:
+        nonlocal lines
+        if event == "line":
+            lines += 1
+            if lines == step:
+                signal.raise_signal(signal.SIGINT)
+        return local
+
+    def global_(frame: types.FrameType, event: str, arg: object) -> Any:
+        if frame.f_code.co_filename.startswith(LIBRARY):
+            return local
+        return None
+
+    previous = sys.gettrace()
+    sys.settrace(global_)
+    try:
+        trio.run(scenario.main, clock=trio.testing.MockClock(autojump_threshold=0))
+    except KeyboardInterrupt:
+        pass
+    except BaseExceptionGroup as group:
+        _, rest = group.split(KeyboardInterrupt)
+        if rest is not None:
+            raise
+    finally:
+        sys.settrace(previous)
+    return scenario, lines
+
+
+def check_router_whole(scenario: RouterScenario, context: str) -> None:
+    assert scenario.broker.statistics().subscriptions == 0, context
+    for stats in scenario.router.statistics():
+        assert stats.in_flight == 0, context
+        assert stats.received == (
+            stats.handled + stats.failed + stats.dead_lettered + stats.duplicates
+        ), context
+        inbox = scenario.inboxes.get(stats.name)
+        taken = 0 if inbox is None else inbox.statistics().received
+        assert stats.received == taken, context  # nothing taken uncounted
+
+
+def test_the_router_scenario_runs_through_without_interrupt() -> None:
+    scenario, lines = run_router_with_interrupt_at(None)
+    assert lines > 500
+    keyed, plain = scenario.router.statistics()
+    assert (keyed.received, plain.received) == (7, 7)
+    assert keyed.duplicates == 1  # payload 6 repeats id "0"
+    assert keyed.dead_lettered == 2  # the poison one, and the one timed out
+    assert keyed.retried >= 2
+    check_router_whole(scenario, "no interrupt")
+
+
+def test_keyboard_interrupt_at_every_router_line_keeps_its_counters_whole_issue_30() -> (
+    None
+):
+    """A SIGINT at any library line while a router works leaves its law whole."""
+    _, total = run_router_with_interrupt_at(None)
+    failures: list[str] = []
+    for step in range(1, total + 1):
+        try:
+            scenario, _ = run_router_with_interrupt_at(step)
+            check_router_whole(scenario, f"SIGINT at library line {step}")
         except (AssertionError, trio.TrioInternalError, RuntimeError) as error:
             failures.append(f"line {step}: {type(error).__name__}: {error}")
     assert not failures, f"{len(failures)} of {total}:\n" + "\n".join(failures[:20])

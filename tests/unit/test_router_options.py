@@ -12,8 +12,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 import trio.testing
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from trio_pubsub import (
     Broker,
@@ -75,7 +74,8 @@ async def test_equal_keys_are_handled_in_order_one_at_a_time(
         router.stop()
     for customer in ("c0", "c1", "c2"):
         mine = [payload for who, payload in log if who == customer]
-        assert mine == sorted(mine) and len(mine) == 10
+        assert mine == sorted(mine)
+        assert len(mine) == 10
     (stats,) = router.statistics()
     assert (stats.handled, stats.retried, stats.in_flight) == (30, 10, 0)
 
@@ -116,7 +116,8 @@ def test_per_key_order_holds_under_random_failures(
                 await broker.publish("k", index, headers={"key": str(key)})
             router.stop()
         (stats,) = router.statistics()
-        assert stats.handled == len(keys) and stats.in_flight == 0
+        assert stats.handled == len(keys)
+        assert stats.in_flight == 0
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     for key in set(keys):
@@ -175,7 +176,8 @@ async def test_a_full_hold_pushes_back_on_publishers(
         assert broker.subscriptions()[0].statistics.pending == 4
         router.stop()
     (stats,) = router.statistics()
-    assert stats.handled == 8 and broker.statistics().dropped == 0
+    assert stats.handled == 8
+    assert broker.statistics().dropped == 0
 
 
 async def test_a_key_function_that_raises_fails_its_message(
@@ -276,7 +278,8 @@ async def test_a_repeat_waits_for_the_first_and_a_failed_one_is_not_remembered(
         router.stop()
     # the first failed (not remembered), so a second ran after it (not at
     # once: it waited for the first's outcome), and the third repeats it
-    assert len(attempts) == 2 and attempts[1] - attempts[0] == pytest.approx(1.0)
+    assert len(attempts) == 2
+    assert attempts[1] - attempts[0] == pytest.approx(1.0)
     (stats,) = router.statistics()
     assert (stats.failed, stats.handled, stats.duplicates) == (1, 1, 1)
 
@@ -412,8 +415,10 @@ async def test_each_failure_and_dead_letter_logs_one_structured_line(
 async def test_a_failing_queue_member_drops_nothing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Measured before the router: a member whose loop raised dropped its
-    pending messages. With the router each is an outcome, and none is dropped.
+    """A queue member that fails drops nothing: each message has an outcome.
+
+    Measured before the router: a member whose loop raised dropped its
+    pending messages rather than leave them to another member.
     """
     broker = Broker[int]()
     router: Router[int] = Router(broker)
@@ -464,4 +469,5 @@ async def test_a_handler_cut_off_by_disconnect_ends_alone(
     assert other == [0, 1, 2, 3, 4]
     assert "cut off" in caplog.text
     laggard_stats, _ = router.statistics()
-    assert laggard_stats.in_flight == 0 and law(laggard_stats)
+    assert laggard_stats.in_flight == 0
+    assert law(laggard_stats)

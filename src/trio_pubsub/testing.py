@@ -8,6 +8,9 @@ such as "every subject a pattern matches reaches its subscription". Nothing
 they make starts with the token ``_INBOX``, reserved for reply subjects.
 :func:`reference_match` is a matcher written apart from the broker's routing,
 to compare routing tables with. See :doc:`/how-to/property-test-routing`.
+
+For handlers, :func:`serving` runs a :class:`~trio_pubsub.Router` for the body
+of an ``async with``, waits until it is idle, and records its dead letters.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
 
 import trio
+import trio.testing
 from hypothesis import strategies as st
 
 from . import (
     Broker,
+    HandlerStatistics,
     Message,
+    Router,
     SlowConsumerError,
     Subscription,
     validate_pattern,
@@ -35,12 +41,14 @@ if typing.TYPE_CHECKING:
 
 __all__ = [
     "Recording",
+    "Serving",
     "drain",
     "patterns",
     "patterns_matching",
     "patterns_near",
     "recorder",
     "reference_match",
+    "serving",
     "subjects",
     "subjects_matching",
     "subjects_near",
@@ -406,6 +414,89 @@ async def recorder(
             yield recording
         finally:
             recording._stop()
+
+
+class Serving(Generic[T]):
+    """What :func:`serving` yields: the router at work, and what it gave up on."""
+
+    def __init__(self, router: Router[T], dead: Recording[T] | None) -> None:
+        self.router = router
+        self._dead = dead
+
+    async def idle(self, *, tick: float = 0.01) -> None:
+        """Wait until the handlers hold nothing: every message has its outcome.
+
+        Idle means no message in an attempt, in a retry's wait or waiting for
+        its key, and none in the handlers' subscriptions. Checked whenever
+        every task is blocked, and every ``tick`` seconds of the trio clock
+        (retries wait on it; with an autojump clock, it costs no real time).
+        A handler that never finishes keeps it waiting: bound it in trio's
+        way, ``with trio.fail_after(seconds): await serving.idle()``.
+        """
+        names = {stats.name for stats in self.router.statistics()}
+        while True:
+            await trio.testing.wait_all_tasks_blocked()
+            busy = any(stats.in_flight for stats in self.router.statistics())
+            held = any(
+                info.statistics.pending
+                for info in self.router.broker.subscriptions()
+                if info.name in names
+            )
+            if not busy and not held:
+                return
+            await trio.sleep(tick)
+
+    @property
+    def dead_letters(self) -> list[Message[T]]:
+        """The dead letters published so far, in order.
+
+        Raises:
+            RuntimeError: :func:`serving` was not given ``dead_letter``.
+        """
+        if self._dead is None:
+            raise RuntimeError("serving(router, dead_letter=PREFIX) records them")
+        return self._dead.messages
+
+    def statistics(self, name: str) -> HandlerStatistics:
+        """The counters of the handler named ``name``.
+
+        Raises:
+            KeyError: no handler has that name.
+        """
+        for stats in self.router.statistics():
+            if stats.name == name:
+                return stats
+        raise KeyError(name)
+
+
+@asynccontextmanager
+async def serving(
+    router: Router[T], *, dead_letter: str | None = None
+) -> AsyncIterator[Serving[T]]:
+    """Run ``router`` for the body of an ``async with``; stop it at the end.
+
+    The body starts once every handler is subscribed. Leaving the block
+    calls :meth:`~trio_pubsub.Router.stop` and waits for what the handlers
+    hold to be finished, as ``serve`` does. With ``dead_letter`` (the
+    handlers' prefix), the dead letters on ``<dead_letter>.>`` are recorded
+    (:attr:`Serving.dead_letters`).
+    """
+    async with (
+        recorder(router.broker, f"{dead_letter}.>")
+        if dead_letter is not None
+        else _no_recording() as dead,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(router.serve)
+        try:
+            yield Serving(router, dead)
+        finally:
+            router.stop()
+
+
+@asynccontextmanager
+async def _no_recording() -> AsyncIterator[None]:
+    yield None
 
 
 def _tokens_or_default(

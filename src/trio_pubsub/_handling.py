@@ -194,13 +194,16 @@ class Counters:
         "received",
         "retried",
         "warn",
+        "warn_retry",
     )
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.received = self.handled = self.retried = self.failed = 0
         self.dead_lettered = self.duplicates = self.in_flight = 0
+        # two sources: a flood of retried attempts hides no message given up on
         self.warn = RateLimitedWarning()
+        self.warn_retry = RateLimitedWarning()
 
     def take(self) -> None:
         """A message is taken: received, and in flight until :meth:`settle`."""
@@ -241,9 +244,12 @@ class Counters:
         message: Message[typing.Any],
         attempt: int,
         error: BaseException,
+        *,
+        retried: bool = False,
     ) -> None:
         """One structured, rate-limited line about ``message``'s attempt."""
-        self.warn(
+        warn = self.warn_retry if retried else self.warn
+        warn(
             "handler %r: %s (subject %r, attempt %d): %s: %s",
             self.name,
             what,
@@ -305,7 +311,9 @@ def retrying(retry: Retry, counters: Counters) -> Middleware[typing.Any]:
             except Exception as error:
                 if not isinstance(error, retry.retry_on) or attempt >= retry.attempts:
                     raise GaveUp(error, attempt) from error
-                counters.log("attempt failed, retried", message, attempt, error)
+                counters.log(
+                    "attempt failed, retried", message, attempt, error, retried=True
+                )
                 counters.retried += 1
                 await trio.sleep(retry.delay(attempt))
             else:

@@ -116,6 +116,21 @@ EXPECTED: dict[str, list[str]] = {
         "every accepted job was done: True",
         "dropped: 0",
     ],
+    "order_pipeline.py": [
+        "log: handler 'billing': attempt failed, retried (subject 'orders.3.placed', "
+        "attempt 1): ConnectionError: gateway timed out",
+        "log: handler 'billing': given up, sent to 'dead' (subject "
+        "'orders.17.placed', attempt 1): ValueError: cannot charge a negative",
+        "dead letter on dead.orders.17.placed:",
+        "  dead-letter-handler: billing",
+        "  dead-letter-attempts: 1",
+        "  dead-letter-error-type: ValueError",
+        "  dead-letter-subject: orders.17.placed",
+        "each customer's orders charged in order: True",
+        "orders charged: 29 of 30",
+        "billing: received 31, handled 29, retried 10, dead-lettered 1, "
+        "duplicates 1, failed 0, in flight 0",
+    ],
     "quickstart.py": [
         "orders.42.created: order 42 was created",
         "delivered 1, dropped 0",

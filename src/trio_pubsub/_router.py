@@ -138,7 +138,7 @@ class Router(Generic[T]):
     def __init__(self, broker: Broker[T]) -> None:
         self._broker = broker
         self._handlers: list[_Handler[T]] = []
-        self._middleware: list[Middleware[T]] = []
+        self._wrappers: list[Callable[[str], Middleware[T]]] = []
         self._subscriptions: list[Subscription[T]] = []
         self._serving = False
         self._stopping = False
@@ -148,20 +148,26 @@ class Router(Generic[T]):
         """The broker whose messages the handlers take."""
         return self._broker
 
-    def use(self, middleware: Middleware[T]) -> None:
-        """Run ``middleware`` around every attempt of every handler.
+    def use(self, wrap: Callable[[str], Middleware[T]]) -> None:
+        """Run middleware around every attempt of every handler.
 
-        Router-wide middleware runs outside each handler's own ``middleware``
-        and in the order of the calls. (The metrics extras use it.)
+        ``wrap`` is called once per handler, with the handler's name, when
+        :meth:`serve` starts, and returns that handler's middleware (so a
+        step that logs or measures knows whose attempt it sees). Router-wide
+        middleware runs outside each handler's own ``middleware``, in the
+        order of the calls. The metrics extras use it.
 
         Raises:
-            TypeError: ``middleware`` is not callable.
+            TypeError: ``wrap`` is not callable.
             RuntimeError: the router is serving already.
         """
-        if not callable(middleware):
-            raise TypeError(f"middleware must be callable, not {middleware!r}")
+        if not callable(wrap):
+            raise TypeError(
+                f"use() takes a function of a handler's name that returns its "
+                f"middleware, not {wrap!r}"
+            )
         self._check_not_serving()
-        self._middleware.append(middleware)
+        self._wrappers.append(wrap)
 
     def handler(
         self,
@@ -317,7 +323,8 @@ class Router(Generic[T]):
         self, handler: _Handler[T], *, task_status: trio.TaskStatus[None]
     ) -> None:
         """Subscribe for the handler, then run its workers until the end."""
-        run = handler.build(self._broker, self._middleware)
+        shared = [wrap(handler.name) for wrap in self._wrappers]
+        run = handler.build(self._broker, shared)
         async with self._broker.subscribe(
             handler.pattern,
             queue=handler.queue,

@@ -307,7 +307,13 @@ async def test_middleware_runs_around_each_attempt_in_order(
         if message.payload >= 0:
             await call_next(message)
 
-    router.use(step("router"))
+    names: list[str] = []
+
+    def wrap(name: str) -> Callable[[Message[int], Next], Awaitable[None]]:
+        names.append(name)
+        return step("router")
+
+    router.use(wrap)
 
     @router.handler(
         "a",
@@ -350,6 +356,7 @@ async def test_middleware_runs_around_each_attempt_in_order(
     ]
     (stats,) = router.statistics()
     assert (stats.handled, stats.retried) == (2, 1)
+    assert names == [stats.name]  # once per handler, with its name
 
 
 def test_middleware_and_dedupe_options_are_checked_at_the_call() -> None:
@@ -360,7 +367,7 @@ def test_middleware_and_dedupe_options_are_checked_at_the_call() -> None:
         router.handler("a", dedupe=42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="key must be"):
         router.handler("a", key=42)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="middleware must be callable"):
+    with pytest.raises(TypeError, match="function of a handler's name"):
         router.use(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="header"):
         Dedupe("")

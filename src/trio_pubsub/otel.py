@@ -37,15 +37,26 @@ import trio
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from . import Broker, Message, _port
+from . import Broker, Message, Router, _port
 
 if typing.TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
-    from . import BrokerStatistics, Subscription, SubscriptionInfo
+    from . import (
+        BrokerStatistics,
+        HandlerStatistics,
+        Middleware,
+        Subscription,
+        SubscriptionInfo,
+    )
 
-__all__ = ["Instrumentation", "instrument"]
+__all__ = [
+    "Instrumentation",
+    "RouterInstrumentation",
+    "instrument",
+    "instrument_router",
+]
 
 T = typing.TypeVar("T")
 
@@ -458,4 +469,168 @@ def instrument(
     _port.on_subscribe(broker, functools.partial(_WatchedScope, state=instrumentation))
     if tracer_provider is not None:
         _port.bind_publishers(broker, *_traced_publishers(broker, instrumentation))
+    return instrumentation
+
+
+_HANDLER_COUNTERS = {
+    "received": "Messages a handler took from its subscription.",
+    "handled": "Messages a handler's attempt handled.",
+    "retried": "Attempts after the first.",
+    "failed": "Messages given up on without a dead letter, or cancelled.",
+    "dead_lettered": "Messages given up on and published as dead letters.",
+    "duplicates": "Messages skipped as repeats (dedupe).",
+}
+HANDLER = "trio_pubsub.handler.name"
+OUTCOME = "trio_pubsub.handler.outcome"
+
+
+class RouterInstrumentation:
+    """What :func:`instrument_router` returns; ``uninstrument()`` ends it."""
+
+    def __init__(
+        self,
+        router: Router[typing.Any],
+        meter_provider: metrics.MeterProvider | None,
+        tracer_provider: trace.TracerProvider | None,
+    ) -> None:
+        self._router = router
+        self._active = True
+        provider = meter_provider or metrics.get_meter_provider()
+        meter = provider.get_meter("trio_pubsub", _version())
+        self._tracer = (
+            None
+            if tracer_provider is None
+            else tracer_provider.get_tracer("trio_pubsub", _version())
+        )
+        self._duration = meter.create_histogram(
+            "trio_pubsub.handler.duration",
+            unit="s",
+            description="How long each attempt of a handler took, by its outcome.",
+        )
+        for field, description in _HANDLER_COUNTERS.items():
+            meter.create_observable_counter(
+                f"trio_pubsub.handler.{field}",
+                callbacks=[functools.partial(self._observe, field)],
+                unit="{message}",
+                description=description,
+            )
+        meter.create_observable_up_down_counter(
+            "trio_pubsub.handler.in_flight",
+            callbacks=[functools.partial(self._observe, "in_flight")],
+            unit="{message}",
+            description="Messages a handler has taken and not finished now.",
+        )
+
+    def uninstrument(self) -> None:
+        """Stop: attempts are no longer timed or traced, counts no longer read.
+
+        Idempotent. The steps stay in the router's chain (a router's
+        middleware is fixed once it serves) and only pass messages on.
+        """
+        self._active = False
+
+    def _observe(self, field: str, options: CallbackOptions) -> Iterable[Observation]:
+        if not self._active:
+            return []
+        router = self._router
+        handlers: tuple[HandlerStatistics, ...] = _port.read_in_run(
+            router.broker, router.statistics
+        )
+        return [
+            Observation(getattr(stats, field), {**_BASE, HANDLER: stats.name})
+            for stats in handlers
+        ]
+
+    def wrap(self, handler: str) -> Middleware[typing.Any]:
+        """The step that times, and traces, each attempt of ``handler``."""
+        attributes = {**_BASE, HANDLER: handler}
+
+        async def observed(
+            message: Message[typing.Any],
+            call_next: Callable[[Message[typing.Any]], typing.Awaitable[None]],
+        ) -> None:
+            if not self._active:
+                await call_next(message)
+                return
+            span = self._start_span(handler, message)
+            start = trio.current_time()
+            with trace.use_span(span, end_on_exit=True) if span else _NOTHING:
+                try:
+                    await call_next(message)
+                except Exception as error:
+                    kind = type(error).__qualname__
+                    if span is not None:  # (before use_span ends it)
+                        span.set_attribute("error.type", kind)
+                    self._duration.record(
+                        trio.current_time() - start,
+                        {**attributes, OUTCOME: "failed", "error.type": kind},
+                    )
+                    raise
+            self._duration.record(
+                trio.current_time() - start, {**attributes, OUTCOME: "handled"}
+            )
+
+        return observed
+
+    def _start_span(
+        self, handler: str, message: Message[typing.Any]
+    ) -> trace.Span | None:
+        """A consumer span for one attempt, linked to the message's producer."""
+        if self._tracer is None:
+            return None
+        parent = trace.get_current_span(propagate.extract(message.headers))
+        context = parent.get_span_context()
+        return self._tracer.start_span(
+            "process",
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                **_BASE,
+                HANDLER: handler,
+                "messaging.operation.name": "process",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": message.subject,
+            },
+            links=[trace.Link(context)] if context.is_valid else None,
+        )
+
+
+def instrument_router(
+    router: Router[T],
+    *,
+    meter_provider: metrics.MeterProvider | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> RouterInstrumentation:
+    """Report a router's handler counters, time each attempt, trace attempts.
+
+    Call it before the router serves: it adds a step to every handler's
+    chain through :meth:`~trio_pubsub.Router.use`.
+
+    Args:
+        router: The router to instrument.
+        meter_provider: Where the metrics go; ``None``: the global one.
+        tracer_provider: With one, each attempt is a consumer span
+            (``process``), linked to the span that published the message
+            (the W3C context :func:`instrument` puts in its headers), with
+            ``error.type`` and an error status when the attempt fails.
+            ``None``: no traces.
+
+    Returns:
+        The handle; :meth:`RouterInstrumentation.uninstrument` ends it.
+
+    Raises:
+        TypeError: ``router`` is not a :class:`~trio_pubsub.Router`.
+        RuntimeError: the router is serving already.
+
+    Metrics, each with ``trio_pubsub.handler.name``:
+    ``trio_pubsub.handler.received``, ``.handled``, ``.retried``, ``.failed``,
+    ``.dead_lettered``, ``.duplicates`` (counters), ``.in_flight``, and the
+    histogram ``trio_pubsub.handler.duration`` (seconds, per attempt, with
+    ``trio_pubsub.handler.outcome``: ``handled`` or ``failed``, and
+    ``error.type`` on failures; an attempt cancelled from outside is not
+    timed).
+    """
+    if not isinstance(router, Router):
+        raise TypeError(f"router must be a trio_pubsub.Router, not {router!r}")
+    instrumentation = RouterInstrumentation(router, meter_provider, tracer_provider)
+    router.use(instrumentation.wrap)
     return instrumentation

@@ -20,10 +20,18 @@ See :doc:`/how-to/monitor-a-broker` for the table of metrics.
 
 from __future__ import annotations
 
+import bisect
 import functools
+import math
 import typing
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+import trio
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.metrics import Histogram
 from prometheus_client.registry import Collector
 
 from . import _port
@@ -33,10 +41,18 @@ if typing.TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
-    from . import Broker, BrokerStatistics, SubscriptionInfo
+    from . import (
+        Broker,
+        BrokerStatistics,
+        HandlerStatistics,
+        Message,
+        Middleware,
+        Router,
+        SubscriptionInfo,
+    )
     from .nats import Bridge, BridgeStatistics
 
-__all__ = ["BridgeCollector", "BrokerCollector"]
+__all__ = ["BridgeCollector", "BrokerCollector", "RouterCollector"]
 
 R = typing.TypeVar("R")
 
@@ -257,3 +273,158 @@ class BridgeCollector(Collector):
             connected.add_metric([name], int(stats.connected))
         yield pending
         yield connected
+
+
+_HANDLER_COUNTERS = {
+    "received": "Messages a handler took from its subscription.",
+    "handled": "Messages a handler's attempt handled.",
+    "retried": "Attempts after the first.",
+    "failed": "Messages given up on without a dead letter, or cancelled.",
+    "dead_lettered": "Messages given up on and published as dead letters.",
+    "duplicates": "Messages skipped as repeats (dedupe).",
+}
+
+_BOUNDS: tuple[float, ...] = tuple(Histogram.DEFAULT_BUCKETS)
+
+
+class _Durations:
+    """Attempt durations by handler and outcome, kept in the trio thread.
+
+    Each series is a list: one count per bucket (not cumulative; the last
+    bucket is ``+Inf``), then the sum.
+    """
+
+    def __init__(self) -> None:
+        self.series: dict[tuple[str, str], list[float]] = {}
+
+    def observe(self, handler: str, outcome: str, seconds: float) -> None:
+        row = self.series.get((handler, outcome))
+        if row is None:
+            row = self.series[handler, outcome] = [0.0] * (len(_BOUNDS) + 1)
+        row[bisect.bisect_left(_BOUNDS, seconds)] += 1
+        row[-1] += seconds
+
+    def wrap(self, handler: str) -> Middleware[typing.Any]:
+        """The middleware that times each attempt of ``handler``."""
+
+        async def timed(
+            message: Message[typing.Any],
+            call_next: typing.Callable[[Message[typing.Any]], typing.Awaitable[None]],
+        ) -> None:
+            start = trio.current_time()
+            try:
+                await call_next(message)
+            except Exception:
+                self.observe(handler, "failed", trio.current_time() - start)
+                raise
+            self.observe(handler, "handled", trio.current_time() - start)
+
+        return timed
+
+    def copy(self) -> dict[tuple[str, str], list[float]]:
+        return {key: list(row) for key, row in self.series.items()}
+
+
+_RouterReading = tuple[
+    tuple["HandlerStatistics", ...], dict[tuple[str, str], list[float]]
+]
+
+
+def _read_router(router: Router[typing.Any], durations: _Durations) -> _RouterReading:
+    return router.statistics(), durations.copy()
+
+
+class RouterCollector(Collector):
+    """The metrics of a :class:`~trio_pubsub.Router`'s handlers.
+
+    Args:
+        router: The router to report on. Made before it serves: the
+            collector times each attempt through :meth:`Router.use`.
+        name: The value of the ``router`` label.
+
+    Counters ``trio_pubsub_handler_received_total``, ``..._handled_total``,
+    ``..._retried_total``, ``..._failed_total``, ``..._dead_lettered_total``,
+    ``..._duplicates_total``; the gauge ``trio_pubsub_handler_in_flight``; and
+    the histogram ``trio_pubsub_handler_duration_seconds`` of each attempt,
+    labelled ``outcome`` (``handled`` or ``failed``; an attempt cancelled
+    from outside is not timed). Labels: ``router`` and ``handler`` (its
+    name). Report more routers through the same collector with
+    :meth:`add_router`.
+
+    Raises:
+        RuntimeError: the router is serving already.
+    """
+
+    def __init__(self, router: Router[typing.Any], *, name: str = "default") -> None:
+        self._routers: dict[str, tuple[Router[typing.Any], _Durations]] = {}
+        self.add_router(router, name=name)
+
+    def add_router(self, router: Router[typing.Any], *, name: str) -> None:
+        """Report ``router`` too, under ``router=name`` (before it serves).
+
+        Raises:
+            TypeError: ``name`` is not a non-empty ``str``.
+            ValueError: a router is reported under ``name`` already.
+            RuntimeError: the router is serving already.
+        """
+        durations = _Durations()
+        _add(self._routers, (router, durations), name, "router")
+        try:
+            router.use(durations.wrap)
+        except BaseException:
+            del self._routers[name]  # (serving already: nothing changes)
+            raise
+
+    def describe(self) -> Iterable[Metric]:
+        """The metric families, without samples (for the registry's name check)."""
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        """Read each router's counters now, in its broker's trio thread."""
+        readings = {
+            name: _port.read_in_run(
+                router.broker, functools.partial(_read_router, router, durations)
+            )
+            for name, (router, durations) in self._routers.items()
+        }
+        return list(self._families(readings))
+
+    def _families(
+        self, readings: dict[str, _RouterReading] | None = None
+    ) -> Iterator[Metric]:
+        readings = readings or {}
+        for field, help_text in _HANDLER_COUNTERS.items():
+            counter = CounterMetricFamily(
+                f"trio_pubsub_handler_{field}", help_text, labels=["router", "handler"]
+            )
+            for name, (handlers, _) in readings.items():
+                for stats in handlers:
+                    counter.add_metric([name, stats.name], getattr(stats, field))
+            yield counter
+        in_flight = GaugeMetricFamily(
+            "trio_pubsub_handler_in_flight",
+            "Messages a handler has taken and not finished now.",
+            labels=["router", "handler"],
+        )
+        duration = HistogramMetricFamily(
+            "trio_pubsub_handler_duration_seconds",
+            "How long each attempt of a handler took, by its outcome.",
+            labels=["router", "handler", "outcome"],
+        )
+        for name, (handlers, series) in readings.items():
+            for stats in handlers:
+                in_flight.add_metric([name, stats.name], stats.in_flight)
+            for (handler, outcome), row in sorted(series.items()):
+                cumulative, buckets = 0.0, []
+                for bound, count in zip(_BOUNDS, row, strict=False):
+                    cumulative += count
+                    buckets.append((_le(bound), cumulative))
+                duration.add_metric(
+                    [name, handler, outcome], buckets, sum_value=row[-1]
+                )
+        yield in_flight
+        yield duration
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == math.inf else repr(float(bound))

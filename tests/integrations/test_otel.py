@@ -23,8 +23,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from opentelemetry.trace import SpanKind
 
-from trio_pubsub import Broker, OverflowPolicy, Subscription
-from trio_pubsub.otel import instrument
+from trio_pubsub import Broker, Message, OverflowPolicy, Retry, Router, Subscription
+from trio_pubsub.otel import instrument, instrument_router
 
 Points = dict[tuple[str, tuple[tuple[str, Any], ...]], Any]
 
@@ -320,3 +320,86 @@ async def test_what_a_subscription_counted_stays_after_it_leaves_issue_28(
     }
     assert scraped[("trio_pubsub_dropped_total", "")] == 4
     instrumentation.uninstrument()
+
+
+async def test_a_routers_handlers_are_measured_and_each_attempt_traced_issue_30(
+    reader: tuple[MeterProvider, InMemoryMetricReader],
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="trio_pubsub")
+    meters, metric_reader = reader
+    tracers, exporter = spans
+    broker = Broker(int)
+    instrument(broker, meter_provider=meters, tracer_provider=tracers)
+    router: Router[int] = Router(broker)
+
+    @router.handler("jobs", name="work", retry=Retry(attempts=2, backoff=1.0))
+    async def work(message: Message[int]) -> None:
+        await trio.sleep(0.5)
+        if message.payload < 0:
+            raise ValueError("poison")
+
+    handle = instrument_router(router, meter_provider=meters, tracer_provider=tracers)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.serve)
+        with pytest.raises(RuntimeError, match="before serve"):
+            instrument_router(router, meter_provider=meters)
+        await broker.publish("jobs", 1)
+        await broker.publish("jobs", -1)
+        await trio.sleep(10)
+        found = points(metric_reader)
+        router.stop()
+    who = (*SYSTEM, ("trio_pubsub.handler.name", "work"))
+    assert found["trio_pubsub.handler.received", who].value == 2
+    assert found["trio_pubsub.handler.handled", who].value == 1
+    assert found["trio_pubsub.handler.retried", who].value == 1
+    assert found["trio_pubsub.handler.failed", who].value == 1
+    assert found["trio_pubsub.handler.in_flight", who].value == 0
+    ok = found[
+        "trio_pubsub.handler.duration",
+        tuple(sorted((*who, ("trio_pubsub.handler.outcome", "handled")))),
+    ]
+    assert (ok.count, ok.sum) == (1, pytest.approx(0.5))
+    bad = found[
+        "trio_pubsub.handler.duration",
+        tuple(
+            sorted(
+                (
+                    *who,
+                    ("trio_pubsub.handler.outcome", "failed"),
+                    ("error.type", "ValueError"),
+                )
+            )
+        ),
+    ]
+    assert (bad.count, bad.sum) == (2, pytest.approx(1.0))
+    # one consumer span per attempt, linked to the publish's producer span
+    finished = exporter.get_finished_spans()
+    producers = {
+        span.context.span_id: span
+        for span in finished
+        if span.kind is SpanKind.PRODUCER and span.name == "send"
+    }
+    attempts = [
+        span
+        for span in finished
+        if span.kind is SpanKind.CONSUMER
+        and (span.attributes or {}).get("trio_pubsub.handler.name") == "work"
+    ]
+    assert len(attempts) == 3
+    for span in attempts:
+        (link,) = span.links
+        assert link.context.span_id in producers
+    failed = [s for s in attempts if (s.attributes or {}).get("error.type")]
+    assert [s.attributes["error.type"] for s in failed] == ["ValueError"] * 2  # type: ignore[index]
+    assert all(s.status.status_code.name == "ERROR" for s in failed)
+    handle.uninstrument()
+    handle.uninstrument()  # idempotent
+    assert not [
+        key
+        for key in points(metric_reader)
+        if key[0].startswith("trio_pubsub.handler.")
+        and key[0] != "trio_pubsub.handler.duration"
+    ]

@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from trio_pubsub import Broker, OverflowPolicy
-from trio_pubsub.prometheus import BrokerCollector
+from trio_pubsub import Broker, Message, OverflowPolicy, Retry, Router
+from trio_pubsub.prometheus import BrokerCollector, RouterCollector
 
 GUARD = 20  # seconds: a guard against hanging, never a measure
 
@@ -208,3 +209,61 @@ def test_one_collector_reports_several_brokers() -> None:
     samples = parse(generate_latest(registry).decode())
     assert samples[("trio_pubsub_published_total", labels(broker="first"))] == 1
     assert samples[("trio_pubsub_published_total", labels(broker="second"))] == 2
+
+
+async def test_a_routers_handlers_are_scraped_with_their_durations_issue_30(
+    served: tuple[CollectorRegistry, str],
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="trio_pubsub")
+    registry, url = served
+    broker = Broker(int)
+    router: Router[int] = Router(broker)
+
+    @router.handler(
+        "jobs", name="work", retry=Retry(attempts=2, backoff=1.0), dead_letter="dead"
+    )
+    async def work(message: Message[int]) -> None:
+        await trio.sleep(0.02 if message.payload >= 0 else 3.0)
+        if message.payload < 0:
+            raise ValueError("poison")
+
+    collector = RouterCollector(router, name="shop")
+    registry.register(collector)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.serve)
+        with pytest.raises(RuntimeError, match="before serve"):
+            collector.add_router(router, name="late")  # (nothing is added)
+        for payload in (1, 2, -1):
+            await broker.publish("jobs", payload)
+        await trio.sleep(30)
+        # scraped from prometheus_client's own thread, over HTTP
+        samples = await scrape(url)
+        router.stop()
+    who = {"router": "shop", "handler": "work"}
+    assert samples["trio_pubsub_handler_received_total", labels(**who)] == 3
+    assert samples["trio_pubsub_handler_handled_total", labels(**who)] == 2
+    assert samples["trio_pubsub_handler_retried_total", labels(**who)] == 1
+    assert samples["trio_pubsub_handler_dead_lettered_total", labels(**who)] == 1
+    assert samples["trio_pubsub_handler_failed_total", labels(**who)] == 0
+    assert samples["trio_pubsub_handler_duplicates_total", labels(**who)] == 0
+    assert samples["trio_pubsub_handler_in_flight", labels(**who)] == 0
+    handled = labels(**who, outcome="handled")
+    failed = labels(**who, outcome="failed")
+    assert samples["trio_pubsub_handler_duration_seconds_count", handled] == 2
+    assert samples["trio_pubsub_handler_duration_seconds_sum", handled] == (
+        pytest.approx(0.04)
+    )
+    assert samples["trio_pubsub_handler_duration_seconds_count", failed] == 2
+    assert samples["trio_pubsub_handler_duration_seconds_sum", failed] == (
+        pytest.approx(6.0)
+    )
+    # 0.02 s falls in the 0.025 bucket; 3 s in the 5 s one
+    bucket = "trio_pubsub_handler_duration_seconds_bucket"
+    assert samples[bucket, labels(**who, outcome="handled", le="0.01")] == 0
+    assert samples[bucket, labels(**who, outcome="handled", le="0.025")] == 2
+    assert samples[bucket, labels(**who, outcome="failed", le="2.5")] == 0
+    assert samples[bucket, labels(**who, outcome="failed", le="5.0")] == 2
+    assert samples[bucket, labels(**who, outcome="failed", le="+Inf")] == 2
+    assert "late" not in generate_latest(registry).decode()

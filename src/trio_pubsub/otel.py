@@ -485,7 +485,7 @@ OUTCOME = "trio_pubsub.handler.outcome"
 
 
 class RouterInstrumentation:
-    """What :func:`instrument_router` returns; ``uninstrument()`` ends it."""
+    """What :func:`~trio_pubsub.otel.instrument_router` returns (``uninstrument``)."""
 
     def __init__(
         self,

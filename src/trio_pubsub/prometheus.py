@@ -339,7 +339,7 @@ class RouterCollector(Collector):
 
     Args:
         router: The router to report on. Made before it serves: the
-            collector times each attempt through :meth:`Router.use`.
+            collector times each attempt through :meth:`~trio_pubsub.Router.use`.
         name: The value of the ``router`` label.
 
     Counters ``trio_pubsub_handler_received_total``, ``..._handled_total``,

@@ -421,6 +421,7 @@ class Serving(Generic[T]):
 
     def __init__(self, router: Router[T], dead: Recording[T] | None) -> None:
         self.router = router
+        """The router it runs."""
         self._dead = dead
 
     async def idle(self, *, tick: float = 0.01) -> None:

@@ -197,6 +197,8 @@ HARNESSES: dict[tuple[str, int], Harness] = {
         replace=(("start_http_server(9464", "start_http_server(0"),),
     ),
     ("docs/how-to/monitor-a-broker.md", 2): Harness("async", OTEL),
+    ("docs/how-to/process-events-reliably.md", 1): Harness("async", BROKER),
+    ("docs/how-to/process-events-reliably.md", 2): Harness("pytest"),
     ("docs/how-to/property-test-routing.md", 1): Harness("pytest"),
     ("docs/how-to/property-test-routing.md", 2): Harness("pytest"),
     ("docs/how-to/request-reply.md", 1): Harness("async", ASK_BY_HEADER),

@@ -70,16 +70,27 @@ def test_the_integrations_export_what_spec_and_reference_name() -> None:
     """trio_pubsub.prometheus, .otel and .testing: their __all__, sorted."""
     from trio_pubsub import otel, prometheus, testing
 
-    assert prometheus.__all__ == ["BridgeCollector", "BrokerCollector"]
-    assert otel.__all__ == ["Instrumentation", "instrument"]
+    assert prometheus.__all__ == [
+        "BridgeCollector",
+        "BrokerCollector",
+        "RouterCollector",
+    ]
+    assert otel.__all__ == [
+        "Instrumentation",
+        "RouterInstrumentation",
+        "instrument",
+        "instrument_router",
+    ]
     assert testing.__all__ == [
         "Recording",
+        "Serving",
         "drain",
         "patterns",
         "patterns_matching",
         "patterns_near",
         "recorder",
         "reference_match",
+        "serving",
         "subjects",
         "subjects_matching",
         "subjects_near",

@@ -4,8 +4,9 @@ Modules import one way only, each from those before it in this list:
 _errors, _subject, _trie, _retained, _policy, _options, _stats, _metrics, _message,
 _log, _inbox, _groups, _reply, _routes, _subscription, _delivery, _threads, _broker,
 _port, _handling, _router; and nats/ imports the public API, _port and _log. Only
-_inbox parks and wakes tasks; only _inbox, _delivery, _subscription and
-_router use trio.lowlevel (_router for Ctrl-C protection of its counting alone).
+_inbox parks and wakes tasks by hand (_router's idle workers wait in a trio
+ParkingLot); only _inbox, _delivery, _subscription and
+_router use trio.lowlevel (_router for Ctrl-C protection and that ParkingLot).
 _pytest_plugin and _pytest_fixtures are the pytest plugin, no part of the
 core: they import the public API and testing. See the module map in
 docs/explanation/design.md.

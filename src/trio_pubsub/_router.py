@@ -17,7 +17,6 @@ chain, handlers included, runs unprotected, as any code does.
 from __future__ import annotations
 
 import collections
-import math
 import typing
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
@@ -200,7 +199,9 @@ class Router(Generic[T]):
                 to ``max(concurrency, max_buffer_size)`` messages waiting for
                 their key; when that many wait, it takes no more, and ``BLOCK``
                 pushes back on publishers. A key function that raises fails
-                its message (counted, logged).
+                its message (counted, logged). With ``concurrency=1`` every
+                message is handled in arrival order anyway, and the key is
+                not computed.
             retry: How failed attempts are retried (default: not at all).
             timeout: The longest an attempt of the handler may take, in
                 seconds (> 0); one that takes longer is cancelled and fails
@@ -337,9 +338,9 @@ class Router(Generic[T]):
                 sub.drain()
             task_status.started()
             counters = handler.counters
-            if handler.key is not None:
+            if handler.key is not None and handler.concurrency > 1:
                 await _by_key(handler.key, handler.concurrency, sub, run, counters)
-            elif handler.concurrency == 1:
+            elif handler.concurrency == 1:  # (in order already: a key adds nothing)
                 await _work(sub, run, counters)
             else:
                 async with trio.open_nursery() as workers:
@@ -371,6 +372,48 @@ async def _work(sub: Subscription[T], run: Handler[T], counters: Counters) -> No
         _cut_off(counters, sub)
 
 
+class _Keys(Generic[T]):
+    """What a handler with ``key=`` holds: each key's messages, in order.
+
+    ``waiting`` holds each key that has messages taken and not settled: the
+    first one of a key is in an attempt, the others wait behind it. A key is
+    handed to a worker (put in ``ready``) once, when it starts waiting; that
+    worker handles its messages until none is left. ``held`` counts the
+    messages in ``waiting``; the reader takes no more while ``hold`` are.
+    """
+
+    def __init__(self, hold: int) -> None:
+        self.hold = hold
+        self.held = 0
+        self.waiting: dict[Hashable, collections.deque[Message[T]]] = {}
+        self.room: trio.Event | None = None  # set when held falls below hold
+        self.ready: collections.deque[Hashable] = collections.deque()
+        self.idle = trio.lowlevel.ParkingLot()  # workers with no key to handle
+        self.done = False  # the reader has finished: idle workers end
+
+    def hand_over(self, label: Hashable) -> None:
+        """``label`` has a message waiting and no worker: wake one for it."""
+        self.ready.append(label)
+        self.idle.unpark()
+
+    def finish(self) -> None:
+        self.done = True
+        self.idle.unpark_all()
+
+    def settled(self) -> None:
+        """A message held here has its outcome: room for one more."""
+        self.held -= 1
+        if self.room is not None:
+            self.room.set()
+            self.room = None
+
+    async def wait_for_room(self, below: int) -> None:
+        """Wait until fewer than ``below`` messages are held."""
+        while self.held >= below:
+            self.room = trio.Event()
+            await self.room.wait()
+
+
 @enable_ki_protection
 async def _by_key(
     key: Key[T],
@@ -381,45 +424,44 @@ async def _by_key(
 ) -> None:
     """Take messages from ``sub``; handle each key's in order, keys at once.
 
-    ``waiting`` holds each key that has messages taken and not settled: the
-    first one of a key is in an attempt, the others wait behind it. A key is
-    handed to a worker once, when it starts waiting; that worker handles its
-    messages until none is left.
+    One reader (this task) takes from the subscription, so that each key's
+    messages are queued in the order they arrived; ``concurrency`` workers
+    handle them. It takes what the subscription holds in one batch, up to
+    the room left.
     """
-    hold = max(concurrency, sub.max_buffer_size)
-    room = trio.Semaphore(hold)
-    waiting: dict[Hashable, collections.deque[Message[T]]] = {}
-    send, ready = trio.open_memory_channel[Hashable](math.inf)
+    keys: _Keys[T] = _Keys(max(concurrency, sub.max_buffer_size))
+    waiting = keys.waiting
     try:
         async with trio.open_nursery() as workers:
             for _ in range(concurrency):
-                workers.start_soon(_work_by_key, ready, waiting, room, run, counters)
-            async with send:
+                workers.start_soon(_work_by_key, keys, run, counters)
+            try:
                 while True:
-                    await room.acquire()
+                    await keys.wait_for_room(keys.hold)
                     try:
-                        message = await sub.receive()
+                        batch = await sub.receive_batch(keys.hold - keys.held)
                     except (trio.EndOfChannel, SlowConsumerError) as end:
-                        room.release()
                         if isinstance(end, SlowConsumerError):
                             _cut_off(counters, sub)
                         break
-                    counters.take()
-                    try:
-                        label = key(message)
-                        queue = waiting.get(label)
-                    except Exception as error:
-                        counters.log("its key function failed", message, 0, error)
-                        counters.settle("failed")
-                        room.release()
-                        continue
-                    if queue is None:
-                        waiting[label] = collections.deque((message,))
-                        send.send_nowait(label)
-                    else:
-                        queue.append(message)
-                for _ in range(hold):  # every message taken is settled
-                    await room.acquire()
+                    for message in batch:
+                        counters.take()
+                        try:
+                            label = key(message)
+                            queue = waiting.get(label)
+                        except Exception as error:
+                            counters.log("its key function failed", message, 0, error)
+                            counters.settle("failed")
+                            continue
+                        keys.held += 1
+                        if queue is None:
+                            waiting[label] = collections.deque((message,))
+                            keys.hand_over(label)
+                        else:
+                            queue.append(message)
+                await keys.wait_for_room(1)  # every message taken is settled
+            finally:
+                keys.finish()
     finally:
         for queue in waiting.values():  # cancelled before their attempt
             for _ in queue:
@@ -428,15 +470,16 @@ async def _by_key(
 
 
 @enable_ki_protection
-async def _work_by_key(
-    ready: trio.MemoryReceiveChannel[Hashable],
-    waiting: dict[Hashable, collections.deque[Message[T]]],
-    room: trio.Semaphore,
-    run: Handler[T],
-    counters: Counters,
-) -> None:
+async def _work_by_key(keys: _Keys[T], run: Handler[T], counters: Counters) -> None:
     """Handle the messages of each key handed here, in order, until none is left."""
-    async for label in ready:
+    waiting, ready = keys.waiting, keys.ready
+    while True:
+        if not ready:
+            if keys.done:
+                return
+            await keys.idle.park()
+            continue
+        label = ready.popleft()
         queue = waiting[label]
         while queue:
             message = queue.popleft()
@@ -444,8 +487,8 @@ async def _work_by_key(
                 outcome = await _attempt(run, counters, message)
             except BaseException:
                 counters.settle("failed")  # cancelled, or interrupted
-                room.release()
+                keys.settled()
                 raise
             counters.settle(outcome)
-            room.release()
+            keys.settled()
         del waiting[label]

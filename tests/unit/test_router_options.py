@@ -187,7 +187,7 @@ async def test_a_key_function_that_raises_fails_its_message(
     router: Router[int] = Router(broker)
     seen: list[int] = []
 
-    @router.handler("k", key=order_key, name="keyed")
+    @router.handler("k", key=order_key, name="keyed", concurrency=2)
     async def handle(message: Message[int]) -> None:
         seen.append(message.payload)
 

@@ -172,7 +172,7 @@ def measure(scale: float) -> dict[str, Any]:
     for label, options in OVERHEAD.items():
         keys = 1_000 if "key" in options else 1
         base, case, ratio = _ratio(
-            lambda: hand_loop(count, trivial, keys),
+            lambda k=keys: hand_loop(count, trivial, k),
             lambda o=options, k=keys: routed(count, trivial, k, **o),
             rounds,
         )
@@ -220,17 +220,18 @@ def main() -> None:
     result = measure(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0)
     print(f"{'case':40} {'hand µs':>9} {'ours µs':>9} {'hand/ours':>9}")
     for row in result["overhead"]:
-        print(
-            f"{row['case']:40} {row['hand']:9.2f} {row['ours']:9.2f} {row['ratio']:9.2f}x"
-        )
+        hand, ours, ratio = row["hand"], row["ours"], row["ratio"]
+        print(f"{row['case']:40} {hand:9.2f} {ours:9.2f} {ratio:9.2f}x")
     c = result["concurrency"]
     print(
-        f"1 ms handler: concurrency 1 {c['one']:.0f}/s, 16 {c['sixteen']:.0f}/s: {c['ratio']:.1f}x"
+        f"1 ms handler: concurrency 1 {c['one']:.0f}/s, "
+        f"16 {c['sixteen']:.0f}/s: {c['ratio']:.1f}x"
     )
     for row in result["keys"]:
         print(
             f"key= 1,000 keys, concurrency 16, {row['handler']} handler: "
-            f"{row['with']:.0f}/s against {row['without']:.0f}/s without: {row['ratio']:.2f}x"
+            f"{row['with']:.0f}/s against {row['without']:.0f}/s without: "
+            f"{row['ratio']:.2f}x"
         )
 
 

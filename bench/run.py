@@ -693,6 +693,7 @@ async def main(quick: bool) -> int:
         metrics_ratio <= 2.0,
     )
 
+    await handlers(report, quick)
     await nats_bridge(report, quick)
 
     # output ---------------------------------------------------------------------------
@@ -713,6 +714,66 @@ async def main(quick: bool) -> int:
         wrote = f"{RESULTS.relative_to(ROOT)}, users.md and {PLOT.relative_to(ROOT)}"
         print(f"\nwrote {wrote}")
     return 0 if all(ok for _, _, ok in report.targets) else 1
+
+
+async def handlers(report: Report, quick: bool) -> None:
+    """W13: the Router against a hand-written loop (bench/handlers.py)."""
+    print("W13 handlers", flush=True)
+    measured = await trio.run_process(
+        [sys.executable, "handlers.py", "--json", "0.25" if quick else "1"],
+        cwd=Path(__file__).parent,
+        capture_stdout=True,
+    )
+    found = json.loads(measured.stdout)
+    report.section(
+        "W13: a Router handler against a hand-written `async for` loop calling the "
+        f"same no-op handler ({found['count']:,} messages through `await publish` "
+        "to a BLOCK buffer of 64; µs per message; ratio = hand loop time / "
+        "router time, median of rounds in turn)",
+        ["case", "hand loop", "router", "ratio"],
+    )
+    for row in found["overhead"]:
+        report.row(
+            row["case"], fmt(row["hand"]), fmt(row["ours"]), f"{row['ratio']:.2f}x"
+        )
+    plain = found["overhead"][0]
+    report.target(
+        "W13 router overhead: >= 0.8x a hand loop's messages per second "
+        "(concurrency 1, no option)",
+        f"{plain['ratio']:.2f}x",
+        plain["ratio"] >= 0.8,
+    )
+    conc = found["concurrency"]
+    report.section(
+        "W13c: a handler that waits 1 ms (`trio.sleep(0.001)`, standing for I/O), "
+        f"{found['sleepy']:,} messages (messages per second)",
+        ["concurrency=1", "concurrency=16", "ratio"],
+    )
+    report.row(f"{conc['one']:.0f}", f"{conc['sixteen']:.0f}", f"{conc['ratio']:.1f}x")
+    report.target(
+        "W13c concurrency=16 with a 1 ms handler: >= 10x concurrency=1",
+        f"{conc['ratio']:.1f}x",
+        conc["ratio"] >= 10,
+    )
+    report.section(
+        "W13k: `key=` with 1,000 keys, concurrency 16, against the same run "
+        "without `key=` (messages per second)",
+        ["handler", "without key=", "with key=", "ratio"],
+    )
+    for row in found["keys"]:
+        report.row(
+            row["handler"],
+            f"{row['without']:.0f}",
+            f"{row['with']:.0f}",
+            f"{row['ratio']:.2f}x",
+        )
+    worst = min(found["keys"], key=lambda row: row["ratio"])
+    report.target(
+        "W13k key= with 1,000 keys, concurrency 16: >= 0.7x without key= "
+        "(no-op and 1 ms handlers)",
+        f"worst {worst['ratio']:.2f}x ({worst['handler']})",
+        worst["ratio"] >= 0.7,
+    )
 
 
 async def nats_bridge(report: Report, quick: bool) -> None:

@@ -8,7 +8,14 @@ from typing import TypeVar
 
 import trio
 
-from trio_pubsub import Broker, OverflowPolicy, SlowConsumerError, Subscription, _port
+from trio_pubsub import (
+    Broker,
+    HandlerStatistics,
+    OverflowPolicy,
+    SlowConsumerError,
+    Subscription,
+    _port,
+)
 from trio_pubsub._broker import pipeline
 from trio_pubsub._inbox import Tally, _Inbox
 from trio_pubsub._routes import RouteTable
@@ -112,3 +119,14 @@ def request_leftovers(broker: Broker[int]) -> tuple[int, list[str]]:
     waiting = broker.statistics().requests_waiting
     assert waiting == len(pipeline(broker).replies)
     return waiting, cached
+
+
+def law(stats: HandlerStatistics) -> bool:
+    """A router handler's law: every message taken has one outcome or is in flight."""
+    return stats.received == (
+        stats.handled
+        + stats.failed
+        + stats.dead_lettered
+        + stats.duplicates
+        + stats.in_flight
+    )

@@ -6,7 +6,8 @@ series and the same totals. Subscriptions alike in name, pattern and queue
 share one row (counts added, high water and age the most of them), and one
 more row, :data:`LEFT`, keeps what subscriptions no longer open were
 delivered and dropped: a subscription's own series goes when it leaves, but
-a total over the series never goes down.
+a total over the series never goes down. :data:`HANDLER_COUNTERS` is the
+same for a router's handlers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ if typing.TYPE_CHECKING:
     from collections.abc import Iterable
 
     from ._stats import BrokerStatistics, SubscriptionInfo
+
+HANDLER_COUNTERS: typing.Final = {
+    "received": "Messages a handler took from its subscription.",
+    "handled": "Messages a handler's attempt handled.",
+    "retried": "Attempts after the first.",
+    "failed": "Messages given up on without a dead letter, or cancelled.",
+    "dead_lettered": "Messages given up on and published as dead letters.",
+    "duplicates": "Messages skipped as repeats (dedupe).",
+}
+"""A router's counters per handler, as both exporters name and describe them."""
 
 LEFT: typing.Final = ("", "", None)
 """The (name, pattern, queue) of the row for subscriptions no longer open."""

@@ -46,6 +46,7 @@ from ._broker import (
 )
 from ._delivery import Pending as Pending
 from ._metrics import (
+    HANDLER_COUNTERS as HANDLER_COUNTERS,
     LEFT as LEFT,
     SubscriptionRow as SubscriptionRow,
     subscription_rows as subscription_rows,

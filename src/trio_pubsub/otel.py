@@ -71,6 +71,18 @@ def _version() -> str:
     return __version__
 
 
+def _meter_and_tracer(
+    meter_provider: metrics.MeterProvider | None,
+    tracer_provider: trace.TracerProvider | None,
+) -> tuple[metrics.Meter, trace.Tracer | None]:
+    """The library's meter (the global provider's by default), and its tracer."""
+    provider = meter_provider or metrics.get_meter_provider()
+    meter = provider.get_meter("trio_pubsub", _version())
+    if tracer_provider is None:
+        return meter, None
+    return meter, tracer_provider.get_tracer("trio_pubsub", _version())
+
+
 class Instrumentation:
     """What :func:`~trio_pubsub.otel.instrument` returns; ``uninstrument()`` ends it."""
 
@@ -82,13 +94,7 @@ class Instrumentation:
     ) -> None:
         self._broker = broker
         self._active = True
-        provider = meter_provider or metrics.get_meter_provider()
-        meter = provider.get_meter("trio_pubsub", _version())
-        self._tracer = (
-            None
-            if tracer_provider is None
-            else tracer_provider.get_tracer("trio_pubsub", _version())
-        )
+        meter, self._tracer = _meter_and_tracer(meter_provider, tracer_provider)
         # the watchers of the subscription handles entered while instrumented
         self._handles: set[_Handle] = set()
         # what those that have left had received, by series: the broker keeps
@@ -472,14 +478,6 @@ def instrument(
     return instrumentation
 
 
-_HANDLER_COUNTERS = {
-    "received": "Messages a handler took from its subscription.",
-    "handled": "Messages a handler's attempt handled.",
-    "retried": "Attempts after the first.",
-    "failed": "Messages given up on without a dead letter, or cancelled.",
-    "dead_lettered": "Messages given up on and published as dead letters.",
-    "duplicates": "Messages skipped as repeats (dedupe).",
-}
 HANDLER = "trio_pubsub.handler.name"
 OUTCOME = "trio_pubsub.handler.outcome"
 
@@ -495,19 +493,13 @@ class RouterInstrumentation:
     ) -> None:
         self._router = router
         self._active = True
-        provider = meter_provider or metrics.get_meter_provider()
-        meter = provider.get_meter("trio_pubsub", _version())
-        self._tracer = (
-            None
-            if tracer_provider is None
-            else tracer_provider.get_tracer("trio_pubsub", _version())
-        )
+        meter, self._tracer = _meter_and_tracer(meter_provider, tracer_provider)
         self._duration = meter.create_histogram(
             "trio_pubsub.handler.duration",
             unit="s",
             description="How long each attempt of a handler took, by its outcome.",
         )
-        for field, description in _HANDLER_COUNTERS.items():
+        for field, description in _port.HANDLER_COUNTERS.items():
             meter.create_observable_counter(
                 f"trio_pubsub.handler.{field}",
                 callbacks=[functools.partial(self._observe, field)],

@@ -275,15 +275,6 @@ class BridgeCollector(Collector):
         yield connected
 
 
-_HANDLER_COUNTERS = {
-    "received": "Messages a handler took from its subscription.",
-    "handled": "Messages a handler's attempt handled.",
-    "retried": "Attempts after the first.",
-    "failed": "Messages given up on without a dead letter, or cancelled.",
-    "dead_lettered": "Messages given up on and published as dead letters.",
-    "duplicates": "Messages skipped as repeats (dedupe).",
-}
-
 _BOUNDS: tuple[float, ...] = tuple(Histogram.DEFAULT_BUCKETS)
 
 
@@ -393,7 +384,7 @@ class RouterCollector(Collector):
         self, readings: dict[str, _RouterReading] | None = None
     ) -> Iterator[Metric]:
         readings = readings or {}
-        for field, help_text in _HANDLER_COUNTERS.items():
+        for field, help_text in _port.HANDLER_COUNTERS.items():
             counter = CounterMetricFamily(
                 f"trio_pubsub_handler_{field}", help_text, labels=["router", "handler"]
             )

@@ -140,9 +140,11 @@ class Scenario:
             await broker.aclose()
 
 
-def run_with_interrupt_at(step: int | None) -> tuple[Scenario, int]:
-    """Run the scenario, raising SIGINT at library line ``step``; count lines."""
-    scenario = Scenario()
+S = typing.TypeVar("S", "Scenario", "RouterScenario")
+
+
+def run_with_interrupt_at(step: int | None, scenario: S) -> tuple[S, int]:
+    """Run ``scenario``, raising SIGINT at library line ``step``; count lines."""
     lines = 0
 
     def local(frame: types.FrameType, event: str, arg: object) -> Callable[..., Any]:
@@ -189,7 +191,7 @@ def check_whole(scenario: Scenario, context: str) -> None:
 
 def test_the_scenario_runs_through_without_interrupt() -> None:
     """Untouched, the scenario ends normally and its counters add up."""
-    scenario, lines = run_with_interrupt_at(None)
+    scenario, lines = run_with_interrupt_at(None, Scenario())
     assert lines > 500  # the sweep below covers a real amount of code
     assert len(scenario.inboxes) == 9
     assert scenario.broker.statistics().disconnected == 1
@@ -198,11 +200,11 @@ def test_the_scenario_runs_through_without_interrupt() -> None:
 
 def test_keyboard_interrupt_at_every_library_line_keeps_state_whole_issue_15() -> None:
     """A SIGINT at any line of library code leaves every counter and registration."""
-    _, total = run_with_interrupt_at(None)
+    _, total = run_with_interrupt_at(None, Scenario())
     failures: list[str] = []
     for step in range(1, total + 1):
         try:
-            scenario, _ = run_with_interrupt_at(step)
+            scenario, _ = run_with_interrupt_at(step, Scenario())
             check_whole(scenario, f"SIGINT at library line {step}")
         except (AssertionError, trio.TrioInternalError, RuntimeError) as error:
             failures.append(f"line {step}: {type(error).__name__}: {error}")
@@ -269,35 +271,7 @@ class RouterScenario:
 
 def run_router_with_interrupt_at(step: int | None) -> tuple[RouterScenario, int]:
     """As :func:`run_with_interrupt_at`, for the router's scenario."""
-    scenario = RouterScenario()
-    lines = 0
-
-    def local(frame: types.FrameType, event: str, arg: object) -> Callable[..., Any]:
-        nonlocal lines
-        if event == "line":
-            lines += 1
-            if lines == step:
-                signal.raise_signal(signal.SIGINT)
-        return local
-
-    def global_(frame: types.FrameType, event: str, arg: object) -> Any:
-        if frame.f_code.co_filename.startswith(LIBRARY):
-            return local
-        return None
-
-    previous = sys.gettrace()
-    sys.settrace(global_)
-    try:
-        trio.run(scenario.main, clock=trio.testing.MockClock(autojump_threshold=0))
-    except KeyboardInterrupt:
-        pass
-    except BaseExceptionGroup as group:
-        _, rest = group.split(KeyboardInterrupt)
-        if rest is not None:
-            raise
-    finally:
-        sys.settrace(previous)
-    return scenario, lines
+    return run_with_interrupt_at(step, RouterScenario())
 
 
 def check_router_whole(scenario: RouterScenario, context: str) -> None:

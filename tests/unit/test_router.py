@@ -19,15 +19,7 @@ from trio_pubsub import (
     Router,
 )
 
-
-def law(stats: HandlerStatistics) -> bool:
-    return stats.received == (
-        stats.handled
-        + stats.failed
-        + stats.dead_lettered
-        + stats.duplicates
-        + stats.in_flight
-    )
+from ..helpers import law
 
 
 async def test_a_handler_handles_every_message(

@@ -17,24 +17,15 @@ from hypothesis import given, settings, strategies as st
 from trio_pubsub import (
     Broker,
     Dedupe,
-    HandlerStatistics,
     Message,
     OverflowPolicy,
     Retry,
     Router,
 )
 
+from ..helpers import law
+
 Next = Callable[[Message[int]], Awaitable[None]]
-
-
-def law(stats: HandlerStatistics) -> bool:
-    return stats.received == (
-        stats.handled
-        + stats.failed
-        + stats.dead_lettered
-        + stats.duplicates
-        + stats.in_flight
-    )
 
 
 def order_key(message: Message[int]) -> str:

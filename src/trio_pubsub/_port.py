@@ -45,6 +45,7 @@ from ._broker import (
     pipeline as pipeline,
 )
 from ._delivery import Pending as Pending
+from ._message import new_message as new_message
 from ._metrics import (
     HANDLER_COUNTERS as HANDLER_COUNTERS,
     LEFT as LEFT,

@@ -36,14 +36,17 @@ def free_port() -> int:
 class NatsServer:
     """Start, kill and restart one nats-server process on a fixed port."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+        # With a store: JetStream on, its files there (kept across restarts)
+        self.store = store
 
     def start(self) -> None:
+        jetstream = [] if self.store is None else ["-js", "-sd", str(self.store)]
         self.process = subprocess.Popen(
-            [find_binary(), "-a", "127.0.0.1", "-p", str(self.port)],
+            [find_binary(), "-a", "127.0.0.1", "-p", str(self.port), *jetstream],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

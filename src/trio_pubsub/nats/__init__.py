@@ -28,10 +28,21 @@ from ._codecs import (
     encode_json as encode_json,
     encode_str as encode_str,
 )
+from ._jetstream import (
+    Consumer as Consumer,
+    DurableMessage as DurableMessage,
+    JetStreamBridge as JetStreamBridge,
+    JetStreamStatistics as JetStreamStatistics,
+    open_jetstream as open_jetstream,
+)
 
 __all__ = [
     "Bridge",
     "BridgeStatistics",
+    "Consumer",
+    "DurableMessage",
+    "JetStreamBridge",
+    "JetStreamStatistics",
     "decode_bytes",
     "decode_json",
     "decode_str",
@@ -39,4 +50,5 @@ __all__ = [
     "encode_json",
     "encode_str",
     "open_bridge",
+    "open_jetstream",
 ]

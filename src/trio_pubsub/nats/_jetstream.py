@@ -1,0 +1,669 @@
+"""Durable delivery through NATS JetStream: stored before it counts, acked when done.
+
+A :class:`JetStreamBridge` holds one connection (nats-py on its own loop, in
+the thread a :class:`~._link.Link` runs) to a server with JetStream, and one
+stream, which it creates (file storage) or checks on entry:
+
+* :meth:`JetStreamBridge.publish` stores a message in the stream and returns
+  once the server has acknowledged it (its PubAck), resending it with the
+  same ``Nats-Msg-Id`` until then, so that a resend is a duplicate the
+  server drops. Then it delivers the message in the local broker, past every
+  export (nothing goes out twice).
+* :meth:`JetStreamBridge.consumer` reads a durable pull consumer: each
+  message is handed over as a :class:`DurableMessage`, to be acked once its
+  work is done, nak'd to have it again later, or terminated.
+
+What the server says is the truth that is counted: ``stored`` on a PubAck,
+``duplicates`` when the PubAck says the id was stored already.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import typing
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Generic, TypeVar
+
+import attrs
+import nats.errors
+import nats.js.api
+import nats.js.errors
+import trio
+
+from .. import (
+    Broker,
+    BrokerClosedError,
+    InvalidSubjectError,
+    Message,
+    _port,
+    subject_matches,
+    validate_pattern,
+    validate_subject,
+)
+from .._log import RateLimitedWarning
+from ._link import Backoff, Link, logger
+
+if typing.TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.js.client import JetStreamContext
+
+T = TypeVar("T")
+
+MSG_ID: typing.Final = "Nats-Msg-Id"
+"""The header JetStream deduplicates on."""
+
+PUBLISH_DEADLINE: typing.Final = 30.0
+"""Seconds ``publish`` keeps resending a message before it gives up."""
+
+_ATTEMPT_TIMEOUT = 2.0  # seconds to wait for one PubAck before resending
+_FETCH_WAIT = 1.0  # seconds one fetch waits on the server for messages
+
+
+@attrs.frozen(kw_only=True)
+class JetStreamStatistics:
+    """A snapshot of a JetStream bridge's counters (``statistics()``)."""
+
+    stored: int
+    """Messages the server acknowledged as stored (a PubAck, not a duplicate)."""
+    duplicates: int
+    """Messages the server acknowledged as duplicates of one stored already."""
+    unconfirmed: int
+    """Messages given up on without a PubAck: they may or may not be stored."""
+    outbox_pending: int
+    """Messages in the outbox not yet acknowledged (always 0 until outbox=)."""
+    acked: int
+    """Consumed messages acknowledged."""
+    naked: int
+    """Consumed messages handed back for redelivery (nak)."""
+    redelivered: int
+    """Consumed messages that had been delivered before (the server says)."""
+    dead_lettered: int
+    """Consumed messages terminated (``term``): given up on, not redelivered."""
+    undecodable: int
+    """Consumed messages whose payload could not be decoded: terminated."""
+
+
+def _check_msg_id(msg_id: object) -> str | None:
+    if msg_id is None:
+        return None
+    if not isinstance(msg_id, str):
+        raise TypeError(f"msg_id must be a str or None, not {type(msg_id).__name__}")
+    if not msg_id or not msg_id.isprintable() or msg_id != msg_id.strip():
+        raise ValueError(
+            f"msg_id must be non-empty printable text without spaces at its "
+            f"ends (a NATS header value), not {msg_id!r}"
+        )
+    return msg_id
+
+
+def _check_headers(headers: object) -> dict[str, str]:
+    """A copy of ``headers``, if NATS can carry them; else a clear error."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a mapping of str to str, not {headers!r}")
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"headers must map str to str, not {name!r}: {value!r}")
+        if not name or any(c in name for c in ": \r\n\t") or not name.isprintable():
+            raise ValueError(f"invalid header name {name!r} for NATS")
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"the value of header {name!r} has a line break")
+        checked[name] = value
+    return checked
+
+
+class DurableMessage(Generic[T]):
+    """A message from a durable consumer: do its work, then ``ack`` it.
+
+    Until it is acked, nak'd or terminated, the server holds it for this
+    consumer; if none of them comes within the consumer's ``ack_wait``, the
+    server delivers it again (to this process or another on the same
+    durable).
+    """
+
+    __slots__ = ("_bridge", "_msg", "_settled", "message")
+
+    def __init__(
+        self, bridge: JetStreamBridge[T], msg: Msg, message: Message[T]
+    ) -> None:
+        self._bridge = bridge
+        self._msg = msg
+        self._settled = False
+        self.message = message
+        """The decoded message (its headers include ``Nats-Msg-Id`` if set)."""
+
+    @property
+    def sequence(self) -> int:
+        """Its sequence number in the stream."""
+        return int(self._msg.metadata.sequence.stream)
+
+    @property
+    def deliveries(self) -> int:
+        """How many times the server has delivered it, this one included."""
+        return int(self._msg.metadata.num_delivered)
+
+    async def ack(self) -> None:
+        """Its work is done: the server will not deliver it again."""
+        self._settle()
+        await self._bridge._link.call(self._msg.ack())
+        self._bridge._acked += 1
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Have it delivered again, after ``delay`` seconds (``None``: at once)."""
+        self._settle()
+        await self._bridge._link.call(self._msg.nak(delay=delay))
+        self._bridge._naked += 1
+
+    async def term(self) -> None:
+        """Give up on it: the server will never deliver it again."""
+        self._settle()
+        await self._bridge._link.call(self._msg.term())
+        self._bridge._dead_lettered += 1
+
+    async def in_progress(self) -> None:
+        """Still working on it: the server restarts its ``ack_wait``."""
+        await self._bridge._link.call(self._msg.in_progress())
+
+    def _settle(self) -> None:
+        if self._settled:
+            raise RuntimeError("this message was acked, nak'd or terminated already")
+        self._settled = True
+
+
+class Consumer(Generic[T]):
+    """A durable pull consumer: ``async for`` yields :class:`DurableMessage`."""
+
+    def __init__(
+        self, bridge: JetStreamBridge[T], pattern: str, durable: str, batch: int
+    ) -> None:
+        self._bridge = bridge
+        self.pattern = pattern
+        """The subjects it takes (a pattern within the stream's)."""
+        self.durable = durable
+        """The durable name: processes that share it share its messages."""
+        self._batch = batch
+        self._psub: JetStreamContext.PullSubscription | None = None
+        self._held: list[DurableMessage[T]] = []
+
+    async def _open(self, ack_wait: float, max_deliver: int) -> None:
+        bridge = self._bridge
+        config = nats.js.api.ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=nats.js.api.AckPolicy.EXPLICIT,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            filter_subject=self.pattern,
+        )
+
+        async def subscribe() -> JetStreamContext.PullSubscription:
+            return await bridge._js().pull_subscribe(
+                self.pattern, durable=self.durable, stream=bridge.stream, config=config
+            )
+
+        self._psub = await bridge._link.call(subscribe())
+
+    def __aiter__(self) -> Consumer[T]:
+        return self
+
+    async def _release(self) -> None:
+        """Hand back what was fetched and not handed out: it goes to others now.
+
+        (Otherwise the server would hold it for this consumer until its
+        ``ack_wait`` ran out.)
+        """
+        held, self._held = self._held, []
+        if not held or self._bridge._closed:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            for message in held:
+                await message.nak()
+
+    async def __anext__(self) -> DurableMessage[T]:
+        while not self._held:
+            if self._bridge._closed:
+                raise StopAsyncIteration
+            self._held = await self._fetch()
+        return self._held.pop(0)
+
+    async def _fetch(self) -> list[DurableMessage[T]]:
+        """The next batch the server has for this durable (waits for one)."""
+        psub = self._psub
+        assert psub is not None
+
+        async def fetch() -> list[Msg]:
+            try:
+                return await psub.fetch(self._batch, timeout=_FETCH_WAIT)
+            except nats.errors.TimeoutError:
+                return []
+
+        bridge = self._bridge
+        taken: list[DurableMessage[T]] = []
+        for msg in await bridge._link.call(fetch()):
+            if msg.metadata.num_delivered > 1:
+                bridge._redelivered += 1
+            try:
+                payload = bridge._decode(msg.data)
+                message = _port.new_message(
+                    msg.subject, bridge._pipeline.check_payload(payload), msg.headers
+                )
+            except Exception as error:
+                bridge._undecodable += 1
+                bridge._warn_decode(
+                    "JetStream: a message on %r could not be decoded, "
+                    "terminated: %s: %s",
+                    msg.subject,
+                    type(error).__name__,
+                    error,
+                )
+                await bridge._link.call(msg.term())
+                continue
+            taken.append(DurableMessage(bridge, msg, message))
+        return taken
+
+
+class JetStreamBridge(Generic[T]):
+    """What :func:`open_jetstream` yields: one stream, stored and consumed."""
+
+    def __init__(
+        self,
+        broker: Broker[T],
+        link: Link,
+        *,
+        stream: str,
+        subjects: tuple[str, ...],
+        encode: Callable[[T], bytes],
+        decode: Callable[[bytes], T],
+        publish_deadline: float,
+    ) -> None:
+        self.broker = broker
+        """The local broker."""
+        self.stream = stream
+        """The stream's name."""
+        self.subjects = subjects
+        """The stream's subject patterns (what it stores)."""
+        self._link = link
+        self._pipeline = _port.pipeline(broker)
+        self._encode = encode
+        self._decode = decode
+        self._deadline = publish_deadline
+        self._closed = False
+        self._stored = self._duplicates = self._unconfirmed = 0
+        self._acked = self._naked = self._redelivered = 0
+        self._dead_lettered = self._undecodable = 0
+        self._warn_decode = RateLimitedWarning(log=logger)
+        self._warn_resend = RateLimitedWarning(log=logger)
+
+    def _js(self) -> JetStreamContext:
+        assert self._link.nc is not None
+        return self._link.nc.jetstream()
+
+    def statistics(self) -> JetStreamStatistics:
+        """A snapshot of the counters."""
+        return JetStreamStatistics(
+            stored=self._stored,
+            duplicates=self._duplicates,
+            unconfirmed=self._unconfirmed,
+            outbox_pending=0,
+            acked=self._acked,
+            naked=self._naked,
+            redelivered=self._redelivered,
+            dead_lettered=self._dead_lettered,
+            undecodable=self._undecodable,
+        )
+
+    async def publish(
+        self,
+        subject: str,
+        payload: T,
+        *,
+        headers: Mapping[str, str] | None = None,
+        msg_id: str | None = None,
+    ) -> int:
+        """Store a message in the stream, then deliver it locally.
+
+        Returns once the server has acknowledged it as stored (or as a
+        duplicate of one stored with the same ``msg_id``), resending it with
+        the same id until then, for ``publish_deadline`` seconds at most.
+        Then every local subscription sees it once (it is not exported
+        again, by this bridge or another).
+
+        Args:
+            subject: A literal subject within the stream's subjects.
+            payload: The payload, of the broker's type.
+            headers: Headers to store with it (str to str, as NATS carries).
+            msg_id: The id JetStream deduplicates on (``Nats-Msg-Id``);
+                ``None``: a new random one (a UUID), so a resend of this call
+                is a duplicate, a second call is not.
+
+        Returns:
+            The message's sequence number in the stream.
+
+        Raises:
+            BrokerClosedError: the bridge is closed.
+            InvalidSubjectError: ``subject`` is not a literal subject.
+            ValueError: ``subject`` is outside the stream's subjects, or a
+                header or ``msg_id`` is not what NATS carries.
+            TypeError: ``payload``, ``headers`` or ``msg_id`` has the wrong type.
+            trio.TooSlowError: no PubAck within ``publish_deadline``: it may or
+                may not be stored (counted in ``unconfirmed``); publishing it
+                again with the same ``msg_id`` is safe.
+        """
+        if self._closed:
+            raise BrokerClosedError("this JetStream bridge is closed")
+        validate_subject(subject)
+        if not any(subject_matches(pattern, subject) for pattern in self.subjects):
+            raise ValueError(
+                f"subject {subject!r} is outside the stream {self.stream!r}, "
+                f"which stores {list(self.subjects)!r}"
+            )
+        checked = _check_headers(headers)
+        given = _check_msg_id(msg_id)
+        value = self._pipeline.check_payload(payload)
+        data = self._encode(value)
+        checked[MSG_ID] = given if given is not None else uuid.uuid4().hex
+        sequence, duplicate = await self._store(subject, data, checked)
+        if duplicate:
+            self._duplicates += 1
+        else:
+            self._stored += 1
+        pending = self._pipeline.inject(subject, value, checked)
+        if pending is not None:
+            await self._pipeline.finish(pending)
+        return sequence
+
+    async def _store(
+        self, subject: str, data: bytes, headers: dict[str, str]
+    ) -> tuple[int, bool]:
+        """Publish until a PubAck or the deadline: (sequence, duplicate)."""
+        js = self._js()
+        deadline = time.monotonic() + self._deadline
+
+        async def store() -> nats.js.api.PubAck | None:
+            wait = 0.05
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                try:
+                    return await js.publish(
+                        subject,
+                        data,
+                        timeout=min(_ATTEMPT_TIMEOUT, left),
+                        stream=self.stream,
+                        headers=headers,
+                    )
+                except (
+                    nats.errors.TimeoutError,
+                    nats.errors.NoRespondersError,
+                    nats.errors.ConnectionClosedError,
+                    nats.errors.ConnectionReconnectingError,
+                    nats.errors.OutboundBufferLimitError,
+                    nats.js.errors.ServiceUnavailableError,
+                ) as error:
+                    self._warn_resend(
+                        "JetStream: a message on %r was not acknowledged (%s), "
+                        "sent again with its id",
+                        subject,
+                        type(error).__name__,
+                    )
+                await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+                wait = min(wait * 2, 1.0)
+
+        ack = await self._link.call(store())
+        if ack is None:
+            self._unconfirmed += 1
+            raise trio.TooSlowError(
+                f"no PubAck for a message on {subject!r} within "
+                f"{self._deadline} s: it may or may not be stored; publish it "
+                f"again with msg_id={headers[MSG_ID]!r} to be sure"
+            )
+        return int(ack.seq), bool(ack.duplicate)
+
+    @asynccontextmanager
+    async def consumer(
+        self,
+        pattern: str,
+        *,
+        durable: str,
+        batch: int = 64,
+        ack_wait: float = 30.0,
+        max_deliver: int = -1,
+    ) -> AsyncIterator[Consumer[T]]:
+        """A durable pull consumer of the stream's messages on ``pattern``.
+
+        Created on the server if it does not exist (explicit acks), and kept
+        there after the block: a process that opens it again, or another one
+        on the same ``durable`` name, goes on where it left off; messages not
+        acked are delivered again after ``ack_wait``.
+
+        Args:
+            pattern: The subjects to take, within the stream's.
+            durable: The consumer's durable name (letters, digits, ``-``, ``_``).
+            batch: The most messages fetched at once.
+            ack_wait: Seconds the server waits for an ack before it delivers
+                a message again.
+            max_deliver: The most deliveries of a message (-1: no limit).
+
+        Raises:
+            BrokerClosedError: the bridge is closed.
+            InvalidSubjectError: ``pattern`` breaks the grammar.
+            ValueError: ``pattern`` is outside the stream's subjects, or a
+                name or number is out of range.
+        """
+        if self._closed:
+            raise BrokerClosedError("this JetStream bridge is closed")
+        validate_pattern(pattern)
+        if not any(_within(pattern, mine) for mine in self.subjects):
+            raise ValueError(
+                f"pattern {pattern!r} is outside the stream {self.stream!r}, "
+                f"which stores {list(self.subjects)!r}"
+            )
+        if not isinstance(typing.cast("object", durable), str):
+            raise TypeError(f"durable must be a str, not {durable!r}")
+        if not durable or not all(c.isalnum() or c in "-_" for c in durable):
+            raise ValueError(
+                f"durable must be a name of letters, digits, '-' and '_', "
+                f"not {durable!r}"
+            )
+        _port.check_int("batch", batch)
+        _port.check_seconds("ack_wait", ack_wait)
+        _port.check_int("max_deliver", max_deliver, minimum=-1)
+        consumer = Consumer(self, pattern, durable, batch)
+        await consumer._open(ack_wait, max_deliver)
+        try:
+            yield consumer
+        finally:
+            await consumer._release()
+
+    async def aclose(self) -> None:
+        """Close the connection; ``publish`` raises ``BrokerClosedError`` after."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.move_on_after(10):
+                    await self._link.close(drain=False)
+            finally:
+                await self._link.stop()
+
+
+def _within(pattern: str, stream_pattern: str) -> bool:
+    """Whether every subject ``pattern`` matches, ``stream_pattern`` matches."""
+    mine, theirs = pattern.split("."), stream_pattern.split(".")
+    for index, token in enumerate(theirs):
+        if token == ">":
+            return len(mine) > index
+        if index >= len(mine):
+            return False
+        if token != "*" and (mine[index] in ("*", ">") or mine[index] != token):
+            return False
+        if mine[index] == ">":
+            return False
+    return len(mine) == len(theirs)
+
+
+async def _stream(link: Link, name: str, subjects: tuple[str, ...]) -> tuple[str, ...]:
+    """Create the stream (file storage) or check it; its subject patterns."""
+    assert link.nc is not None
+    manager = link.nc.jsm()
+
+    async def ensure() -> tuple[str, ...]:
+        try:
+            info = await manager.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            if not subjects:
+                raise ValueError(
+                    f"the stream {name!r} does not exist: give its subjects to "
+                    f"create it"
+                ) from None
+            info = await manager.add_stream(
+                name=name,
+                subjects=list(subjects),
+                storage=nats.js.api.StorageType.FILE,
+            )
+        config = info.config
+        if config.storage != nats.js.api.StorageType.FILE:
+            raise ValueError(
+                f"the stream {name!r} keeps its messages in memory: durable "
+                f"delivery needs file storage"
+            )
+        have = tuple(config.subjects or ())
+        for wanted in subjects:
+            if not any(_within(wanted, pattern) for pattern in have):
+                raise ValueError(
+                    f"the stream {name!r} stores {list(have)!r}, not {wanted!r}"
+                )
+        return have
+
+    return await link.call(ensure())
+
+
+def _stream_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"stream must be a non-empty str, not {name!r}")
+    if any(c in name for c in ". *>\t\r\n/\\") or not name.isprintable():
+        raise ValueError(
+            f"stream {name!r}: a stream name has no '.', '*', '>', '/', "
+            f"'\\' or whitespace"
+        )
+    return name
+
+
+@asynccontextmanager
+async def open_jetstream(
+    broker: Broker[T],
+    servers: str | Sequence[str],
+    *,
+    stream: str,
+    encode: Callable[[T], bytes],
+    decode: Callable[[bytes], T],
+    subjects: Sequence[str] = (),
+    publish_deadline: float = PUBLISH_DEADLINE,
+    name: str | None = None,
+    connect_timeout: float = 2.0,
+    reconnect_time_wait: float = 0.5,
+    max_reconnect_wait: float = 8.0,
+    max_reconnect_attempts: int = -1,
+) -> AsyncIterator[JetStreamBridge[T]]:
+    """Store and consume ``broker``'s messages in a JetStream stream.
+
+    On entry it connects and creates the stream ``stream`` with file storage
+    for ``subjects`` if it does not exist, or checks that it stores them
+    (and on file) if it does. On exit the connection closes; what is stored
+    stays on the server.
+
+    Args:
+        broker: The local broker: what is published is delivered there too,
+            and what is consumed is decoded to its type.
+        servers: A NATS URL or a list of them (a server with JetStream on).
+        stream: The stream's name.
+        encode: Turns a payload into ``bytes``.
+        decode: Turns ``bytes`` into a payload.
+        subjects: The stream's subject patterns (needed to create it; with
+            an existing stream, those it must store).
+        publish_deadline: The most seconds :meth:`JetStreamBridge.publish`
+            resends a message before it gives up (30 s by default).
+        name: The connection's name, as the server shows it.
+        connect_timeout: Seconds to wait for each connection attempt.
+        reconnect_time_wait: Seconds before the first attempt to reconnect;
+            each further one waits twice as long, up to ``max_reconnect_wait``,
+            every wait drawn at random between half of it and all of it.
+        max_reconnect_wait: The longest wait between two attempts (seconds).
+        max_reconnect_attempts: Attempts before giving up for good; -1: never.
+
+    Raises:
+        ConnectionError: no server could be reached, or it has no JetStream.
+        InvalidSubjectError: a subject pattern breaks the grammar.
+        TypeError, ValueError: an argument is wrong, or the stream exists and
+            does not store ``subjects`` on file.
+    """
+    stream = _stream_name(stream)
+    listed = [subjects] if isinstance(subjects, str) else list(subjects)
+    patterns = tuple(dict.fromkeys(listed))
+    for pattern in patterns:
+        validate_pattern(pattern)
+        _port.check_unreserved(pattern)
+    if not (callable(typing.cast("object", encode)) and callable(decode)):
+        raise TypeError("encode and decode must be callables")
+    _port.check_seconds("publish_deadline", publish_deadline)
+    _port.check_seconds("connect_timeout", connect_timeout)
+    _port.check_seconds("reconnect_time_wait", reconnect_time_wait)
+    _port.check_seconds("max_reconnect_wait", max_reconnect_wait)
+    _port.check_int("max_reconnect_attempts", max_reconnect_attempts, minimum=-1)
+    connect_options: dict[str, Any] = {
+        "servers": [servers] if isinstance(servers, str) else list(servers),
+        "name": name,
+        "allow_reconnect": True,
+        "connect_timeout": connect_timeout,
+        "reconnect_time_wait": reconnect_time_wait,
+        "max_reconnect_attempts": max_reconnect_attempts,
+        "ping_interval": 10,
+        "max_outstanding_pings": 2,
+    }
+    link = Link(
+        trio.lowlevel.current_trio_token(),
+        max_inbound=1024,
+        max_inbound_bytes=16 << 20,
+        connect_options=connect_options,
+        flush_timeout=5.0,
+        backoff=Backoff(reconnect_time_wait, max_reconnect_wait, random.uniform),
+    )
+    link.start()
+    bridge: JetStreamBridge[T] | None = None
+    try:
+        try:
+            await link.connect()
+            have = await _stream(link, stream, patterns)
+        except (TimeoutError, nats.errors.Error, OSError) as error:
+            raise ConnectionError(
+                f"could not open the stream {stream!r} at {servers!r}: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        bridge = JetStreamBridge(
+            broker,
+            link,
+            stream=stream,
+            subjects=have,
+            encode=encode,
+            decode=decode,
+            publish_deadline=publish_deadline,
+        )
+        yield bridge
+    finally:
+        if bridge is not None:
+            await bridge.aclose()
+        else:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(10):
+                    await link.close(drain=False)
+                await link.stop()
+
+
+_ = InvalidSubjectError  # (named in the docstrings above)

@@ -1,0 +1,281 @@
+"""open_jetstream against a real nats-server with JetStream (issue 31).
+
+What the bridge stores is read back with plain nats-py, an independent
+client, and what plain nats-py stores is consumed by the bridge: the
+interoperation is part of the proof.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+import nats.js.api
+import pytest
+import trio
+
+from trio_pubsub import Broker, BrokerClosedError, InvalidSubjectError
+from trio_pubsub.nats import (
+    DurableMessage,
+    decode_json,
+    encode_json,
+    open_jetstream,
+)
+
+from .server import NatsServer
+
+R = TypeVar("R")
+GUARD = 30  # seconds: a guard against hanging, never a measure
+
+
+@pytest.fixture
+def js_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(store=tmp_path / "store")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def plain(url: str, work: Callable[[Any], Awaitable[R]]) -> R:
+    """Run ``work(js)`` with plain nats-py, in asyncio, in a thread of its own."""
+
+    async def run() -> R:
+        nc = await nats.connect(url)
+        try:
+            return await work(nc.jetstream())
+        finally:
+            await nc.close()
+
+    return await trio.to_thread.run_sync(asyncio.run, run())
+
+
+async def stored(url: str, stream: str) -> list[tuple[str, Any, dict[str, str]]]:
+    """Every message of ``stream`` as plain nats-py reads it, in order."""
+
+    async def read(js: Any) -> list[tuple[str, Any, dict[str, str]]]:
+        info = await js.stream_info(stream)
+        found: list[tuple[str, Any, dict[str, str]]] = []
+        if not info.state.messages:
+            return found
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(stream, seq)
+            found.append((msg.subject, json.loads(msg.data), dict(msg.headers or {})))
+        return found
+
+    return await plain(url, read)
+
+
+async def test_publish_stores_once_and_delivers_locally(js_server: NatsServer) -> None:
+    broker = Broker[Any]()
+    with trio.fail_after(GUARD):
+        async with (
+            broker.subscribe("orders.>", max_buffer_size=10) as local,
+            open_jetstream(
+                broker,
+                js_server.url,
+                stream="ORDERS",
+                subjects=["orders.>"],
+                encode=encode_json,
+                decode=decode_json,
+            ) as js,
+        ):
+            first = await js.publish(
+                "orders.1", {"amount": 10}, headers={"trace": "t1"}, msg_id="o-1"
+            )
+            again = await js.publish("orders.1", {"amount": 10}, msg_id="o-1")
+            second = await js.publish("orders.2", {"amount": 20})
+            assert (first, again, second) == (1, 1, 2)  # the repeat: a duplicate
+            stats = js.statistics()
+            assert (stats.stored, stats.duplicates, stats.unconfirmed) == (2, 1, 0)
+            got = [local.receive_nowait() for _ in range(3)]
+            assert [m.payload for m in got] == [{"amount": 10}] * 2 + [{"amount": 20}]
+            assert got[0].headers["Nats-Msg-Id"] == "o-1"
+            with pytest.raises(trio.WouldBlock):
+                local.receive_nowait()
+        found = await stored(js_server.url, "ORDERS")
+    assert [(s, p) for s, p, _ in found] == [
+        ("orders.1", {"amount": 10}),
+        ("orders.2", {"amount": 20}),
+    ]
+    assert found[0][2].items() >= {"trace": "t1", "Nats-Msg-Id": "o-1"}.items()
+    assert len(found[1][2]["Nats-Msg-Id"]) == 32  # one made by the bridge
+
+
+async def test_bad_input_is_refused_and_nothing_is_stored(
+    js_server: NatsServer,
+) -> None:
+    broker = Broker(dict)
+    with trio.fail_after(GUARD):
+        async with open_jetstream(
+            broker,
+            js_server.url,
+            stream="ORDERS",
+            subjects=["orders.>"],
+            encode=encode_json,
+            decode=decode_json,
+        ) as js:
+            with pytest.raises(ValueError, match="outside the stream 'ORDERS'"):
+                await js.publish("payments.1", {})
+            with pytest.raises(InvalidSubjectError):
+                await js.publish("orders.*", {})
+            with pytest.raises(TypeError, match="dict"):
+                await js.publish("orders.1", "not a dict")  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="msg_id"):
+                await js.publish("orders.1", {}, msg_id=7)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="msg_id"):
+                await js.publish("orders.1", {}, msg_id=" x")
+            with pytest.raises(ValueError, match="header name"):
+                await js.publish("orders.1", {}, headers={"a b": "c"})
+            with pytest.raises(ValueError, match="outside the stream"):
+                async with js.consumer("payments.>", durable="d"):
+                    pass
+            with pytest.raises(ValueError, match="durable"):
+                async with js.consumer("orders.>", durable="a.b"):
+                    pass
+            assert js.statistics().stored == 0
+        with pytest.raises(BrokerClosedError):
+            await js.publish("orders.1", {})
+        assert await stored(js_server.url, "ORDERS") == []
+
+
+async def test_an_existing_stream_is_checked(js_server: NatsServer) -> None:
+    async def make(js: Any) -> None:
+        await js.add_stream(
+            name="MEM", subjects=["mem.>"], storage=nats.js.api.StorageType.MEMORY
+        )
+        await js.add_stream(name="FILE", subjects=["file.a.>"])
+
+    await plain(js_server.url, make)
+    broker = Broker[Any]()
+    options: dict[str, Any] = {"encode": encode_json, "decode": decode_json}
+    with trio.fail_after(GUARD):
+        with pytest.raises(ValueError, match="in memory"):
+            async with open_jetstream(broker, js_server.url, stream="MEM", **options):
+                pass
+        with pytest.raises(ValueError, match=r"stores \['file.a.>'\], not 'file.>'"):
+            async with open_jetstream(
+                broker, js_server.url, stream="FILE", subjects=["file.>"], **options
+            ):
+                pass
+        with pytest.raises(ValueError, match="does not exist"):
+            async with open_jetstream(broker, js_server.url, stream="NONE", **options):
+                pass
+        # an existing stream, found by its name alone
+        async with open_jetstream(
+            broker, js_server.url, stream="FILE", **options
+        ) as js:
+            assert js.subjects == ("file.a.>",)
+        with pytest.raises(ValueError, match="stream name"):
+            async with open_jetstream(broker, js_server.url, stream="A.B", **options):
+                pass
+
+
+async def test_a_durable_consumer_takes_what_plain_nats_py_stored(
+    js_server: NatsServer,
+) -> None:
+    async def publish(js: Any) -> None:
+        await js.add_stream(name="JOBS", subjects=["jobs.>"])
+        for i in range(5):
+            await js.publish(f"jobs.{i}", json.dumps(i).encode())
+
+    await plain(js_server.url, publish)
+    broker = Broker[Any]()
+    taken: list[DurableMessage[Any]] = []
+    with trio.fail_after(GUARD):
+        async with open_jetstream(
+            broker, js_server.url, stream="JOBS", encode=encode_json, decode=decode_json
+        ) as js:
+            async with js.consumer("jobs.>", durable="workers", ack_wait=1.0) as jobs:
+                async for job in jobs:
+                    taken.append(job)
+                    if job.message.payload == 0 and job.deliveries == 1:
+                        await job.nak()  # again, at once
+                    elif job.message.payload == 1:
+                        await job.term()  # never again
+                    elif job.message.payload == 2 and job.deliveries == 1:
+                        pass  # not acked: delivered again after ack_wait
+                    else:
+                        await job.ack()
+                    if len({t.message.payload for t in taken if t.deliveries > 1}) == 2:
+                        break
+                with pytest.raises(RuntimeError, match="already"):
+                    await taken[0].ack()
+            stats = js.statistics()
+    seen = [(t.message.payload, t.deliveries) for t in taken]
+    assert {(0, 1), (0, 2)} <= set(seen)  # nak'd, then delivered again
+    assert {(2, 1), (2, 2)} <= set(seen)  # never acked: again after ack_wait
+    assert [p for p, _ in seen].count(1) == 1  # terminated: once
+    assert {t.sequence for t in taken} == {1, 2, 3, 4, 5}
+    assert stats.naked == 1
+    assert stats.dead_lettered == 1
+    assert stats.redelivered >= 2
+    assert stats.acked >= 3
+
+
+async def test_a_durable_goes_on_where_it_left_off(js_server: NatsServer) -> None:
+    broker = Broker[Any]()
+    options: dict[str, Any] = {"encode": encode_json, "decode": decode_json}
+    with trio.fail_after(GUARD):
+        async with open_jetstream(
+            broker, js_server.url, stream="LOG", subjects=["log.>"], **options
+        ) as js:
+            for i in range(6):
+                await js.publish("log.a", i)
+            async with js.consumer("log.>", durable="reader") as reader:
+                for _ in range(3):
+                    await (await reader.__anext__()).ack()
+        # a new connection (as after a restart) goes on after the acked ones
+        rest = []
+        async with (
+            open_jetstream(broker, js_server.url, stream="LOG", **options) as js,
+            js.consumer("log.>", durable="reader", batch=2) as reader,
+        ):
+            for _ in range(3):
+                job = await reader.__anext__()
+                rest.append(job.message.payload)
+                await job.ack()
+    assert rest == [3, 4, 5]
+
+
+async def test_an_undecodable_message_is_terminated_and_counted(
+    js_server: NatsServer,
+) -> None:
+    async def publish(js: Any) -> None:
+        await js.add_stream(name="RAW", subjects=["raw"])
+        await js.publish("raw", b"\xff not json")
+        await js.publish("raw", b"1")
+
+    await plain(js_server.url, publish)
+    broker = Broker(int)
+    with trio.fail_after(GUARD):
+        async with (
+            open_jetstream(
+                broker,
+                js_server.url,
+                stream="RAW",
+                encode=encode_json,
+                decode=decode_json,
+            ) as js,
+            js.consumer("raw", durable="r") as reader,
+        ):
+            job = await reader.__anext__()
+            assert job.message.payload == 1
+            await job.ack()
+            assert js.statistics().undecodable == 1
+
+
+async def test_no_jetstream_is_a_connection_error(nats_server: NatsServer) -> None:
+    with trio.fail_after(GUARD), pytest.raises(ConnectionError, match="ORDERS"):
+        async with open_jetstream(
+            Broker[Any](),
+            nats_server.url,
+            stream="ORDERS",
+            subjects=["orders.>"],
+            encode=encode_json,
+            decode=decode_json,
+        ):
+            pass

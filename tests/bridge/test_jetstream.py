@@ -279,3 +279,75 @@ async def test_no_jetstream_is_a_connection_error(nats_server: NatsServer) -> No
             decode=decode_json,
         ):
             pass
+
+
+async def test_local_publishes_on_outbound_patterns_are_stored(
+    js_server: NatsServer,
+) -> None:
+    broker = Broker[Any]()
+    with trio.fail_after(GUARD):
+        async with open_jetstream(
+            broker,
+            js_server.url,
+            stream="EVENTS",
+            subjects=["events.>"],
+            outbound=["events.*.created"],
+            encode=encode_json,
+            decode=decode_json,
+        ) as js:
+            await broker.publish("events.1.created", 1, headers={"Nats-Msg-Id": "e-1"})
+            await broker.publish("events.1.created", 1, headers={"Nats-Msg-Id": "e-1"})
+            await broker.publish("events.2.created", 2)
+            await broker.publish("events.2.deleted", 3)  # not outbound: stays local
+            await js.publish("events.3.created", 4)  # stored once, not exported again
+        stats = js.statistics()
+        found = await stored(js_server.url, "EVENTS")
+    # (the export stores in the background: its order among itself only)
+    assert sorted((s, p) for s, p, _ in found) == [
+        ("events.1.created", 1),
+        ("events.2.created", 2),
+        ("events.3.created", 4),
+    ]
+    assert (stats.stored, stats.duplicates, stats.dropped) == (3, 1, 0)
+
+
+async def test_an_outbox_accepts_while_the_server_is_frozen_and_sends_later(
+    js_server: NatsServer, tmp_path: Path
+) -> None:
+    """Accepted means committed: what the outbox holds goes out on the next start."""
+    broker = Broker[Any]()
+    options: dict[str, Any] = {
+        "stream": "PAY",
+        "encode": encode_json,
+        "decode": decode_json,
+        "outbox": tmp_path / "outbox.sqlite",
+    }
+    with trio.fail_after(GUARD):
+        async with broker.subscribe("pay.>", max_buffer_size=10) as local:
+            async with open_jetstream(
+                broker, js_server.url, subjects=["pay.>"], drain_timeout=0.5, **options
+            ) as js:
+                js_server.pause()  # SIGSTOP: it holds its socket, answers nothing
+                try:
+                    for i in range(5):
+                        assert await js.publish("pay.x", i, msg_id=f"p-{i}") is None
+                    assert js.statistics().outbox_pending == 5
+                    assert [local.receive_nowait().payload for _ in range(5)] == [
+                        0,
+                        1,
+                        2,
+                        3,
+                        4,
+                    ]
+                finally:
+                    await trio.sleep(0.1)
+            # left while frozen: the drain gave up, the outbox keeps them
+            assert js.statistics().outbox_pending == 5
+            js_server.resume()
+        async with open_jetstream(broker, js_server.url, **options) as js:
+            pass  # sent first on entry, then drained on exit
+        assert js.statistics().outbox_pending == 0
+        found = await stored(js_server.url, "PAY")
+    assert [(p, h["Nats-Msg-Id"]) for _, p, h in found] == [
+        (i, f"p-{i}") for i in range(5)
+    ]

@@ -20,12 +20,14 @@ What the server says is the truth that is counted: ``stored`` on a PubAck,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import typing
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -39,6 +41,8 @@ from .. import (
     BrokerClosedError,
     InvalidSubjectError,
     Message,
+    OverflowPolicy,
+    Subscription,
     _port,
     subject_matches,
     validate_pattern,
@@ -46,6 +50,7 @@ from .. import (
 )
 from .._log import RateLimitedWarning
 from ._link import Backoff, Link, logger
+from ._outbox import Outbox
 
 if typing.TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -60,6 +65,8 @@ PUBLISH_DEADLINE: typing.Final = 30.0
 """Seconds ``publish`` keeps resending a message before it gives up."""
 
 _ATTEMPT_TIMEOUT = 2.0  # seconds to wait for one PubAck before resending
+_OUTBOX_BATCH = 256  # rows the sender reads from the outbox at once
+_OUTBOX_PAUSE = 1.0  # seconds before the sender tries again after a deadline
 _FETCH_WAIT = 1.0  # seconds one fetch waits on the server for messages
 
 
@@ -74,7 +81,7 @@ class JetStreamStatistics:
     unconfirmed: int
     """Messages given up on without a PubAck: they may or may not be stored."""
     outbox_pending: int
-    """Messages in the outbox not yet acknowledged (always 0 until outbox=)."""
+    """Messages in the outbox (accepted) not yet acknowledged by the server."""
     acked: int
     """Consumed messages acknowledged."""
     naked: int
@@ -85,6 +92,8 @@ class JetStreamStatistics:
     """Consumed messages terminated (``term``): given up on, not redelivered."""
     undecodable: int
     """Consumed messages whose payload could not be decoded: terminated."""
+    dropped: int
+    """Local messages on ``outbound`` patterns not stored: encode failed."""
 
 
 def _check_msg_id(msg_id: object) -> str | None:
@@ -280,6 +289,7 @@ class JetStreamBridge(Generic[T]):
         encode: Callable[[T], bytes],
         decode: Callable[[bytes], T],
         publish_deadline: float,
+        outbox: Outbox | None,
     ) -> None:
         self.broker = broker
         """The local broker."""
@@ -293,7 +303,13 @@ class JetStreamBridge(Generic[T]):
         self._decode = decode
         self._deadline = publish_deadline
         self._closed = False
+        self._outbox = outbox
+        self._tasks = trio.CancelScope()  # the sender's and the export's
+        self._export_sub: Subscription[T] | None = None
+        self._exporting = 0  # taken from the export and not yet settled
+        self._progress: trio.Event | None = None  # what a drain waits on
         self._stored = self._duplicates = self._unconfirmed = 0
+        self._dropped = 0
         self._acked = self._naked = self._redelivered = 0
         self._dead_lettered = self._undecodable = 0
         self._warn_decode = RateLimitedWarning(log=logger)
@@ -309,12 +325,13 @@ class JetStreamBridge(Generic[T]):
             stored=self._stored,
             duplicates=self._duplicates,
             unconfirmed=self._unconfirmed,
-            outbox_pending=0,
+            outbox_pending=0 if self._outbox is None else self._outbox.pending,
             acked=self._acked,
             naked=self._naked,
             redelivered=self._redelivered,
             dead_lettered=self._dead_lettered,
             undecodable=self._undecodable,
+            dropped=self._dropped,
         )
 
     async def publish(
@@ -324,12 +341,14 @@ class JetStreamBridge(Generic[T]):
         *,
         headers: Mapping[str, str] | None = None,
         msg_id: str | None = None,
-    ) -> int:
+    ) -> int | None:
         """Store a message in the stream, then deliver it locally.
 
         Returns once the server has acknowledged it as stored (or as a
         duplicate of one stored with the same ``msg_id``), resending it with
-        the same id until then, for ``publish_deadline`` seconds at most.
+        the same id until then, for ``publish_deadline`` seconds at most;
+        with an ``outbox``, once it is committed there (the bridge sends it
+        from there, and keeps it until the server has it, across restarts).
         Then every local subscription sees it once (it is not exported
         again, by this bridge or another).
 
@@ -342,7 +361,8 @@ class JetStreamBridge(Generic[T]):
                 is a duplicate, a second call is not.
 
         Returns:
-            The message's sequence number in the stream.
+            The message's sequence number in the stream; ``None`` with an
+            outbox (it is not stored yet).
 
         Raises:
             BrokerClosedError: the bridge is closed.
@@ -367,14 +387,25 @@ class JetStreamBridge(Generic[T]):
         value = self._pipeline.check_payload(payload)
         data = self._encode(value)
         checked[MSG_ID] = given if given is not None else uuid.uuid4().hex
-        sequence, duplicate = await self._store(subject, data, checked)
+        sequence: int | None = None
+        if self._outbox is not None:
+            await self._outbox.add(checked[MSG_ID], subject, data, checked)
+        else:
+            sequence = await self._stored_now(subject, data, checked)
+        pending = self._pipeline.inject(subject, value, checked)
+        if pending is not None:
+            await self._pipeline.finish(pending)
+        return sequence
+
+    async def _stored_now(
+        self, subject: str, data: bytes, headers: dict[str, str]
+    ) -> int:
+        """Store a message and count what the server said: its sequence."""
+        sequence, duplicate = await self._store(subject, data, headers)
         if duplicate:
             self._duplicates += 1
         else:
             self._stored += 1
-        pending = self._pipeline.inject(subject, value, checked)
-        if pending is not None:
-            await self._pipeline.finish(pending)
         return sequence
 
     async def _store(
@@ -481,17 +512,101 @@ class JetStreamBridge(Generic[T]):
         finally:
             await consumer._release()
 
+    async def _send_outbox(self) -> None:
+        """Send what the outbox holds, oldest first; remove each once stored."""
+        outbox = self._outbox
+        assert outbox is not None
+        while True:
+            await outbox.added.wait()
+            rows = await outbox.take(_OUTBOX_BATCH)
+            if not rows:
+                outbox.added = trio.Event()
+                continue
+            done: list[int] = []
+            try:
+                for row, _, subject, data, headers in rows:
+                    try:
+                        await self._stored_now(subject, data, headers)
+                    except trio.TooSlowError:
+                        # (counted unconfirmed; still in the outbox: sent again)
+                        await trio.sleep(_OUTBOX_PAUSE)
+                        break
+                    done.append(row)
+            finally:
+                if done:
+                    with trio.CancelScope(shield=True):
+                        await outbox.remove(done)
+                    self._tell_progress()
+
+    async def _export(self, sub: Subscription[T]) -> None:
+        """Store what is published locally on the outbound patterns."""
+        async for message in sub:
+            self._exporting += 1
+            try:
+                headers = dict(message.headers)
+                headers.setdefault(MSG_ID, uuid.uuid4().hex)
+                try:
+                    data = self._encode(message.payload)
+                except Exception as error:
+                    self._dropped += 1
+                    self._warn_decode(
+                        "JetStream: a message on %r was not stored: encode "
+                        "failed: %s: %s",
+                        message.subject,
+                        type(error).__name__,
+                        error,
+                    )
+                    continue
+                if self._outbox is not None:
+                    await self._outbox.add(
+                        headers[MSG_ID], message.subject, data, headers
+                    )
+                else:
+                    try:
+                        await self._stored_now(message.subject, data, headers)
+                    except trio.TooSlowError as error:
+                        self._warn_resend("JetStream: %s", error)
+            finally:
+                self._exporting -= 1
+                self._tell_progress()
+
+    def _idle(self) -> bool:
+        """Nothing left to send: the export holds none, the outbox none."""
+        sub = self._export_sub
+        held = 0 if sub is None else sub.statistics().pending
+        outbox = 0 if self._outbox is None else self._outbox.pending
+        return held + self._exporting + outbox == 0
+
+    async def _drain(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait (``timeout`` seconds at most) until everything accepted is stored."""
+        with trio.move_on_after(timeout):
+            while not self._idle():
+                self._progress = trio.Event()
+                await self._progress.wait()
+
+    def _tell_progress(self) -> None:
+        """Something accepted was stored: a drain looks again."""
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
+
     async def aclose(self) -> None:
-        """Close the connection; ``publish`` raises ``BrokerClosedError`` after."""
+        """Close the connection; ``publish`` raises ``BrokerClosedError`` after.
+
+        What the outbox holds stays there, to be sent the next time.
+        """
         if self._closed:
             return
         self._closed = True
+        self._tasks.cancel()
         with trio.CancelScope(shield=True):
             try:
                 with trio.move_on_after(10):
                     await self._link.close(drain=False)
             finally:
                 await self._link.stop()
+                if self._outbox is not None:
+                    await self._outbox.close()
 
 
 def _within(pattern: str, stream_pattern: str) -> bool:
@@ -523,9 +638,15 @@ async def _stream(link: Link, name: str, subjects: tuple[str, ...]) -> tuple[str
                     f"the stream {name!r} does not exist: give its subjects to "
                     f"create it"
                 ) from None
+            # (the server refuses patterns that overlap: the widest alone)
+            widest = [
+                mine
+                for mine in subjects
+                if not any(other != mine and _within(mine, other) for other in subjects)
+            ]
             info = await manager.add_stream(
                 name=name,
-                subjects=list(subjects),
+                subjects=widest,
                 storage=nats.js.api.StorageType.FILE,
             )
         config = info.config
@@ -565,7 +686,12 @@ async def open_jetstream(
     encode: Callable[[T], bytes],
     decode: Callable[[bytes], T],
     subjects: Sequence[str] = (),
+    outbound: Sequence[str] = (),
+    outbox: str | Path | None = None,
+    max_outbox: int = 100_000,
+    max_outbound: int = 1024,
     publish_deadline: float = PUBLISH_DEADLINE,
+    drain_timeout: float = 10.0,
     name: str | None = None,
     connect_timeout: float = 2.0,
     reconnect_time_wait: float = 0.5,
@@ -575,9 +701,12 @@ async def open_jetstream(
     """Store and consume ``broker``'s messages in a JetStream stream.
 
     On entry it connects and creates the stream ``stream`` with file storage
-    for ``subjects`` if it does not exist, or checks that it stores them
-    (and on file) if it does. On exit the connection closes; what is stored
-    stays on the server.
+    for ``subjects`` (and ``outbound``) if it does not exist, or checks that
+    it stores them (and on file) if it does; with an outbox, what the outbox
+    holds from before is sent first. On a normal exit it waits (up to
+    ``drain_timeout``) until what was accepted is stored, then closes the
+    connection; what is stored stays on the server, and what the outbox
+    still holds stays in it.
 
     Args:
         broker: The local broker: what is published is delivered there too,
@@ -588,8 +717,24 @@ async def open_jetstream(
         decode: Turns ``bytes`` into a payload.
         subjects: The stream's subject patterns (needed to create it; with
             an existing stream, those it must store).
-        publish_deadline: The most seconds :meth:`JetStreamBridge.publish`
-            resends a message before it gives up (30 s by default).
+        outbound: Patterns of local subjects whose messages are stored in
+            the stream as they are published in the broker (each with its
+            ``Nats-Msg-Id`` header if it has one, else a new one); they
+            must lie within the stream's subjects.
+        outbox: A file for the outbox (SQLite): what :meth:`~JetStreamBridge.publish`
+            and the export accept is committed there first, and removed once
+            the server acknowledged it; after a crash it is sent again with
+            the same ids. ``None``: no outbox (``publish`` waits for the
+            server instead).
+        max_outbox: The most messages the outbox holds; a publish waits for
+            room beyond (and so, through the export's ``BLOCK`` subscription,
+            do local publishers on outbound subjects).
+        max_outbound: The export subscription's buffer (``BLOCK``).
+        publish_deadline: The most seconds a message is resent before
+            :meth:`~JetStreamBridge.publish` gives up (30 s by default);
+            the outbox's sender never gives up (it tries again after a pause).
+        drain_timeout: The most seconds a normal exit waits for what was
+            accepted to be stored.
         name: The connection's name, as the server shows it.
         connect_timeout: Seconds to wait for each connection attempt.
         reconnect_time_wait: Seconds before the first attempt to reconnect;
@@ -606,17 +751,23 @@ async def open_jetstream(
     """
     stream = _stream_name(stream)
     listed = [subjects] if isinstance(subjects, str) else list(subjects)
-    patterns = tuple(dict.fromkeys(listed))
+    exports = [outbound] if isinstance(outbound, str) else list(outbound)
+    patterns = tuple(dict.fromkeys([*listed, *exports]))
     for pattern in patterns:
         validate_pattern(pattern)
         _port.check_unreserved(pattern)
     if not (callable(typing.cast("object", encode)) and callable(decode)):
         raise TypeError("encode and decode must be callables")
+    _port.check_int("max_outbox", max_outbox)
+    _port.check_int("max_outbound", max_outbound)
     _port.check_seconds("publish_deadline", publish_deadline)
+    _port.check_seconds("drain_timeout", drain_timeout)
     _port.check_seconds("connect_timeout", connect_timeout)
     _port.check_seconds("reconnect_time_wait", reconnect_time_wait)
     _port.check_seconds("max_reconnect_wait", max_reconnect_wait)
     _port.check_int("max_reconnect_attempts", max_reconnect_attempts, minimum=-1)
+    if outbox is not None and not isinstance(outbox, str | Path):
+        raise TypeError(f"outbox must be a file path or None, not {outbox!r}")
     connect_options: dict[str, Any] = {
         "servers": [servers] if isinstance(servers, str) else list(servers),
         "name": name,
@@ -635,17 +786,29 @@ async def open_jetstream(
         flush_timeout=5.0,
         backoff=Backoff(reconnect_time_wait, max_reconnect_wait, random.uniform),
     )
+    box = None if outbox is None else Outbox(Path(outbox), max_outbox)
     link.start()
     bridge: JetStreamBridge[T] | None = None
     try:
         try:
             await link.connect()
             have = await _stream(link, stream, patterns)
+        except nats.js.errors.ServiceUnavailableError as error:
+            raise ConnectionError(
+                f"could not open the stream {stream!r} at {servers!r}: the "
+                f"server has no JetStream (start it with -js)"
+            ) from error
+        except nats.js.errors.APIError as error:
+            raise ValueError(
+                f"the server refused the stream {stream!r}: {error.description}"
+            ) from error
         except (TimeoutError, nats.errors.Error, OSError) as error:
             raise ConnectionError(
                 f"could not open the stream {stream!r} at {servers!r}: "
                 f"{type(error).__name__}: {error}"
             ) from error
+        if box is not None:
+            await box.open()
         bridge = JetStreamBridge(
             broker,
             link,
@@ -654,16 +817,44 @@ async def open_jetstream(
             encode=encode,
             decode=decode,
             publish_deadline=publish_deadline,
+            outbox=box,
         )
-        yield bridge
+        async with contextlib.AsyncExitStack() as stack:
+            if exports:
+                bridge._export_sub = await stack.enter_async_context(
+                    _port.export(
+                        broker,
+                        exports,
+                        max_buffer_size=max_outbound,
+                        policy=OverflowPolicy.BLOCK,
+                    )
+                )
+            async with trio.open_nursery() as nursery:
+                if box is not None:
+                    nursery.start_soon(_under, bridge._tasks, bridge._send_outbox())
+                if bridge._export_sub is not None:
+                    nursery.start_soon(
+                        _under, bridge._tasks, bridge._export(bridge._export_sub)
+                    )
+                try:
+                    yield bridge
+                    await bridge._drain(drain_timeout)
+                finally:
+                    await bridge.aclose()
     finally:
-        if bridge is not None:
-            await bridge.aclose()
-        else:
+        if bridge is None:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(10):
                     await link.close(drain=False)
                 await link.stop()
+                if box is not None:
+                    await box.close()
+
+
+async def _under(scope: trio.CancelScope, work: typing.Awaitable[None]) -> None:
+    """Run ``work`` inside ``scope`` (cancelled when the bridge closes)."""
+    with scope:
+        await work
 
 
 _ = InvalidSubjectError  # (named in the docstrings above)

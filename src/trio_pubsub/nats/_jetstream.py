@@ -306,7 +306,7 @@ class JetStreamBridge(Generic[T]):
         self._outbox = outbox
         self._tasks = trio.CancelScope()  # the sender's and the export's
         self._export_sub: Subscription[T] | None = None
-        self._exporting = 0  # taken from the export and not yet settled
+        self._exported = 0  # messages the export took in and settled
         self._progress: trio.Event | None = None  # what a drain waits on
         self._stored = self._duplicates = self._unconfirmed = 0
         self._dropped = 0
@@ -539,9 +539,14 @@ class JetStreamBridge(Generic[T]):
                     self._tell_progress()
 
     async def _export(self, sub: Subscription[T]) -> None:
-        """Store what is published locally on the outbound patterns."""
+        """Store what is published locally on the outbound patterns.
+
+        Each message the export subscription took in ends in one counter:
+        stored or duplicates (the server's PubAck), dropped (encode failed),
+        unconfirmed (sent and no PubAck, or the bridge closed while it was
+        being stored); with an outbox, in the outbox first.
+        """
         async for message in sub:
-            self._exporting += 1
             try:
                 headers = dict(message.headers)
                 headers.setdefault(MSG_ID, uuid.uuid4().hex)
@@ -566,16 +571,19 @@ class JetStreamBridge(Generic[T]):
                         await self._stored_now(message.subject, data, headers)
                     except trio.TooSlowError as error:
                         self._warn_resend("JetStream: %s", error)
+                    except BaseException:
+                        self._unconfirmed += 1  # closed while it was being stored
+                        raise
             finally:
-                self._exporting -= 1
+                self._exported += 1
                 self._tell_progress()
 
     def _idle(self) -> bool:
-        """Nothing left to send: the export holds none, the outbox none."""
+        """Nothing left to send: the export settled all it took, the outbox is empty."""
         sub = self._export_sub
-        held = 0 if sub is None else sub.statistics().pending
+        took_in = 0 if sub is None else sub.statistics().delivered
         outbox = 0 if self._outbox is None else self._outbox.pending
-        return held + self._exporting + outbox == 0
+        return took_in == self._exported and outbox == 0
 
     async def _drain(self, timeout: float) -> None:  # noqa: ASYNC109
         """Wait (``timeout`` seconds at most) until everything accepted is stored."""

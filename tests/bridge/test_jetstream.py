@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -351,3 +357,147 @@ async def test_an_outbox_accepts_while_the_server_is_frozen_and_sends_later(
     assert [(p, h["Nats-Msg-Id"]) for _, p, h in found] == [
         (i, f"p-{i}") for i in range(5)
     ]
+
+
+CHILD = Path(__file__).with_name("js_child.py")
+
+
+async def run_until(
+    args: list[str], lines: int, env: dict[str, str] | None = None
+) -> list[str]:
+    """Start a child; SIGKILL it after it printed ``lines`` lines; its lines.
+
+    ``lines=0``: let it finish by itself.
+    """
+    printed: list[str] = []
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(CHILD), *args],
+        stdout=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    assert process.stdout is not None
+    buffer = b""
+    try:
+        async for chunk in process.stdout:
+            buffer += chunk
+            *done, buffer = buffer.split(b"\n")
+            printed += [line.decode() for line in done]
+            if lines and len(printed) >= lines:
+                process.send_signal(signal.SIGKILL)  # a crash, at a random point
+                break
+    finally:
+        await process.wait()
+    if not lines:
+        assert process.returncode == 0
+    return printed
+
+
+async def test_a_producer_killed_five_times_loses_and_repeats_nothing(
+    js_server: NatsServer, tmp_path: Path
+) -> None:
+    """What publish returned is stored once; nothing never accepted is."""
+    total = 300
+    outbox = str(tmp_path / "producer.sqlite")
+    returned: set[int] = set()
+    called: set[int] = set()
+    start = 0
+    rng = random.Random(31)
+    with trio.fail_after(120):
+        for _ in range(5):
+            lines = await run_until(
+                ["produce", js_server.url, outbox, str(start), str(total)],
+                rng.randint(10, 50),
+            )
+            done = [int(line) for line in lines]
+            returned.update(done)
+            called.update(range(start, done[-1] + 2))  # the one being published
+            # skip the one that was in publish when killed: accepted or not
+            start = done[-1] + 2
+        lines = await run_until(
+            ["produce", js_server.url, outbox, str(start), str(total)], 0
+        )
+        returned.update(int(line) for line in lines)
+        called.update(range(start, total))
+        found = await stored(js_server.url, "KILL")
+    ids = [int(headers["Nats-Msg-Id"][2:]) for _, _, headers in found]
+    assert len(ids) == len(set(ids)), "a message stored twice"
+    assert returned <= set(ids), f"lost: {sorted(returned - set(ids))}"
+    assert set(ids) <= called, "stored, and never accepted"
+    assert [p for _, p, _ in found] == ids  # each payload under its own id
+
+
+async def test_a_consumer_killed_mid_handler_has_each_effect_once(
+    js_server: NatsServer, tmp_path: Path
+) -> None:
+    """At least once from the server, exactly once in effect (keyed by id)."""
+    broker = Broker[Any]()
+    with trio.fail_after(120):
+        async with open_jetstream(
+            broker,
+            js_server.url,
+            stream="WORK",
+            subjects=["work.>"],
+            encode=encode_json,
+            decode=decode_json,
+        ) as js:
+            for i in range(60):
+                await js.publish(f"work.{i % 3}", i, msg_id=f"w-{i}")
+        effects = str(tmp_path / "effects.sqlite")
+        handled: list[str] = []
+        for kill_after in (7, 15, 4):
+            handled += await run_until(["consume", js_server.url, effects], kill_after)
+        # the last run: until every message has its effect
+        handled += await run_until(
+            ["consume", js_server.url, effects], 0, env={"DONE": "60"}
+        )
+        db = sqlite3.connect(effects)
+    rows = dict(db.execute("SELECT id, n FROM effect").fetchall())
+    redeliveries = db.execute(
+        "SELECT COUNT(*) FROM attempt WHERE delivery > 1"
+    ).fetchone()[0]
+    assert rows == {f"w-{i}": i for i in range(60)}  # every effect, once each
+    assert len(handled) >= 60  # handled at least once each (some twice)
+    assert redeliveries >= 1  # a kill left at least one message unacked
+
+
+async def test_the_server_killed_and_restarted_loses_nothing_that_returned(
+    js_server: NatsServer,
+) -> None:
+    """SIGKILL of the server mid-stream: publish resends with its id until stored."""
+    broker = Broker[Any]()
+    returned: list[int] = []
+    with trio.fail_after(120):
+        async with open_jetstream(
+            broker,
+            js_server.url,
+            stream="SURVIVE",
+            subjects=["survive"],
+            encode=encode_json,
+            decode=decode_json,
+            reconnect_time_wait=0.1,
+            max_reconnect_wait=0.5,
+        ) as js:
+
+            fifty = trio.Event()
+
+            async def publisher() -> None:
+                for i in range(200):
+                    await js.publish("survive", i, msg_id=f"s-{i}")
+                    returned.append(i)
+                    if i == 49:
+                        fifty.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publisher)
+                await fifty.wait()
+                js_server.kill()  # SIGKILL, as a crash
+                await trio.sleep(0.5)
+                js_server.start()  # on the same store and port
+            stats = js.statistics()
+        found = await stored(js_server.url, "SURVIVE")
+    ids = [headers["Nats-Msg-Id"] for _, _, headers in found]
+    assert returned == list(range(200))
+    assert sorted(ids, key=lambda i: int(i[2:])) == [f"s-{i}" for i in range(200)]
+    assert len(ids) == len(set(ids))
+    assert stats.stored + stats.duplicates == 200
+    assert stats.unconfirmed == 0

@@ -31,6 +31,7 @@ from trio_pubsub.nats import (
     encode_json,
     open_jetstream,
 )
+from trio_pubsub.nats._jetstream import Pacer
 
 from .server import NatsServer
 
@@ -477,7 +478,6 @@ async def test_the_server_killed_and_restarted_loses_nothing_that_returned(
             reconnect_time_wait=0.1,
             max_reconnect_wait=0.5,
         ) as js:
-
             fifty = trio.Event()
 
             async def publisher() -> None:
@@ -501,3 +501,79 @@ async def test_the_server_killed_and_restarted_loses_nothing_that_returned(
     assert len(ids) == len(set(ids))
     assert stats.stored + stats.duplicates == 200
     assert stats.unconfirmed == 0
+
+
+async def test_replay_from_a_sequence_and_from_a_time_keeps_stream_order(
+    js_server: NatsServer,
+) -> None:
+    broker = Broker(int)
+    with trio.fail_after(GUARD):
+        async with open_jetstream(
+            broker,
+            js_server.url,
+            stream="HIST",
+            subjects=["hist.>"],
+            encode=encode_json,
+            decode=decode_json,
+        ) as js:
+            for i in range(10):
+                await js.publish(f"hist.{i % 2}", i)
+            async with js.consumer("hist.>", durable="d") as durable:
+                first = await durable.__anext__()
+                await first.ack()  # a durable in the middle of its work
+                all_ = [s async for s in js.replay("hist.>")]
+                assert [s.message.payload for s in all_] == list(range(10))
+                assert [s.sequence for s in all_] == list(range(1, 11))
+                from_seq = [
+                    s.message.payload
+                    async for s in js.replay("hist.>", start_sequence=6)
+                ]
+                assert from_seq == [5, 6, 7, 8, 9]
+                odd = [s.message.payload async for s in js.replay("hist.1")]
+                assert odd == [1, 3, 5, 7, 9]
+                after = all_[7].time
+                from_time = [
+                    s.message.payload
+                    async for s in js.replay("hist.>", start_time=after)
+                ]
+                # (stored at that time or later: 7 itself, or from 8 if its
+                # time in nanoseconds fell after the microsecond given)
+                assert from_time in ([7, 8, 9], [8, 9])
+                unpaced = [s async for s in js.replay("hist.>", max_rate=None)]
+                assert len(unpaced) == 10
+                with pytest.raises(ValueError, match="not both"):
+                    async for _ in js.replay(
+                        "hist.>", start_sequence=1, start_time=after
+                    ):
+                        pass
+                with pytest.raises(ValueError, match="timezone"):
+                    async for _ in js.replay(
+                        "hist.>", start_time=after.replace(tzinfo=None)
+                    ):
+                        pass
+                # the durable goes on where it was: the replays took nothing
+                second = await durable.__anext__()
+                assert second.message.payload == 1
+                await second.ack()
+
+
+async def test_a_replay_is_paced_on_the_trio_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The pacer a replay uses: at most ``rate`` a second, no catch-up burst."""
+    pacer = Pacer(5.0)
+    times = []
+    for _ in range(6):
+        await pacer.wait()
+        times.append(trio.current_time())
+    assert [round(t - times[0], 6) for t in times] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    await trio.sleep(10)  # idle for a while: no burst to make up for it
+    burst_start = trio.current_time()
+    for _ in range(10):
+        await pacer.wait()
+    assert trio.current_time() - burst_start == pytest.approx(1.8)
+    free = Pacer(None)
+    before = trio.current_time()
+    for _ in range(1000):
+        await free.wait()
+    assert trio.current_time() == before

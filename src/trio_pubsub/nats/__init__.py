@@ -33,6 +33,7 @@ from ._jetstream import (
     DurableMessage as DurableMessage,
     JetStreamBridge as JetStreamBridge,
     JetStreamStatistics as JetStreamStatistics,
+    StoredMessage as StoredMessage,
     open_jetstream as open_jetstream,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "DurableMessage",
     "JetStreamBridge",
     "JetStreamStatistics",
+    "StoredMessage",
     "decode_bytes",
     "decode_json",
     "decode_str",

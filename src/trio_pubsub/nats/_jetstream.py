@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import math
 import random
 import time
 import typing
@@ -68,6 +70,10 @@ _ATTEMPT_TIMEOUT = 2.0  # seconds to wait for one PubAck before resending
 _OUTBOX_BATCH = 256  # rows the sender reads from the outbox at once
 _OUTBOX_PAUSE = 1.0  # seconds before the sender tries again after a deadline
 _FETCH_WAIT = 1.0  # seconds one fetch waits on the server for messages
+_REPLAY_BATCH = 256  # messages a replay fetches at once
+
+REPLAY_RATE: typing.Final = 10_000.0
+"""Messages per second a replay yields at most, by default."""
 
 
 @attrs.frozen(kw_only=True)
@@ -183,6 +189,38 @@ class DurableMessage(Generic[T]):
         if self._settled:
             raise RuntimeError("this message was acked, nak'd or terminated already")
         self._settled = True
+
+
+class Pacer:
+    """At most ``rate`` steps a second on the trio clock (``None``: no limit).
+
+    Steps are spaced evenly; a step that comes late is not made up for by a
+    burst after it.
+    """
+
+    def __init__(self, rate: float | None) -> None:
+        self.gap = 0.0 if rate is None else 1.0 / rate
+        self.next_at = -math.inf
+
+    async def wait(self) -> None:
+        if not self.gap:
+            return
+        now = trio.current_time()
+        self.next_at = max(self.next_at + self.gap, now)
+        if self.next_at > now:
+            await trio.sleep_until(self.next_at)
+
+
+@attrs.frozen
+class StoredMessage(Generic[T]):
+    """A message of the stream as :meth:`JetStreamBridge.replay` reads it."""
+
+    sequence: int
+    """Its sequence number in the stream."""
+    time: datetime.datetime
+    """When the server stored it (UTC)."""
+    message: Message[T]
+    """The decoded message."""
 
 
 class Consumer(Generic[T]):
@@ -487,14 +525,7 @@ class JetStreamBridge(Generic[T]):
             ValueError: ``pattern`` is outside the stream's subjects, or a
                 name or number is out of range.
         """
-        if self._closed:
-            raise BrokerClosedError("this JetStream bridge is closed")
-        validate_pattern(pattern)
-        if not any(_within(pattern, mine) for mine in self.subjects):
-            raise ValueError(
-                f"pattern {pattern!r} is outside the stream {self.stream!r}, "
-                f"which stores {list(self.subjects)!r}"
-            )
+        self._check_pattern(pattern)
         if not isinstance(typing.cast("object", durable), str):
             raise TypeError(f"durable must be a str, not {durable!r}")
         if not durable or not all(c.isalnum() or c in "-_" for c in durable):
@@ -511,6 +542,107 @@ class JetStreamBridge(Generic[T]):
             yield consumer
         finally:
             await consumer._release()
+
+    async def replay(
+        self,
+        pattern: str,
+        *,
+        start_sequence: int | None = None,
+        start_time: datetime.datetime | None = None,
+        max_rate: float | None = REPLAY_RATE,
+    ) -> AsyncIterator[StoredMessage[T]]:
+        """The stream's messages on ``pattern``, in stream order, from a point.
+
+        Read through a consumer of its own that acknowledges nothing and is
+        gone afterwards, so durable consumers are not disturbed. It ends with
+        the last message stored when it reached it.
+
+        Args:
+            pattern: The subjects to read, within the stream's.
+            start_sequence: The first sequence number to read (from 1).
+            start_time: Read what was stored at this time or later (a
+                timezone-aware ``datetime``; the server's times have
+                nanoseconds, Python's microseconds, so a message stored
+                within the same microsecond may be left out). Neither: from
+                the start.
+            max_rate: The most messages per second it yields, evenly spaced
+                on the trio clock (10,000 by default; ``None``: no limit), so
+                that a replay published into a broker cannot flood its
+                subscribers.
+
+        Raises:
+            BrokerClosedError: the bridge is closed.
+            ValueError: ``pattern`` is outside the stream, both starts are
+                given, or one is out of range.
+        """
+        self._check_pattern(pattern)
+        if start_sequence is not None and start_time is not None:
+            raise ValueError("give start_sequence or start_time, not both")
+        if start_sequence is not None:
+            _port.check_int("start_sequence", start_sequence)
+            policy = nats.js.api.DeliverPolicy.BY_START_SEQUENCE
+        elif start_time is not None:
+            when = typing.cast("object", start_time)
+            if not isinstance(when, datetime.datetime) or when.tzinfo is None:
+                raise ValueError(
+                    f"start_time must be a timezone-aware datetime, not {start_time!r}"
+                )
+            policy = nats.js.api.DeliverPolicy.BY_START_TIME
+        else:
+            policy = nats.js.api.DeliverPolicy.ALL
+        if max_rate is not None:
+            _port.check_seconds("max_rate", max_rate)
+        config = nats.js.api.ConsumerConfig(
+            deliver_policy=policy,
+            opt_start_seq=start_sequence,
+            opt_start_time=start_time,
+            ack_policy=nats.js.api.AckPolicy.NONE,
+            filter_subject=pattern,
+            inactive_threshold=60.0,
+        )
+        js = self._js()
+
+        async def subscribe() -> JetStreamContext.PullSubscription:
+            return await js.pull_subscribe(pattern, stream=self.stream, config=config)
+
+        async def fetch(
+            psub: JetStreamContext.PullSubscription,
+        ) -> list[Msg]:
+            try:
+                return await psub.fetch(_REPLAY_BATCH, timeout=_FETCH_WAIT)
+            except nats.errors.TimeoutError:
+                return []
+
+        psub = await self._link.call(subscribe())
+        pacer = Pacer(max_rate)
+        try:
+            while True:
+                batch = await self._link.call(fetch(psub))
+                if not batch:
+                    return  # nothing was left when it asked
+                for msg in batch:
+                    await pacer.wait()
+                    payload = self._pipeline.check_payload(self._decode(msg.data))
+                    yield StoredMessage(
+                        sequence=int(msg.metadata.sequence.stream),
+                        time=msg.metadata.timestamp,
+                        message=_port.new_message(msg.subject, payload, msg.headers),
+                    )
+                    if msg.metadata.num_pending == 0:
+                        return
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._link.call(psub.unsubscribe())
+
+    def _check_pattern(self, pattern: str) -> None:
+        if self._closed:
+            raise BrokerClosedError("this JetStream bridge is closed")
+        validate_pattern(pattern)
+        if not any(_within(pattern, mine) for mine in self.subjects):
+            raise ValueError(
+                f"pattern {pattern!r} is outside the stream {self.stream!r}, "
+                f"which stores {list(self.subjects)!r}"
+            )
 
     async def _send_outbox(self) -> None:
         """Send what the outbox holds, oldest first; remove each once stored."""

@@ -49,7 +49,63 @@ DEAD_ERROR: typing.Final = "dead-letter-error"
 DEAD_SUBJECT: typing.Final = "dead-letter-subject"
 _MAX_ERROR = 500  # characters of the error's message kept in a dead letter
 
-Outcome = typing.Literal["handled", "failed", "dead_lettered", "duplicates"]
+Outcome = typing.Literal[
+    "handled", "failed", "dead_lettered", "duplicates", "handed_back"
+]
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Leased(typing.Protocol[T_co]):
+    """A message lent by a durable source: settle it with one of its methods."""
+
+    @property
+    def message(self) -> Message[T_co]:
+        """The message."""
+        ...
+
+    @property
+    def deliveries(self) -> int:
+        """How many times the source has delivered it, this one included."""
+        ...
+
+    async def ack(self) -> None:
+        """Done: never again."""
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Again, after ``delay`` seconds."""
+
+    async def term(self) -> None:
+        """Given up on: never again."""
+
+    async def in_progress(self) -> None:
+        """Still at work on it: do not deliver it again yet."""
+
+
+class Source(typing.Protocol[T]):
+    """Where a handler takes its messages from instead of a subscription.
+
+    (``trio_pubsub.nats.Consumer``, a durable JetStream consumer.)
+    """
+
+    @property
+    def pattern(self) -> str:
+        """What it delivers."""
+        ...
+
+    @property
+    def ack_wait(self) -> float:
+        """Seconds it waits for a settlement before delivering again."""
+        ...
+
+    def __aiter__(self) -> typing.AsyncIterator[Leased[T]]:
+        """Its messages, as they come."""
+        ...
+
+    async def dead_letter(
+        self, subject: str, payload: T, headers: typing.Mapping[str, str]
+    ) -> None:
+        """Keep a message given up on, durably, on ``subject``."""
 
 
 def _attempts(_: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -213,7 +269,9 @@ class Counters:
         """One message in flight has its outcome.
 
         The one place that keeps the law: a message leaves ``in_flight`` for
-        exactly one outcome counter.
+        exactly one outcome counter. A delivery handed back to its source for
+        a retry (``handed_back``) is counted in ``retried`` and no longer in
+        ``received``: its redelivery will be.
         """
         self.in_flight -= 1
         if outcome == "handled":
@@ -222,8 +280,11 @@ class Counters:
             self.failed += 1
         elif outcome == "dead_lettered":
             self.dead_lettered += 1
-        else:
+        elif outcome == "duplicates":
             self.duplicates += 1
+        else:
+            self.received -= 1
+            self.retried += 1
 
     def statistics(self) -> HandlerStatistics:
         return HandlerStatistics(
@@ -283,6 +344,20 @@ class GaveUp(Exception):
         super().__init__(error, attempts)
         self.error = error
         self.attempts = attempts
+
+
+def dead_headers(
+    message: Message[typing.Any], name: str, attempts: int, error: Exception
+) -> dict[str, str]:
+    """A dead letter's headers: the message's own, and the ``dead-letter-*`` ones."""
+    return {
+        **message.headers,
+        DEAD_HANDLER: name,
+        DEAD_ATTEMPTS: str(attempts),
+        DEAD_ERROR_TYPE: type(error).__qualname__,
+        DEAD_ERROR: str(error)[:_MAX_ERROR],
+        DEAD_SUBJECT: message.subject,
+    }
 
 
 def failure(error: Exception) -> tuple[Exception, int]:
@@ -357,14 +432,7 @@ def dead_lettering(
             await call_next(message)
         except Exception as raised:
             error, attempts = failure(raised)
-            headers = {
-                **message.headers,
-                DEAD_HANDLER: counters.name,
-                DEAD_ATTEMPTS: str(attempts),
-                DEAD_ERROR_TYPE: type(error).__qualname__,
-                DEAD_ERROR: str(error)[:_MAX_ERROR],
-                DEAD_SUBJECT: message.subject,
-            }
+            headers = dead_headers(message, counters.name, attempts, error)
             try:
                 await broker.publish(
                     f"{prefix}.{message.subject}", message.payload, headers=headers

@@ -33,10 +33,13 @@ from ._handling import (
     Duplicate,
     Handler,
     HandlerStatistics,
+    Leased,
     Middleware,
     Outcome,
     Retry,
+    Source,
     chain,
+    dead_headers,
     dead_lettering,
     deduplicating,
     failure,
@@ -54,6 +57,8 @@ if typing.TYPE_CHECKING:
 T = TypeVar("T")
 
 Key = Callable[[Message[T]], Hashable]
+
+_DEAD_LETTER_PAUSE = 30.0  # seconds before a message whose dead letter failed is back
 
 
 @disable_ki_protection
@@ -91,8 +96,10 @@ class _Handler(Generic[T]):
         middleware: list[Middleware[T]],
         max_buffer_size: int | None,
         policy: OverflowPolicy,
+        source: Source[T] | None = None,
     ) -> None:
         self.fn = fn
+        self.source = source
         self.pattern = pattern
         self.queue = queue
         self.concurrency = concurrency
@@ -115,9 +122,10 @@ class _Handler(Generic[T]):
         steps: list[Middleware[T]] = []
         if self.dedupe is not None:
             steps.append(deduplicating(self.dedupe))
-        if self.dead_letter is not None:
+        durable = self.source is not None  # (it retries and keeps dead letters)
+        if self.dead_letter is not None and not durable:
             steps.append(dead_lettering(broker, self.dead_letter, self.counters))
-        if self.retry is not None and self.retry.attempts > 1:
+        if self.retry is not None and self.retry.attempts > 1 and not durable:
             steps.append(retrying(self.retry, self.counters))
         steps += shared
         steps += self.middleware
@@ -139,6 +147,7 @@ class Router(Generic[T]):
         self._handlers: list[_Handler[T]] = []
         self._wrappers: list[Callable[[str], Middleware[T]]] = []
         self._subscriptions: list[Subscription[T]] = []
+        self._readers: list[trio.CancelScope] = []  # of source= handlers
         self._serving = False
         self._stopping = False
 
@@ -170,8 +179,9 @@ class Router(Generic[T]):
 
     def handler(
         self,
-        pattern: str,
+        pattern: str | None = None,
         *,
+        source: Source[T] | None = None,
         name: str | None = None,
         queue: str | None = None,
         concurrency: int = 1,
@@ -188,6 +198,17 @@ class Router(Generic[T]):
 
         Args:
             pattern: What its subscription listens on.
+            source: Instead of a subscription, a durable source
+                (``trio_pubsub.nats.Consumer``): the handler takes its
+                messages, acks each it handled, naks a failed one with the
+                ``retry`` delay (the source's delivery count is the attempt,
+                so retries survive a crash), and after the last attempt
+                publishes the dead letter through the source (durably), then
+                terminates the message. While an attempt runs, it tells the
+                source every third of its ``ack_wait`` that it is still at
+                work. A delivery handed back for a retry counts in
+                ``retried`` and no longer in ``received``. ``queue``, ``key``,
+                ``max_buffer_size`` and ``policy`` do not apply.
             name: Its name, in statistics, logs and dead letters (default: the
                 function's qualified name); names are unique in a router.
             queue: A queue group to join, as for ``subscribe``.
@@ -226,6 +247,12 @@ class Router(Generic[T]):
                 name is taken; checked here, at the call.
             RuntimeError: the router is serving already.
         """
+        if (pattern is None) == (source is None):
+            raise TypeError("give a handler a pattern or a source=, one of them")
+        if source is not None:
+            _check_source(source, queue, key, max_buffer_size, policy)
+            pattern = source.pattern
+        assert pattern is not None
         validate_pattern(pattern)
         if dead_letter is not None:
             validate_subject(dead_letter)
@@ -269,6 +296,7 @@ class Router(Generic[T]):
                     middleware=typing.cast("list[Middleware[T]]", steps),
                     max_buffer_size=max_buffer_size,
                     policy=policy,
+                    source=source,
                 )
             )
             return fn
@@ -314,6 +342,8 @@ class Router(Generic[T]):
         self._stopping = True
         for sub in self._subscriptions:
             sub.drain()
+        for reading in self._readers:
+            reading.cancel()
 
     def statistics(self) -> tuple[HandlerStatistics, ...]:
         """A snapshot of each handler's counters, in registration order."""
@@ -326,6 +356,10 @@ class Router(Generic[T]):
         """Subscribe for the handler, then run its workers until the end."""
         shared = [wrap(handler.name) for wrap in self._wrappers]
         run = handler.build(self._broker, shared)
+        if handler.source is not None:
+            task_status.started()
+            await _from_source(handler, handler.source, run, self)
+            return
         async with self._broker.subscribe(
             handler.pattern,
             queue=handler.queue,
@@ -492,3 +526,155 @@ async def _work_by_key(keys: _Keys[T], run: Handler[T], counters: Counters) -> N
             counters.settle(outcome)
             keys.settled()
         del waiting[label]
+
+
+def _check_source(
+    source: object,
+    queue: str | None,
+    key: object,
+    max_buffer_size: int | None,
+    policy: OverflowPolicy,
+) -> None:
+    for needed in ("pattern", "ack_wait", "dead_letter", "__aiter__"):
+        if not hasattr(source, needed):
+            raise TypeError(
+                f"source must be a durable source such as a "
+                f"trio_pubsub.nats.Consumer, not {source!r}"
+            )
+    if queue is not None or key is not None or max_buffer_size is not None:
+        raise ValueError(
+            "queue, key and max_buffer_size are options of a subscription: "
+            "not of a handler with source= (its consumer's durable name shares "
+            "its messages between processes)"
+        )
+    if policy is not OverflowPolicy.BLOCK:
+        raise ValueError("policy applies to a subscription, not to source=")
+
+
+@enable_ki_protection
+async def _from_source(
+    handler: _Handler[T], source: Source[T], run: Handler[T], router: Router[T]
+) -> None:
+    """``concurrency`` workers take leases from ``source`` in turn, until stopped.
+
+    A worker takes the next lease only when it is free, so no lease waits
+    for a worker; :meth:`Router.stop` cancels the taking, never an attempt.
+    """
+    leases = source.__aiter__()
+    turn = trio.Lock()  # one worker takes from the source at a time
+    async with trio.open_nursery() as workers:
+        for _ in range(handler.concurrency):
+            workers.start_soon(
+                _work_on_leases, handler, source, run, leases, turn, router
+            )
+
+
+@enable_ki_protection
+async def _work_on_leases(
+    handler: _Handler[T],
+    source: Source[T],
+    run: Handler[T],
+    leases: typing.AsyncIterator[Leased[T]],
+    turn: trio.Lock,
+    router: Router[T],
+) -> None:
+    counters = handler.counters
+    while True:
+        with trio.CancelScope() as taking:
+            router._readers.append(taking)
+            if router._stopping:
+                taking.cancel()
+            async with turn:
+                try:
+                    lease = await leases.__anext__()
+                except StopAsyncIteration:
+                    return
+                counters.take()
+        router._readers.remove(taking)
+        if taking.cancelled_caught:
+            return  # stopped: take no more
+        try:
+            outcome = await _lease_attempt(handler, source, run, lease)
+        except BaseException:
+            counters.settle("failed")  # cancelled: the source delivers it again
+            raise
+        counters.settle(outcome)
+
+
+@disable_ki_protection
+async def _lease_attempt(
+    handler: _Handler[T], source: Source[T], run: Handler[T], lease: Leased[T]
+) -> Outcome:
+    """One delivery: the attempt, with progress told meanwhile, then settled."""
+    message = lease.message
+    failed: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_tell_progress, lease, source.ack_wait / 3)
+        try:
+            await run(message)
+        except Duplicate:
+            nursery.cancel_scope.cancel()
+            await _settled(lease.ack())
+            return "duplicates"
+        except Exception as error:
+            failed = error
+        nursery.cancel_scope.cancel()
+    if failed is None:
+        await lease.ack()
+        return "handled"
+    return await _after_failure(handler, source, lease, failed)
+
+
+async def _settled(settlement: typing.Awaitable[None]) -> None:
+    """Await a settlement even inside a scope cancelled to stop the progress."""
+    with trio.CancelScope(shield=True):
+        await settlement
+
+
+async def _after_failure(
+    handler: _Handler[T], source: Source[T], lease: Leased[T], error: Exception
+) -> Outcome:
+    """A failed delivery: handed back for a retry, or given up on."""
+    counters = handler.counters
+    message = lease.message
+    attempt = lease.deliveries
+    retry = handler.retry
+    if (
+        retry is not None
+        and isinstance(error, retry.retry_on)
+        and attempt < retry.attempts
+    ):
+        counters.log("attempt failed, retried", message, attempt, error, retried=True)
+        await lease.nak(retry.delay(attempt))
+        return "handed_back"
+    if handler.dead_letter is None:
+        counters.log("given up", message, attempt, error)
+        await lease.term()
+        return "failed"
+    try:
+        await source.dead_letter(
+            f"{handler.dead_letter}.{message.subject}",
+            message.payload,
+            dead_headers(message, handler.name, attempt, error),
+        )
+    except Exception as unsent:
+        # Not kept as a dead letter: not terminated either, so that the source
+        # keeps it (and delivers it again, after a pause).
+        counters.log(
+            f"could not store its dead letter ({unsent!r}); handed back",
+            message,
+            attempt,
+            error,
+        )
+        await lease.nak(_DEAD_LETTER_PAUSE)
+        return "failed"
+    counters.log(f"given up, sent to {handler.dead_letter!r}", message, attempt, error)
+    await lease.term()
+    return "dead_lettered"
+
+
+async def _tell_progress(lease: Leased[typing.Any], every: float) -> None:
+    """Tell the source, every ``every`` seconds, that the attempt goes on."""
+    while True:
+        await trio.sleep(every)
+        await lease.in_progress()

@@ -24,7 +24,14 @@ import nats.js.api
 import pytest
 import trio
 
-from trio_pubsub import Broker, BrokerClosedError, InvalidSubjectError
+from trio_pubsub import (
+    Broker,
+    BrokerClosedError,
+    InvalidSubjectError,
+    Message,
+    Retry,
+    Router,
+)
 from trio_pubsub.nats import (
     DurableMessage,
     decode_json,
@@ -577,3 +584,77 @@ async def test_a_replay_is_paced_on_the_trio_clock(
     for _ in range(1000):
         await free.wait()
     assert trio.current_time() == before
+
+
+async def test_a_router_handler_on_a_durable_consumer_acks_retries_and_dead_letters(
+    js_server: NatsServer,
+) -> None:
+    """A poison message is retried with the Retry delays, then dead-lettered.
+
+    The server holds each retry back; the dead letter is stored once with its
+    headers; the messages behind the poison one flow.
+    """
+    broker = Broker(int)
+    router: Router[int] = Router(broker)
+    attempts: dict[int, list[float]] = {}
+    retry = Retry(attempts=3, backoff=0.2, jitter=False)
+    with trio.fail_after(GUARD):
+        async with (
+            open_jetstream(
+                broker,
+                js_server.url,
+                stream="BILL",
+                subjects=["bill.>", "dead.>"],
+                encode=encode_json,
+                decode=decode_json,
+            ) as js,
+            js.consumer("bill.>", durable="billing", ack_wait=5.0) as consumer,
+        ):
+            third = trio.Event()
+            with pytest.raises(ValueError, match="not of a handler with source="):
+                router.handler(source=consumer, queue="q")
+            with pytest.raises(TypeError, match="one of them"):
+                router.handler("bill.>", source=consumer)
+            with pytest.raises(TypeError, match="one of them"):
+                router.handler()
+            with pytest.raises(TypeError, match="durable source"):
+                router.handler(source=object())  # type: ignore[arg-type]
+
+            @router.handler(
+                source=consumer, name="billing", retry=retry, dead_letter="dead"
+            )
+            async def bill(message: Message[int]) -> None:
+                tried = attempts.setdefault(message.payload, [])
+                tried.append(trio.current_time())
+                if message.payload < 0:
+                    if len(tried) == 3:
+                        third.set()
+                    raise ValueError(f"negative amount {message.payload}")
+
+            for amount in (10, -5, 20, 30):
+                await js.publish(f"bill.{amount}", amount, msg_id=f"b{amount}")
+            async with trio.open_nursery() as nursery:
+                await nursery.start(router.serve)
+                await third.wait()
+                router.stop()  # what is in flight is settled, then serve returns
+            stats = js.statistics()
+        found = await stored(js_server.url, "BILL")
+    (handler,) = router.statistics()
+    assert (handler.handled, handler.dead_lettered, handler.failed) == (3, 1, 0)
+    assert handler.retried == 2  # two deliveries handed back for a retry
+    assert handler.received == 4  # ... and not counted as received
+    assert handler.in_flight == 0
+    times = attempts[-5]
+    # the server held each retry back at least the Retry delay (a lower bound)
+    assert times[1] - times[0] >= 0.2 * 0.9
+    assert times[2] - times[1] >= 0.4 * 0.9
+    assert [len(attempts[a]) for a in (10, 20, 30)] == [1, 1, 1]
+    dead = [(s, p, h) for s, p, h in found if s.startswith("dead.")]
+    assert len(dead) == 1
+    subject, payload, headers = dead[0]
+    assert (subject, payload) == ("dead.bill.-5", -5)
+    assert headers["dead-letter-attempts"] == "3"
+    assert headers["dead-letter-error-type"] == "ValueError"
+    assert headers["dead-letter-subject"] == "bill.-5"
+    assert headers["Nats-Msg-Id"] == "b-5.dead"
+    assert (stats.acked, stats.naked, stats.dead_lettered) == (3, 2, 1)

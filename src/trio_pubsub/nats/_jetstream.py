@@ -235,10 +235,13 @@ class Consumer(Generic[T]):
         self.durable = durable
         """The durable name: processes that share it share its messages."""
         self._batch = batch
+        self.ack_wait = 30.0
+        """Seconds the server waits for an ack before it delivers again."""
         self._psub: JetStreamContext.PullSubscription | None = None
         self._held: list[DurableMessage[T]] = []
 
     async def _open(self, ack_wait: float, max_deliver: int) -> None:
+        self.ack_wait = ack_wait
         bridge = self._bridge
         config = nats.js.api.ConsumerConfig(
             durable_name=self.durable,
@@ -257,6 +260,28 @@ class Consumer(Generic[T]):
 
     def __aiter__(self) -> Consumer[T]:
         return self
+
+    async def dead_letter(
+        self, subject: str, payload: T, headers: Mapping[str, str]
+    ) -> None:
+        """Store a message given up on, on ``subject``, for a router's handler.
+
+        (A :class:`~trio_pubsub.Router` handler with ``source=`` calls it.)
+        Its id is the original's with ``.dead`` after it, so that storing it
+        again after a crash (before the original was terminated) is a
+        duplicate the server drops.
+
+        Raises:
+            ValueError: ``subject`` is outside the stream's subjects.
+        """
+        kept = dict(headers)
+        original = kept.pop(MSG_ID, None)
+        await self._bridge.publish(
+            subject,
+            payload,
+            headers=kept,
+            msg_id=None if original is None else f"{original}.dead",
+        )
 
     async def _release(self) -> None:
         """Hand back what was fetched and not handed out: it goes to others now.

@@ -26,8 +26,10 @@ from ._errors import (
 from ._handling import (
     Dedupe as Dedupe,
     HandlerStatistics as HandlerStatistics,
+    Leased as Leased,
     Middleware as Middleware,
     Retry as Retry,
+    Source as Source,
 )
 from ._inbox import SubscriptionState as SubscriptionState
 from ._message import Message as Message
@@ -55,6 +57,7 @@ __all__ = [
     "HandlerStatistics",
     "InvalidSubjectError",
     "Lagged",
+    "Leased",
     "Message",
     "Middleware",
     "NoRespondersError",
@@ -62,6 +65,7 @@ __all__ = [
     "Retry",
     "Router",
     "SlowConsumerError",
+    "Source",
     "Subscription",
     "SubscriptionInfo",
     "SubscriptionState",

@@ -31,7 +31,14 @@ SPEC_NAMES = {
 # calls it "a handle"), for users' annotations.
 # And the type of Subscription.state (issue 30: a public state for a
 # subscription cut off by DISCONNECT).
-BEYOND_SPEC = {"Dedupe", "Middleware", "SubscriptionState", "ThreadPublisher"}
+BEYOND_SPEC = {
+    "Dedupe",
+    "Leased",
+    "Middleware",
+    "Source",
+    "SubscriptionState",
+    "ThreadPublisher",
+}
 TYPE_ALIASES = {"Middleware"}  # (no __module__ of their own to set)
 
 

@@ -116,6 +116,12 @@ EXPECTED: dict[str, list[str]] = {
         "every accepted job was done: True",
         "dropped: 0",
     ],
+    "durable_orders.py": [
+        "orders stored: 20, still in the outbox: 0",
+        "billing killed with SIGKILL after 7 charges",
+        "billing restarted: ",
+        "every order charged exactly once: True (20 of 20)",
+    ],
     "order_pipeline.py": [
         "log: handler 'billing': attempt failed, retried (subject 'orders.3.placed', "
         "attempt 1): ConnectionError: gateway timed out",

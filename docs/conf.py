@@ -48,7 +48,8 @@ napoleon_use_rtype = False
 nitpick_ignore_regex = [
     (
         r"py:.*",
-        r"(trio|attrs|typing|collections|contextlib|types|opentelemetry|hypothesis)"
+        r"(trio|attrs|typing|collections|contextlib|types|opentelemetry|hypothesis"
+        r"|pathlib|datetime)"
         r"\..*",
     ),
     (r"py:.*", r"(trio_pubsub(\.\w+)*\.)?(T|T_co)"),

@@ -85,7 +85,7 @@ class JetStreamStatistics:
     duplicates: int
     """Messages the server acknowledged as duplicates of one stored already."""
     unconfirmed: int
-    """Messages given up on without a PubAck: they may or may not be stored."""
+    """Messages given up on without a PubAck (they may or may not be stored)."""
     outbox_pending: int
     """Messages in the outbox (accepted) not yet acknowledged by the server."""
     acked: int
@@ -95,11 +95,11 @@ class JetStreamStatistics:
     redelivered: int
     """Consumed messages that had been delivered before (the server says)."""
     dead_lettered: int
-    """Consumed messages terminated (``term``): given up on, not redelivered."""
+    """Consumed messages terminated with ``term`` (given up on, not redelivered)."""
     undecodable: int
-    """Consumed messages whose payload could not be decoded: terminated."""
+    """Consumed messages whose payload could not be decoded (terminated)."""
     dropped: int
-    """Local messages on ``outbound`` patterns not stored: encode failed."""
+    """Local messages on ``outbound`` patterns not stored (their encode failed)."""
 
 
 def _check_msg_id(msg_id: object) -> str | None:
@@ -213,7 +213,7 @@ class Pacer:
 
 @attrs.frozen
 class StoredMessage(Generic[T]):
-    """A message of the stream as :meth:`JetStreamBridge.replay` reads it."""
+    """A message of the stream, as ``replay()`` reads it."""
 
     sequence: int
     """Its sequence number in the stream."""
@@ -224,7 +224,7 @@ class StoredMessage(Generic[T]):
 
 
 class Consumer(Generic[T]):
-    """A durable pull consumer: ``async for`` yields :class:`DurableMessage`."""
+    """A durable pull consumer (``async for`` yields ``DurableMessage`` objects)."""
 
     def __init__(
         self, bridge: JetStreamBridge[T], pattern: str, durable: str, batch: int
@@ -233,7 +233,7 @@ class Consumer(Generic[T]):
         self.pattern = pattern
         """The subjects it takes (a pattern within the stream's)."""
         self.durable = durable
-        """The durable name: processes that share it share its messages."""
+        """The durable name (processes that share it share its messages)."""
         self._batch = batch
         self.ack_wait = 30.0
         """Seconds the server waits for an ack before it delivers again."""
@@ -340,7 +340,7 @@ class Consumer(Generic[T]):
 
 
 class JetStreamBridge(Generic[T]):
-    """What :func:`open_jetstream` yields: one stream, stored and consumed."""
+    """What ``open_jetstream()`` yields: one stream, stored and consumed."""
 
     def __init__(
         self,

@@ -695,6 +695,7 @@ async def main(quick: bool) -> int:
 
     await handlers(report, quick)
     await nats_bridge(report, quick)
+    await jetstream(report, quick)
 
     # output ---------------------------------------------------------------------------
     machine = (
@@ -773,6 +774,44 @@ async def handlers(report: Report, quick: bool) -> None:
         "(no-op and 1 ms handlers)",
         f"worst {worst['ratio']:.2f}x ({worst['handler']})",
         worst["ratio"] >= 0.7,
+    )
+
+
+async def jetstream(report: Report, quick: bool) -> None:
+    """W14: JetStream through the bridge against plain nats-py (bench/jetstream.py)."""
+    print("W14 JetStream", flush=True)
+    measured = await trio.run_process(
+        [sys.executable, "jetstream.py", "--json", "0.25" if quick else "1"],
+        cwd=Path(__file__).parent,
+        capture_stdout=True,
+    )
+    found = json.loads(measured.stdout)
+    report.section(
+        f"W14: JetStream, {found['count']:,} messages of 16 bytes, the bridge "
+        "against plain nats-py of the same shape (messages per second; ratio: "
+        "median of rounds in turn, bridge / plain)",
+        ["case", "plain nats-py", "bridge", "ratio"],
+    )
+    for case in (
+        "publish, one at a time",
+        "publish, 16 publishers",
+        "consume, fetch 64 and ack each",
+    ):
+        row = found[case]
+        report.row(
+            case, f"{row['plain']:.0f}", f"{row['ours']:.0f}", f"{row['ratio']:.2f}x"
+        )
+        report.target(
+            f"W14 {case}: >= 0.8x plain nats-py",
+            f"{row['ratio']:.2f}x",
+            row["ratio"] >= 0.8,
+        )
+    outbox = found["outbox"]
+    report.row(
+        "outbox: accepted (committed) / stored, 16 publishers",
+        "",
+        f"{outbox['accepted']:.0f} / {outbox['stored']:.0f}",
+        "",
     )
 
 

@@ -116,7 +116,8 @@ async def test_publish_stores_once_and_delivers_locally(js_server: NatsServer) -
         ("orders.2", {"amount": 20}),
     ]
     assert found[0][2].items() >= {"trace": "t1", "Nats-Msg-Id": "o-1"}.items()
-    assert len(found[1][2]["Nats-Msg-Id"]) == 32  # one made by the bridge
+    made = found[1][2]["Nats-Msg-Id"]  # one made by the bridge: random, a count
+    assert len(made.split("-")[0]) == 32
 
 
 async def test_bad_input_is_refused_and_nothing_is_stored(
@@ -362,7 +363,9 @@ async def test_an_outbox_accepts_while_the_server_is_frozen_and_sends_later(
             pass  # sent first on entry, then drained on exit
         assert js.statistics().outbox_pending == 0
         found = await stored(js_server.url, "PAY")
-    assert [(p, h["Nats-Msg-Id"]) for _, p, h in found] == [
+    # each once; the order may differ around a resend (some were stored by the
+    # frozen server once it ran again, before the second bridge resent all)
+    assert sorted((p, h["Nats-Msg-Id"]) for _, p, h in found) == [
         (i, f"p-{i}") for i in range(5)
     ]
 

@@ -52,7 +52,7 @@ from .. import (
 )
 from .._log import RateLimitedWarning
 from ._link import Backoff, Link, logger
-from ._outbox import Outbox
+from ._outbox import Outbox, Row
 
 if typing.TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -68,6 +68,9 @@ PUBLISH_DEADLINE: typing.Final = 30.0
 
 _ATTEMPT_TIMEOUT = 2.0  # seconds to wait for one PubAck before resending
 _OUTBOX_BATCH = 256  # rows the sender reads from the outbox at once
+_STORE_BATCH = 256  # messages handed to the loop to be stored at once
+_IN_FLIGHT = 4  # batches being stored at once
+_KNOWN_SUBJECTS = 10_000  # subjects whose check publish remembers
 _OUTBOX_PAUSE = 1.0  # seconds before the sender tries again after a deadline
 _FETCH_WAIT = 1.0  # seconds one fetch waits on the server for messages
 _REPLAY_BATCH = 256  # messages a replay fetches at once
@@ -99,7 +102,8 @@ class JetStreamStatistics:
     undecodable: int
     """Consumed messages whose payload could not be decoded (terminated)."""
     dropped: int
-    """Local messages on ``outbound`` patterns not stored (their encode failed)."""
+    """Messages not sent to the server: an outbound one whose encode failed, or
+    one still waiting to be sent when the bridge closed."""
 
 
 def _check_msg_id(msg_id: object) -> str | None:
@@ -164,22 +168,31 @@ class DurableMessage(Generic[T]):
         return int(self._msg.metadata.num_delivered)
 
     async def ack(self) -> None:
-        """Its work is done: the server will not deliver it again."""
+        """Its work is done: the server will not deliver it again.
+
+        Sent without waiting for it to be written (as nats-py's own ``ack``,
+        which the server does not confirm); if the connection breaks first,
+        the server delivers the message again after ``ack_wait``.
+        """
         self._settle()
-        await self._bridge._link.call(self._msg.ack())
+        self._bridge._link.post(self._msg.ack)
         self._bridge._acked += 1
+        await trio.lowlevel.checkpoint()
 
     async def nak(self, delay: float | None = None) -> None:
         """Have it delivered again, after ``delay`` seconds (``None``: at once)."""
         self._settle()
-        await self._bridge._link.call(self._msg.nak(delay=delay))
+        msg = self._msg
+        self._bridge._link.post(lambda: msg.nak(delay=delay))
         self._bridge._naked += 1
+        await trio.lowlevel.checkpoint()
 
     async def term(self) -> None:
         """Give up on it: the server will never deliver it again."""
         self._settle()
-        await self._bridge._link.call(self._msg.term())
+        self._bridge._link.post(self._msg.term)
         self._bridge._dead_lettered += 1
+        await trio.lowlevel.checkpoint()
 
     async def in_progress(self) -> None:
         """Still working on it: the server restarts its ``ack_wait``."""
@@ -189,6 +202,65 @@ class DurableMessage(Generic[T]):
         if self._settled:
             raise RuntimeError("this message was acked, nak'd or terminated already")
         self._settled = True
+
+
+class _Storing:
+    """A message on its way to the stream, and what became of it."""
+
+    __slots__ = ("data", "done", "headers", "result", "subject")
+
+    def __init__(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        self.subject = subject
+        self.data = data
+        self.headers = headers
+        self.done = trio.Event()
+        # the sequence; None: no PubAck by the deadline; or why it was not sent
+        self.result: int | BrokerClosedError | None = None
+
+
+async def _store_all(
+    bridge: JetStreamBridge[typing.Any],
+    js: JetStreamContext,
+    batch: list[tuple[str, bytes, dict[str, str]]],
+    deadline: float,
+) -> list[nats.js.api.PubAck | None]:
+    """In the loop's thread: store each, at once, until its PubAck or the deadline."""
+
+    async def store(
+        subject: str, data: bytes, headers: dict[str, str]
+    ) -> nats.js.api.PubAck | None:
+        wait = 0.05
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                return await js.publish(
+                    subject,
+                    data,
+                    timeout=min(_ATTEMPT_TIMEOUT, left),
+                    stream=bridge.stream,
+                    headers=headers,
+                )
+            except (
+                nats.errors.TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionReconnectingError,
+                nats.errors.OutboundBufferLimitError,
+                nats.js.errors.ServiceUnavailableError,
+            ) as error:
+                bridge._link.warn(
+                    "resend",
+                    "JetStream: a message on %r was not acknowledged (%s), "
+                    "sent again with its id",
+                    subject,
+                    type(error).__name__,
+                )
+            await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+            wait = min(wait * 2, 1.0)
+
+    return list(await asyncio.gather(*(store(*one) for one in batch)))
 
 
 class Pacer:
@@ -367,12 +439,17 @@ class JetStreamBridge(Generic[T]):
         self._deadline = publish_deadline
         self._closed = False
         self._outbox = outbox
-        self._tasks = trio.CancelScope()  # the sender's and the export's
+        self._scopes: list[trio.CancelScope] = []  # of its tasks: cancelled at close
         self._export_sub: Subscription[T] | None = None
         self._exported = 0  # messages the export took in and settled
         self._progress: trio.Event | None = None  # what a drain waits on
         self._stored = self._duplicates = self._unconfirmed = 0
         self._dropped = 0
+        self._queue: list[_Storing] = []  # waiting to be handed to the loop
+        self._known: set[str] = set()  # subjects checked already
+        self._id_prefix = f"{uuid.uuid4().hex}-"  # (new for every bridge)
+        self._ids = 0
+        self._wake = trio.Event()  # set when the queue has something
         self._acked = self._naked = self._redelivered = 0
         self._dead_lettered = self._undecodable = 0
         self._warn_decode = RateLimitedWarning(log=logger)
@@ -439,17 +516,13 @@ class JetStreamBridge(Generic[T]):
         """
         if self._closed:
             raise BrokerClosedError("this JetStream bridge is closed")
-        validate_subject(subject)
-        if not any(subject_matches(pattern, subject) for pattern in self.subjects):
-            raise ValueError(
-                f"subject {subject!r} is outside the stream {self.stream!r}, "
-                f"which stores {list(self.subjects)!r}"
-            )
+        if subject not in self._known:
+            self._check_subject(subject)
         checked = _check_headers(headers)
         given = _check_msg_id(msg_id)
         value = self._pipeline.check_payload(payload)
         data = self._encode(value)
-        checked[MSG_ID] = given if given is not None else uuid.uuid4().hex
+        checked[MSG_ID] = given if given is not None else self._new_id()
         sequence: int | None = None
         if self._outbox is not None:
             await self._outbox.add(checked[MSG_ID], subject, data, checked)
@@ -460,64 +533,110 @@ class JetStreamBridge(Generic[T]):
             await self._pipeline.finish(pending)
         return sequence
 
+    def _check_subject(self, subject: str) -> None:
+        """Raise unless ``subject`` is literal and in the stream; remember it."""
+        validate_subject(subject)
+        if not any(subject_matches(pattern, subject) for pattern in self.subjects):
+            raise ValueError(
+                f"subject {subject!r} is outside the stream {self.stream!r}, "
+                f"which stores {list(self.subjects)!r}"
+            )
+        if len(self._known) >= _KNOWN_SUBJECTS:
+            self._known.clear()
+        self._known.add(subject)
+
+    def _new_id(self) -> str:
+        """A message id unique across bridges and restarts: random, then a count."""
+        self._ids += 1
+        return f"{self._id_prefix}{self._ids}"
+
     async def _stored_now(
         self, subject: str, data: bytes, headers: dict[str, str]
     ) -> int:
-        """Store a message and count what the server said: its sequence."""
-        sequence, duplicate = await self._store(subject, data, headers)
-        if duplicate:
-            self._duplicates += 1
-        else:
-            self._stored += 1
-        return sequence
+        """Store a message (the pump counts what the server said): its sequence.
 
-    async def _store(
-        self, subject: str, data: bytes, headers: dict[str, str]
-    ) -> tuple[int, bool]:
-        """Publish until a PubAck or the deadline: (sequence, duplicate)."""
-        js = self._js()
-        deadline = time.monotonic() + self._deadline
-
-        async def store() -> nats.js.api.PubAck | None:
-            wait = 0.05
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                try:
-                    return await js.publish(
-                        subject,
-                        data,
-                        timeout=min(_ATTEMPT_TIMEOUT, left),
-                        stream=self.stream,
-                        headers=headers,
-                    )
-                except (
-                    nats.errors.TimeoutError,
-                    nats.errors.NoRespondersError,
-                    nats.errors.ConnectionClosedError,
-                    nats.errors.ConnectionReconnectingError,
-                    nats.errors.OutboundBufferLimitError,
-                    nats.js.errors.ServiceUnavailableError,
-                ) as error:
-                    self._warn_resend(
-                        "JetStream: a message on %r was not acknowledged (%s), "
-                        "sent again with its id",
-                        subject,
-                        type(error).__name__,
-                    )
-                await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
-                wait = min(wait * 2, 1.0)
-
-        ack = await self._link.call(store())
-        if ack is None:
-            self._unconfirmed += 1
+        Raises:
+            trio.TooSlowError: no PubAck within the deadline (unconfirmed).
+            BrokerClosedError: the bridge closed before the PubAck came.
+        """
+        item = _Storing(subject, data, headers)
+        self._queue.append(item)
+        self._wake.set()
+        await item.done.wait()
+        result = item.result
+        if result is None:
             raise trio.TooSlowError(
                 f"no PubAck for a message on {subject!r} within "
                 f"{self._deadline} s: it may or may not be stored; publish it "
                 f"again with msg_id={headers[MSG_ID]!r} to be sure"
             )
-        return int(ack.seq), bool(ack.duplicate)
+        if isinstance(result, BrokerClosedError):
+            raise result
+        return result
+
+    async def _pump(self) -> None:
+        """Hand what waits to be stored to the loop in batches; count outcomes.
+
+        One thread hop there and one back for a whole batch; up to
+        ``_IN_FLIGHT`` batches at once, each message resent with its id until
+        its PubAck or the deadline.
+        """
+        room = trio.CapacityLimiter(_IN_FLIGHT)
+        try:
+            async with trio.open_nursery() as batches:
+                while True:
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    while self._queue:
+                        batch = self._queue[:_STORE_BATCH]
+                        del self._queue[:_STORE_BATCH]
+                        token = object()
+                        await room.acquire_on_behalf_of(token)
+                        batches.start_soon(self._store_batch, batch, room, token)
+        finally:
+            closed = BrokerClosedError(
+                "the JetStream bridge closed before the message was sent"
+            )
+            for item in self._queue:  # (never handed over: not sent at all)
+                self._dropped += 1
+                item.result = closed
+                item.done.set()
+            self._queue.clear()
+
+    async def _store_batch(
+        self, batch: list[_Storing], room: trio.CapacityLimiter, token: object
+    ) -> None:
+        js = self._js()
+        deadline = time.monotonic() + self._deadline
+        try:
+            acks = await self._link.call(
+                _store_all(
+                    self, js, [(i.subject, i.data, i.headers) for i in batch], deadline
+                )
+            )
+        except BaseException:
+            closed = BrokerClosedError(
+                "the JetStream bridge closed before the PubAck: the message may "
+                "or may not be stored"
+            )
+            for item in batch:
+                self._unconfirmed += 1
+                item.result = closed
+                item.done.set()
+            raise
+        finally:
+            room.release_on_behalf_of(token)
+        for item, ack in zip(batch, acks, strict=True):
+            if ack is None:
+                self._unconfirmed += 1
+                item.result = None
+            else:
+                if ack.duplicate:
+                    self._duplicates += 1
+                else:
+                    self._stored += 1
+                item.result = int(ack.seq)
+            item.done.set()
 
     @asynccontextmanager
     async def consumer(
@@ -680,20 +799,28 @@ class JetStreamBridge(Generic[T]):
                 outbox.added = trio.Event()
                 continue
             done: list[int] = []
+            late: list[int] = []
             try:
-                for row, _, subject, data, headers in rows:
-                    try:
-                        await self._stored_now(subject, data, headers)
-                    except trio.TooSlowError:
-                        # (counted unconfirmed; still in the outbox: sent again)
-                        await trio.sleep(_OUTBOX_PAUSE)
-                        break
-                    done.append(row)
+                async with trio.open_nursery() as sending:  # all at once, in order
+                    for row in rows:
+                        sending.start_soon(self._send_row, row, done, late)
             finally:
                 if done:
                     with trio.CancelScope(shield=True):
                         await outbox.remove(done)
                     self._tell_progress()
+            if late:
+                await trio.sleep(_OUTBOX_PAUSE)
+
+    async def _send_row(self, row: Row, done: list[int], late: list[int]) -> None:
+        """Store one row of the outbox; say in ``done`` or ``late`` how it went."""
+        number, _, subject, data, headers = row
+        try:
+            await self._stored_now(subject, data, headers)
+        except trio.TooSlowError:
+            late.append(number)  # (counted unconfirmed; kept: sent again)
+        else:
+            done.append(number)
 
     async def _export(self, sub: Subscription[T]) -> None:
         """Store what is published locally on the outbound patterns.
@@ -706,7 +833,8 @@ class JetStreamBridge(Generic[T]):
         async for message in sub:
             try:
                 headers = dict(message.headers)
-                headers.setdefault(MSG_ID, uuid.uuid4().hex)
+                if MSG_ID not in headers:
+                    headers[MSG_ID] = self._new_id()
                 try:
                     data = self._encode(message.payload)
                 except Exception as error:
@@ -726,11 +854,9 @@ class JetStreamBridge(Generic[T]):
                 else:
                     try:
                         await self._stored_now(message.subject, data, headers)
-                    except trio.TooSlowError as error:
+                    except (trio.TooSlowError, BrokerClosedError) as error:
+                        # (counted where it was known: unconfirmed or dropped)
                         self._warn_resend("JetStream: %s", error)
-                    except BaseException:
-                        self._unconfirmed += 1  # closed while it was being stored
-                        raise
             finally:
                 self._exported += 1
                 self._tell_progress()
@@ -763,7 +889,8 @@ class JetStreamBridge(Generic[T]):
         if self._closed:
             return
         self._closed = True
-        self._tasks.cancel()
+        for scope in self._scopes:
+            scope.cancel()
         with trio.CancelScope(shield=True):
             try:
                 with trio.move_on_after(10):
@@ -995,11 +1122,12 @@ async def open_jetstream(
                     )
                 )
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(_under, bridge, bridge._pump())
                 if box is not None:
-                    nursery.start_soon(_under, bridge._tasks, bridge._send_outbox())
+                    nursery.start_soon(_under, bridge, bridge._send_outbox())
                 if bridge._export_sub is not None:
                     nursery.start_soon(
-                        _under, bridge._tasks, bridge._export(bridge._export_sub)
+                        _under, bridge, bridge._export(bridge._export_sub)
                     )
                 try:
                     yield bridge
@@ -1016,9 +1144,14 @@ async def open_jetstream(
                     await box.close()
 
 
-async def _under(scope: trio.CancelScope, work: typing.Awaitable[None]) -> None:
-    """Run ``work`` inside ``scope`` (cancelled when the bridge closes)."""
-    with scope:
+async def _under(
+    bridge: JetStreamBridge[typing.Any], work: typing.Awaitable[None]
+) -> None:
+    """Run ``work`` in a scope of its own, cancelled when ``bridge`` closes."""
+    with trio.CancelScope() as scope:
+        bridge._scopes.append(scope)
+        if bridge._closed:
+            scope.cancel()
         await work
 
 

@@ -263,6 +263,9 @@ class Link:
         self._replies: str | None = None
         # loop side: tasks started for a moment (see _tell_busy)
         self._tasks: set[asyncio.Future[Any]] = set()
+        # calls posted from trio, not yet run (see post)
+        self._posted: deque[Callable[[], Coroutine[Any, Any, object]]] = deque()
+        self._post_scheduled = False
 
     # -- the thread ---------------------------------------------------------------
 
@@ -547,6 +550,38 @@ class Link:
         """
         with contextlib.suppress(RuntimeError):  # the loop is closed
             self._loop.call_soon_threadsafe(self._tell_busy, subjects)
+
+    def post(self, make: Callable[[], Coroutine[Any, Any, object]]) -> None:
+        """Run ``make()`` on the loop, without waiting for it (best effort).
+
+        For what nats-py itself does not confirm (a JetStream ack is a
+        publish): the caller goes on at once, as it would with nats-py.
+        Calls posted together cross in one hop and run one after the other,
+        in order. Nothing happens once the loop is closed.
+        """
+        self._posted.append(make)  # (deque: safe across threads)
+        if not self._post_scheduled:
+            self._post_scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._run_posted)
+
+    def _run_posted(self) -> None:
+        self._post_scheduled = False  # (before taking: a later post schedules)
+        batch = []
+        while self._posted:
+            batch.append(self._posted.popleft())
+        task = asyncio.ensure_future(self._posted_in_order(batch))
+        self._tasks.add(task)  # (the loop keeps only a weak reference)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _posted_in_order(
+        self, batch: list[Callable[[], Coroutine[Any, Any, object]]]
+    ) -> None:
+        for make in batch:
+            try:
+                await make()
+            except Exception as error:
+                self.warn("posted", "NATS: a best-effort call failed: %r", error)
 
     def _tell_busy(self, subjects: list[str]) -> None:
         nc = self.nc

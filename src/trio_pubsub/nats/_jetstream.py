@@ -171,13 +171,14 @@ class DurableMessage(Generic[T]):
         """Its work is done: the server will not deliver it again.
 
         Sent without waiting for it to be written (as nats-py's own ``ack``,
-        which the server does not confirm); if the connection breaks first,
-        the server delivers the message again after ``ack_wait``.
+        which the server does not confirm), and no checkpoint: the next
+        ``async for`` step over the consumer is one. If the connection
+        breaks first, the server delivers the message again after
+        ``ack_wait``.
         """
         self._settle()
         self._bridge._link.post(self._msg.ack)
         self._bridge._acked += 1
-        await trio.lowlevel.checkpoint()
 
     async def nak(self, delay: float | None = None) -> None:
         """Have it delivered again, after ``delay`` seconds (``None``: at once)."""
@@ -185,14 +186,12 @@ class DurableMessage(Generic[T]):
         msg = self._msg
         self._bridge._link.post(lambda: msg.nak(delay=delay))
         self._bridge._naked += 1
-        await trio.lowlevel.checkpoint()
 
     async def term(self) -> None:
         """Give up on it: the server will never deliver it again."""
         self._settle()
         self._bridge._link.post(self._msg.term)
         self._bridge._dead_lettered += 1
-        await trio.lowlevel.checkpoint()
 
     async def in_progress(self) -> None:
         """Still working on it: the server restarts its ``ack_wait``."""
@@ -214,8 +213,8 @@ class _Storing:
         self.data = data
         self.headers = headers
         self.done = trio.Event()
-        # the sequence; None: no PubAck by the deadline; or why it was not sent
-        self.result: int | BrokerClosedError | None = None
+        # the sequence; None: no PubAck by the deadline; or why it was not stored
+        self.result: int | BrokerClosedError | ValueError | None = None
 
 
 async def _store_all(
@@ -223,44 +222,98 @@ async def _store_all(
     js: JetStreamContext,
     batch: list[tuple[str, bytes, dict[str, str]]],
     deadline: float,
-) -> list[nats.js.api.PubAck | None]:
-    """In the loop's thread: store each, at once, until its PubAck or the deadline."""
+) -> list[nats.js.api.PubAck | Exception | None]:
+    """In the loop's thread: store each, until its PubAck or the deadline.
 
-    async def store(
-        subject: str, data: bytes, headers: dict[str, str]
-    ) -> nats.js.api.PubAck | None:
-        wait = 0.05
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            try:
-                return await js.publish(
-                    subject,
-                    data,
-                    timeout=min(_ATTEMPT_TIMEOUT, left),
-                    stream=bridge.stream,
-                    headers=headers,
+    First all at once with nats-py's asynchronous publish (no task or wait
+    per message); what has no PubAck after one attempt's time is sent again,
+    one by one, with its id, until the deadline. Each result is the PubAck,
+    ``None`` (none by the deadline) or the server's refusal.
+    """
+    stream = bridge.stream
+    futures: list[asyncio.Future[nats.js.api.PubAck] | None] = []
+    for subject, data, headers in batch:
+        try:
+            futures.append(
+                await js.publish_async(
+                    subject, data, stream=stream, headers=dict(headers)
                 )
-            except (
-                nats.errors.TimeoutError,
-                nats.errors.NoRespondersError,
-                nats.errors.ConnectionClosedError,
-                nats.errors.ConnectionReconnectingError,
-                nats.errors.OutboundBufferLimitError,
-                nats.js.errors.ServiceUnavailableError,
-            ) as error:
-                bridge._link.warn(
-                    "resend",
-                    "JetStream: a message on %r was not acknowledged (%s), "
-                    "sent again with its id",
-                    subject,
-                    type(error).__name__,
-                )
-            await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
-            wait = min(wait * 2, 1.0)
+            )
+        except (nats.errors.Error, nats.js.errors.Error):
+            futures.append(None)  # (not sent: the slow path below tries again)
+    pending = [future for future in futures if future is not None]
+    if pending:
+        await asyncio.wait(
+            pending,
+            timeout=max(0.0, min(_ATTEMPT_TIMEOUT, deadline - time.monotonic())),
+        )
+    results: list[nats.js.api.PubAck | Exception | None] = []
+    again: list[int] = []
+    for index, future in enumerate(futures):
+        if future is not None and future.done() and not future.cancelled():
+            error = future.exception()
+            if error is None:
+                results.append(future.result())
+                continue
+            if isinstance(error, nats.js.errors.APIError) and not isinstance(
+                error, nats.js.errors.ServiceUnavailableError
+            ):
+                results.append(error)  # refused: sending it again changes nothing
+                continue
+        elif future is not None:
+            future.cancel()
+        results.append(None)
+        again.append(index)
+    if again:
+        retried = await asyncio.gather(
+            *(_store_one(bridge, js, *batch[index], deadline) for index in again)
+        )
+        for index, result in zip(again, retried, strict=True):
+            results[index] = result
+    return results
 
-    return list(await asyncio.gather(*(store(*one) for one in batch)))
+
+async def _store_one(
+    bridge: JetStreamBridge[typing.Any],
+    js: JetStreamContext,
+    subject: str,
+    data: bytes,
+    headers: dict[str, str],
+    deadline: float,
+) -> nats.js.api.PubAck | Exception | None:
+    """Send one message with its id until its PubAck or the deadline."""
+    wait = 0.05
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        try:
+            return await js.publish(
+                subject,
+                data,
+                timeout=min(_ATTEMPT_TIMEOUT, left),
+                stream=bridge.stream,
+                headers=dict(headers),
+            )
+        except (
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.OutboundBufferLimitError,
+            nats.js.errors.ServiceUnavailableError,
+        ) as error:
+            bridge._link.warn(
+                "resend",
+                "JetStream: a message on %r was not acknowledged (%s), "
+                "sent again with its id",
+                subject,
+                type(error).__name__,
+            )
+        except nats.js.errors.APIError as error:
+            return error  # refused: sending it again changes nothing
+        await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+        wait = min(wait * 2, 1.0)
 
 
 class Pacer:
@@ -447,6 +500,7 @@ class JetStreamBridge(Generic[T]):
         self._dropped = 0
         self._queue: list[_Storing] = []  # waiting to be handed to the loop
         self._known: set[str] = set()  # subjects checked already
+        self._context: JetStreamContext | None = None
         self._id_prefix = f"{uuid.uuid4().hex}-"  # (new for every bridge)
         self._ids = 0
         self._wake = trio.Event()  # set when the queue has something
@@ -456,8 +510,15 @@ class JetStreamBridge(Generic[T]):
         self._warn_resend = RateLimitedWarning(log=logger)
 
     def _js(self) -> JetStreamContext:
-        assert self._link.nc is not None
-        return self._link.nc.jetstream()
+        """The one JetStream context of the connection (made on first use).
+
+        One, because nats-py's asynchronous publishes subscribe once per
+        context to the inbox their acknowledgements come back on.
+        """
+        if self._context is None:
+            assert self._link.nc is not None
+            self._context = self._link.nc.jetstream()
+        return self._context
 
     def statistics(self) -> JetStreamStatistics:
         """A snapshot of the counters."""
@@ -570,7 +631,7 @@ class JetStreamBridge(Generic[T]):
                 f"{self._deadline} s: it may or may not be stored; publish it "
                 f"again with msg_id={headers[MSG_ID]!r} to be sure"
             )
-        if isinstance(result, BrokerClosedError):
+        if isinstance(result, BrokerClosedError | ValueError):
             raise result
         return result
 
@@ -630,6 +691,11 @@ class JetStreamBridge(Generic[T]):
             if ack is None:
                 self._unconfirmed += 1
                 item.result = None
+            elif isinstance(ack, Exception):
+                self._dropped += 1
+                item.result = ValueError(
+                    f"the server refused a message on {item.subject!r}: {ack}"
+                )
             else:
                 if ack.duplicate:
                     self._duplicates += 1

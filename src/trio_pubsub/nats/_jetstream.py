@@ -102,8 +102,8 @@ class JetStreamStatistics:
     undecodable: int
     """Consumed messages whose payload could not be decoded (terminated)."""
     dropped: int
-    """Messages not sent to the server: an outbound one whose encode failed, or
-    one still waiting to be sent when the bridge closed."""
+    """Messages not stored (an outbound one whose encode failed, one waiting to
+    be sent when the bridge closed, or one the server refused)."""
 
 
 def _check_msg_id(msg_id: object) -> str | None:

@@ -4,6 +4,9 @@
 ``TOTAL - 1`` through an outbox, each with ``msg_id=m-<i>``, and prints each
 ``i`` once ``publish`` has returned.
 
+``python js_child.py share URL``: consumes ``work.>`` on the durable
+``shared``, printing each message's id and acking it, until killed.
+
 ``python js_child.py consume URL EFFECTS``: consumes ``work.>`` on the durable
 ``workers``; for each message it records its effect in its own SQLite file,
 keyed by the message id (so a second delivery adds no second effect), prints
@@ -68,9 +71,25 @@ async def consume(url: str, effects: str) -> None:
                 return
 
 
+async def share(url: str) -> None:
+    broker = Broker[Any]()
+    async with (
+        open_jetstream(
+            broker, url, stream="WORK", encode=encode_json, decode=decode_json
+        ) as js,
+        js.consumer("work.>", durable="shared", ack_wait=30.0, batch=4) as jobs,
+    ):
+        async for job in jobs:
+            await trio.sleep(0.005)  # some work: the other process gets its turn
+            print(job.message.headers["Nats-Msg-Id"], flush=True)
+            await job.ack()
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    if mode == "produce":
+    if mode == "share":
+        trio.run(share, args[0])
+    elif mode == "produce":
         trio.run(produce, args[0], args[1], int(args[2]), int(args[3]))
     else:
         trio.run(consume, args[0], args[1])

@@ -661,3 +661,53 @@ async def test_a_router_handler_on_a_durable_consumer_acks_retries_and_dead_lett
     assert headers["dead-letter-subject"] == "bill.-5"
     assert headers["Nats-Msg-Id"] == "b-5.dead"
     assert (stats.acked, stats.naked, stats.dead_lettered) == (3, 2, 1)
+
+
+async def test_two_processes_on_one_durable_share_its_messages(
+    js_server: NatsServer,
+) -> None:
+    """Each message goes to one of them; together they take all."""
+    broker = Broker[Any]()
+    with trio.fail_after(120):
+        async with open_jetstream(
+            broker,
+            js_server.url,
+            stream="WORK",
+            subjects=["work.>"],
+            encode=encode_json,
+            decode=decode_json,
+        ) as js:
+            for i in range(200):
+                await js.publish(f"work.{i % 4}", i, msg_id=f"w-{i}")
+        seen: dict[int, list[str]] = {0: [], 1: []}
+        everything = trio.Event()
+        processes: list[trio.Process] = []
+
+        async def run(index: int) -> None:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, str(CHILD), "share", js_server.url],
+                stdout=subprocess.PIPE,
+            )
+            processes.append(process)
+            assert process.stdout is not None
+            buffer = b""
+            async for chunk in process.stdout:
+                buffer += chunk
+                *done, buffer = buffer.split(b"\n")
+                seen[index] += [line.decode() for line in done]
+                if len(seen[0]) + len(seen[1]) >= 200:
+                    everything.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, 0)
+            nursery.start_soon(run, 1)
+            await everything.wait()
+            for process in processes:
+                process.send_signal(signal.SIGKILL)
+            for process in processes:
+                await process.wait()
+    first, second = set(seen[0]), set(seen[1])
+    assert first | second == {f"w-{i}" for i in range(200)}
+    assert not first & second  # no message to both (none was left unacked)
+    assert first
+    assert second

@@ -50,11 +50,14 @@ if typing.TYPE_CHECKING:
         Subscription,
         SubscriptionInfo,
     )
+    from .nats import JetStreamBridge
 
 __all__ = [
     "Instrumentation",
+    "JetStreamInstrumentation",
     "RouterInstrumentation",
     "instrument",
+    "instrument_jetstream",
     "instrument_router",
 ]
 
@@ -626,3 +629,69 @@ def instrument_router(
     instrumentation = RouterInstrumentation(router, meter_provider, tracer_provider)
     router.use(instrumentation.wrap)
     return instrumentation
+
+
+_JETSTREAM_FIELDS = (
+    "stored",
+    "duplicates",
+    "unconfirmed",
+    "acked",
+    "naked",
+    "redelivered",
+    "dead_lettered",
+    "undecodable",
+    "dropped",
+)
+
+
+class JetStreamInstrumentation:
+    """What :func:`~trio_pubsub.otel.instrument_jetstream` returns."""
+
+    def __init__(
+        self,
+        bridge: JetStreamBridge[typing.Any],
+        meter_provider: metrics.MeterProvider | None,
+    ) -> None:
+        self._bridge = bridge
+        self._active = True
+        meter, _ = _meter_and_tracer(meter_provider, None)
+        self._attributes = {**_BASE, "trio_pubsub.jetstream.stream": bridge.stream}
+        for field in _JETSTREAM_FIELDS:
+            meter.create_observable_counter(
+                f"trio_pubsub.jetstream.{field}",
+                callbacks=[functools.partial(self._observe, field)],
+                unit="{message}",
+            )
+        meter.create_observable_up_down_counter(
+            "trio_pubsub.jetstream.outbox_pending",
+            callbacks=[functools.partial(self._observe, "outbox_pending")],
+            unit="{message}",
+            description="Messages accepted into the outbox and not yet stored.",
+        )
+
+    def uninstrument(self) -> None:
+        """Report nothing more (the instruments stay registered). Idempotent."""
+        self._active = False
+
+    def _observe(self, field: str, options: CallbackOptions) -> Iterable[Observation]:
+        if not self._active:
+            return []
+        bridge = self._bridge
+        stats = _port.read_in_run(bridge.broker, bridge.statistics)
+        return [Observation(getattr(stats, field), self._attributes)]
+
+
+def instrument_jetstream(
+    bridge: JetStreamBridge[T], *, meter_provider: metrics.MeterProvider | None = None
+) -> JetStreamInstrumentation:
+    """Report a JetStream bridge's counters as OpenTelemetry metrics.
+
+    Observable counters ``trio_pubsub.jetstream.stored``, ``.duplicates``,
+    ``.unconfirmed``, ``.acked``, ``.naked``, ``.redelivered``,
+    ``.dead_lettered``, ``.undecodable``, ``.dropped`` and the up-down counter
+    ``.outbox_pending``, with ``trio_pubsub.jetstream.stream``, read at
+    collection time. Traces need nothing more: a message's W3C context
+    travels in its headers through the stream (instrument the brokers, and
+    the routers with :func:`instrument_router`).
+    """
+    return JetStreamInstrumentation(bridge, meter_provider)

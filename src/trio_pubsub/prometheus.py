@@ -50,9 +50,14 @@ if typing.TYPE_CHECKING:
         Router,
         SubscriptionInfo,
     )
-    from .nats import Bridge, BridgeStatistics
+    from .nats import Bridge, BridgeStatistics, JetStreamBridge, JetStreamStatistics
 
-__all__ = ["BridgeCollector", "BrokerCollector", "RouterCollector"]
+__all__ = [
+    "BridgeCollector",
+    "BrokerCollector",
+    "JetStreamCollector",
+    "RouterCollector",
+]
 
 R = typing.TypeVar("R")
 
@@ -419,3 +424,82 @@ class RouterCollector(Collector):
 
 def _le(bound: float) -> str:
     return "+Inf" if bound == math.inf else repr(float(bound))
+
+
+_JETSTREAM_COUNTERS = {
+    "stored": "Messages the server acknowledged as stored.",
+    "duplicates": "Messages the server acknowledged as duplicates of stored ones.",
+    "unconfirmed": "Messages given up on without a PubAck (maybe stored).",
+    "acked": "Consumed messages acknowledged.",
+    "naked": "Consumed messages handed back for redelivery.",
+    "redelivered": "Consumed messages that had been delivered before.",
+    "dead_lettered": "Consumed messages terminated (given up on).",
+    "undecodable": "Consumed messages whose payload could not be decoded.",
+    "dropped": "Messages not stored: encode failed, refused, or closed first.",
+}
+
+
+class JetStreamCollector(Collector):
+    """The metrics of a JetStream bridge, as ``trio_pubsub_jetstream_*``.
+
+    Args:
+        bridge: The :class:`~trio_pubsub.nats.JetStreamBridge` to report on;
+            after it has closed, its final counts.
+        name: The value of the ``jetstream`` label.
+
+    Counters ``trio_pubsub_jetstream_stored_total``, ``..._duplicates_total``,
+    ``..._unconfirmed_total``, ``..._acked_total``, ``..._naked_total``,
+    ``..._redelivered_total``, ``..._dead_lettered_total``,
+    ``..._undecodable_total``, ``..._dropped_total``; the gauge
+    ``trio_pubsub_jetstream_outbox_pending``. Labels: ``jetstream`` and
+    ``stream`` (the stream's name). Report more bridges through the same
+    collector with :meth:`add_jetstream`.
+    """
+
+    def __init__(
+        self, bridge: JetStreamBridge[typing.Any], *, name: str = "default"
+    ) -> None:
+        self._bridges: dict[str, JetStreamBridge[typing.Any]] = {}
+        self.add_jetstream(bridge, name=name)
+
+    def add_jetstream(self, bridge: JetStreamBridge[typing.Any], *, name: str) -> None:
+        """Report ``bridge`` too, under ``jetstream=name``.
+
+        Raises:
+            TypeError: ``name`` is not a non-empty ``str``.
+            ValueError: a bridge is reported under ``name`` already.
+        """
+        _add(self._bridges, bridge, name, "JetStream bridge")
+
+    def describe(self) -> Iterable[Metric]:
+        """The metric families, without samples (for the registry's name check)."""
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        """Read each bridge's counters now, in its broker's trio thread."""
+        readings = {
+            name: (bridge.stream, _port.read_in_run(bridge.broker, bridge.statistics))
+            for name, bridge in self._bridges.items()
+        }
+        return list(self._families(readings))
+
+    def _families(
+        self, readings: dict[str, tuple[str, JetStreamStatistics]] | None = None
+    ) -> Iterator[Metric]:
+        readings = readings or {}
+        labels = ["jetstream", "stream"]
+        for field, help_text in _JETSTREAM_COUNTERS.items():
+            counter = CounterMetricFamily(
+                f"trio_pubsub_jetstream_{field}", help_text, labels=labels
+            )
+            for name, (stream, stats) in readings.items():
+                counter.add_metric([name, stream], getattr(stats, field))
+            yield counter
+        pending = GaugeMetricFamily(
+            "trio_pubsub_jetstream_outbox_pending",
+            "Messages accepted into the outbox and not yet stored.",
+            labels=labels,
+        )
+        for name, (stream, stats) in readings.items():
+            pending.add_metric([name, stream], stats.outbox_pending)
+        yield pending

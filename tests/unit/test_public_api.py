@@ -84,8 +84,10 @@ def test_the_integrations_export_what_spec_and_reference_name() -> None:
     ]
     assert otel.__all__ == [
         "Instrumentation",
+        "JetStreamInstrumentation",
         "RouterInstrumentation",
         "instrument",
+        "instrument_jetstream",
         "instrument_router",
     ]
     assert testing.__all__ == [

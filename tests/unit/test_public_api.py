@@ -80,6 +80,7 @@ def test_the_integrations_export_what_spec_and_reference_name() -> None:
     assert prometheus.__all__ == [
         "BridgeCollector",
         "BrokerCollector",
+        "JetStreamCollector",
         "RouterCollector",
     ]
     assert otel.__all__ == [

@@ -4,9 +4,10 @@
 one nats-server, which is killed (SIGKILL) and started again on the same port
 3 s later. Each process prints the moment (``time.time()``) its connection
 came back; the spread is the time from the first to the last. Run once with
-20 bridges and once with 20 plain nats-py clients (nats-py's own reconnect:
-a fixed ``reconnect_time_wait`` of 0.5 s, no jitter, which the bridge used
-before it drew its own waits).
+20 bridges, once with 20 JetStream bridges (a server with JetStream, a
+stream each process checks on entry) and once with 20 plain nats-py clients
+(nats-py's own reconnect: a fixed ``reconnect_time_wait`` of 0.5 s, no
+jitter, which the bridge used before it drew its own waits).
 
 ``python bench/reconnect.py backlog [ROUNDS] [SECONDS]``: one bridge exports,
 another imports (two brokers, each with its own connection); the server is
@@ -29,6 +30,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.bridge.server import NatsServer
 
 from trio_pubsub import Broker, OverflowPolicy
-from trio_pubsub.nats import decode_json, encode_json, open_bridge
+from trio_pubsub.nats import decode_json, encode_json, open_bridge, open_jetstream
 
 PROCESSES = 20
 DOWN = 3.0  # seconds the server stays down in "spread"
@@ -66,6 +68,22 @@ async def _bridge_child(url: str) -> None:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     async with open_bridge(Broker[Any](), url, outbound=["x"], **JSON):
+        print("ready", flush=True)
+        with trio.fail_after(60):
+            while handler.at is None:  # noqa: ASYNC110 - set in another thread
+                await trio.sleep(0.01)
+        print(json.dumps(handler.at), flush=True)
+
+
+async def _jetstream_child(url: str) -> None:
+    handler = _Reconnected()
+    logger = logging.getLogger("trio_pubsub.nats")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    async with open_jetstream(
+        Broker[Any](), url, stream="SPREAD", subjects=["spread.>"], **JSON
+    ):
         print("ready", flush=True)
         with trio.fail_after(60):
             while handler.at is None:  # noqa: ASYNC110 - set in another thread
@@ -115,7 +133,8 @@ def _start(kind: str, url: str) -> subprocess.Popen[str]:
 
 def spread(kind: str) -> dict[str, float]:
     """Seconds from the first reconnection to the last, and their median gap."""
-    server = NatsServer()
+    store = tempfile.TemporaryDirectory() if kind == "jetstream" else None
+    server = NatsServer(store=None if store is None else Path(store.name))
     server.start()
     children = [_start(kind, server.url) for _ in range(PROCESSES)]
     try:
@@ -137,6 +156,8 @@ def spread(kind: str) -> dict[str, float]:
                 child.kill()
                 child.wait()
         server.stop()
+        if store is not None:
+            store.cleanup()
     moments.sort()
     gaps = [b - a for a, b in itertools.pairwise(moments)]
     return {
@@ -213,12 +234,15 @@ def main() -> None:
         kind, url = sys.argv[2], sys.argv[3]
         if kind == "bridge":
             trio.run(_bridge_child, url)
+        elif kind == "jetstream":
+            trio.run(_jetstream_child, url)
         else:
             _plain_child(url)
         return
     what = sys.argv[1] if len(sys.argv) > 1 else "spread"
     if what == "spread":
-        for kind in ("plain", "bridge"):
+        kinds = sys.argv[2:] or ["plain", "bridge", "jetstream"]
+        for kind in kinds:
             figures = spread(kind)
             print(kind, {k: round(v, 3) for k, v in figures.items()}, flush=True)
     elif what == "backlog":

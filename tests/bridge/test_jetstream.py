@@ -29,6 +29,7 @@ from trio_pubsub import (
     BrokerClosedError,
     InvalidSubjectError,
     Message,
+    OverflowPolicy,
     Retry,
     Router,
 )
@@ -711,3 +712,47 @@ async def test_two_processes_on_one_durable_share_its_messages(
     assert not first & second  # no message to both (none was left unacked)
     assert first
     assert second
+
+
+async def test_a_full_outbox_applies_the_exports_policy_and_counts(
+    js_server: NatsServer, tmp_path: Path
+) -> None:
+    """The server frozen, the outbox full: DROP_NEWEST drops, and counts."""
+    broker = Broker(int)
+    with trio.fail_after(GUARD):
+        async with open_jetstream(
+            broker,
+            js_server.url,
+            stream="FULL",
+            subjects=["full.>"],
+            outbound=["full.>"],
+            outbox=tmp_path / "outbox.sqlite",
+            max_outbox=3,
+            max_outbound=2,
+            outbound_policy=OverflowPolicy.DROP_NEWEST,
+            drain_timeout=0.5,
+            encode=encode_json,
+            decode=decode_json,
+        ) as js:
+            js_server.pause()
+            try:
+                for i in range(20):
+                    broker.publish_nowait("full.x", i)  # never waits
+                    await trio.sleep(0.01)
+                stats = js.statistics()
+            finally:
+                js_server.resume()
+    # 3 accepted into the outbox, 1 in the export's hands waiting for room,
+    # 2 in its buffer: the other 14 dropped by its policy, and counted
+    assert stats.outbox_pending == 3
+    assert stats.dropped == 14
+    with pytest.raises(ValueError, match="outbound_policy"):
+        async with open_jetstream(
+            broker,
+            js_server.url,
+            stream="FULL",
+            outbound_policy=OverflowPolicy.DISCONNECT,
+            encode=encode_json,
+            decode=decode_json,
+        ):
+            pass

@@ -102,8 +102,9 @@ class JetStreamStatistics:
     undecodable: int
     """Consumed messages whose payload could not be decoded (terminated)."""
     dropped: int
-    """Messages not stored (an outbound one whose encode failed, one waiting to
-    be sent when the bridge closed, or one the server refused)."""
+    """Messages not stored (an outbound one dropped by ``outbound_policy`` or
+    whose encode failed, one waiting to be sent when the bridge closed, or one
+    the server refused)."""
 
 
 def _check_msg_id(msg_id: object) -> str | None:
@@ -532,7 +533,7 @@ class JetStreamBridge(Generic[T]):
             redelivered=self._redelivered,
             dead_lettered=self._dead_lettered,
             undecodable=self._undecodable,
-            dropped=self._dropped,
+            dropped=self._dropped + self._export_dropped(),
         )
 
     async def publish(
@@ -927,6 +928,11 @@ class JetStreamBridge(Generic[T]):
                 self._exported += 1
                 self._tell_progress()
 
+    def _export_dropped(self) -> int:
+        """What the export's subscription dropped (its policy, when full)."""
+        sub = self._export_sub
+        return 0 if sub is None else sub.statistics().dropped
+
     def _idle(self) -> bool:
         """Nothing left to send: the export settled all it took, the outbox is empty."""
         sub = self._export_sub
@@ -1048,6 +1054,7 @@ async def open_jetstream(
     outbox: str | Path | None = None,
     max_outbox: int = 100_000,
     max_outbound: int = 1024,
+    outbound_policy: OverflowPolicy = OverflowPolicy.BLOCK,
     publish_deadline: float = PUBLISH_DEADLINE,
     drain_timeout: float = 10.0,
     name: str | None = None,
@@ -1087,7 +1094,11 @@ async def open_jetstream(
         max_outbox: The most messages the outbox holds; a publish waits for
             room beyond (and so, through the export's ``BLOCK`` subscription,
             do local publishers on outbound subjects).
-        max_outbound: The export subscription's buffer (``BLOCK``).
+        max_outbound: The export subscription's buffer.
+        outbound_policy: What the export subscription does when it is full
+            (the server or the outbox cannot keep up): ``BLOCK`` (local
+            publishers wait), ``DROP_NEWEST`` or ``DROP_OLDEST`` (counted in
+            ``dropped``).
         publish_deadline: The most seconds a message is resent before
             :meth:`~JetStreamBridge.publish` gives up (30 s by default);
             the outbox's sender never gives up (it tries again after a pause).
@@ -1118,6 +1129,15 @@ async def open_jetstream(
         raise TypeError("encode and decode must be callables")
     _port.check_int("max_outbox", max_outbox)
     _port.check_int("max_outbound", max_outbound)
+    if outbound_policy not in (
+        OverflowPolicy.DROP_NEWEST,
+        OverflowPolicy.DROP_OLDEST,
+        OverflowPolicy.BLOCK,
+    ):
+        raise ValueError(
+            f"outbound_policy must be DROP_NEWEST, DROP_OLDEST or BLOCK, not "
+            f"{outbound_policy!r} (an export that disconnected would store nothing)"
+        )
     _port.check_seconds("publish_deadline", publish_deadline)
     _port.check_seconds("drain_timeout", drain_timeout)
     _port.check_seconds("connect_timeout", connect_timeout)
@@ -1184,7 +1204,7 @@ async def open_jetstream(
                         broker,
                         exports,
                         max_buffer_size=max_outbound,
-                        policy=OverflowPolicy.BLOCK,
+                        policy=outbound_policy,
                     )
                 )
             async with trio.open_nursery() as nursery:

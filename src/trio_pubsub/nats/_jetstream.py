@@ -654,7 +654,11 @@ class JetStreamBridge(Generic[T]):
                         del self._queue[:_STORE_BATCH]
                         token = object()
                         await room.acquire_on_behalf_of(token)
-                        batches.start_soon(self._store_batch, batch, room, token)
+                        if room.borrowed_tokens == 1 and not self._queue:
+                            # alone: no task to start (one switch less a batch)
+                            await self._store_batch(batch, room, token)
+                        else:
+                            batches.start_soon(self._store_batch, batch, room, token)
         finally:
             closed = BrokerClosedError(
                 "the JetStream bridge closed before the message was sent"

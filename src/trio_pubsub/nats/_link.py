@@ -22,12 +22,13 @@ thread only, and work crosses in batches, one thread hop per batch:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import nats
 import nats.errors
@@ -60,6 +61,18 @@ WATCH_INTERVAL = 1.0
 # None): one message ready for NATS. A request carries the time.monotonic()
 # after which nobody waits for its answer: it is not sent after that.
 Outgoing = tuple[str, bytes, dict[str, str] | None, str | None, float | None]
+
+
+class _Call(Generic[R]):
+    """A coroutine handed to the loop by :meth:`Link.call`, and its task."""
+
+    __slots__ = ("cancelled", "coroutine", "done", "task")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, R]) -> None:
+        self.coroutine = coroutine
+        self.task: asyncio.Task[R] | None = None
+        self.cancelled = False
+        self.done = trio.Event()
 
 
 class Lane:
@@ -297,16 +310,51 @@ class Link:
             self._token.run_sync_soon(function)
 
     async def call(self, coroutine: Coroutine[Any, Any, R]) -> R:
-        """Run ``coroutine`` on the loop and wait for it from trio."""
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        done = trio.Event()
-        future.add_done_callback(lambda _: self._to_trio(done.set))
+        """Run ``coroutine`` on the loop and wait for it from trio.
+
+        One callback there and one back (``asyncio.run_coroutine_threadsafe``
+        and its thread-safe future cost a hop half as much again: 140 µs
+        against 80, measured). Cancelling the wait cancels the coroutine.
+
+        Raises:
+            concurrent.futures.CancelledError: the loop cancelled it (it is
+                closing).
+            RuntimeError: the loop is closed.
+        """
+        call: _Call[R] = _Call(coroutine)
         try:
-            await done.wait()
-        except BaseException:
-            future.cancel()
+            self._loop.call_soon_threadsafe(self._start_call, call)
+        except RuntimeError:
+            coroutine.close()
             raise
-        return future.result()
+        try:
+            await call.done.wait()
+        except BaseException:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._cancel_call, call)
+            raise
+        task = call.task
+        assert task is not None
+        if task.cancelled():
+            raise concurrent.futures.CancelledError
+        return task.result()
+
+    def _start_call(self, call: _Call[Any]) -> None:
+        if call.cancelled:  # (given up on before it started)
+            call.coroutine.close()
+            return
+        task = call.task = self._loop.create_task(call.coroutine)
+        self._tasks.add(task)  # (the loop keeps only a weak reference)
+        task.add_done_callback(functools.partial(self._call_done, call))
+
+    def _call_done(self, call: _Call[Any], task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        self._to_trio(call.done.set)
+
+    def _cancel_call(self, call: _Call[Any]) -> None:
+        call.cancelled = True
+        if call.task is not None:
+            call.task.cancel()
 
     async def stop(self) -> None:
         """Stop the loop and wait for the thread to end."""

@@ -575,6 +575,9 @@ class JetStreamBridge(Generic[T]):
             trio.TooSlowError: no PubAck within ``publish_deadline``: it may or
                 may not be stored (counted in ``unconfirmed``); publishing it
                 again with the same ``msg_id`` is safe.
+
+        If cancelled, the message may be stored all the same (it is counted
+        when the server answers), and it is not delivered locally.
         """
         if self._closed:
             raise BrokerClosedError("this JetStream bridge is closed")
@@ -846,7 +849,11 @@ class JetStreamBridge(Generic[T]):
                     if msg.metadata.num_pending == 0:
                         return
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(5),
+                contextlib.suppress(Exception),  # (closed meanwhile: gone with it)
+            ):
                 await self._link.call(psub.unsubscribe())
 
     def _check_pattern(self, pattern: str) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,15 @@ def nats_server() -> Iterator[NatsServer]:
 def own_server() -> Iterator[NatsServer]:
     """A nats-server for one test, which it may kill and restart."""
     server = NatsServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def js_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server with JetStream for one test, its store in ``tmp_path``."""
+    server = NatsServer(store=tmp_path / "store")
     server.start()
     yield server
     server.stop()

@@ -15,7 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,14 +45,6 @@ from .server import NatsServer
 
 R = TypeVar("R")
 GUARD = 30  # seconds: a guard against hanging, never a measure
-
-
-@pytest.fixture
-def js_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(store=tmp_path / "store")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def plain(url: str, work: Callable[[Any], Awaitable[R]]) -> R:

@@ -8,11 +8,8 @@ span exporter (issue 31).
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -33,14 +30,6 @@ from trio_pubsub.prometheus import JetStreamCollector
 from .server import NatsServer
 
 GUARD = 30  # seconds: a guard against hanging, never a measure
-
-
-@pytest.fixture
-def js_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(store=tmp_path / "store")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -51,7 +51,7 @@ from .. import (
     validate_pattern,
     validate_subject,
 )
-from ._export import Exporter
+from ._export import Exporter, check_outbound_policy
 from ._import import Importer
 from ._link import Backoff, Link
 
@@ -533,15 +533,7 @@ async def open_bridge(
         if inbound_list:
             _check_nats_tokens(prefix, "subject")
     queue = _port.parse_queue(queue)
-    if outbound_policy not in (
-        OverflowPolicy.DROP_NEWEST,
-        OverflowPolicy.DROP_OLDEST,
-        OverflowPolicy.BLOCK,
-    ):
-        raise ValueError(
-            f"outbound_policy must be DROP_NEWEST, DROP_OLDEST or BLOCK, not "
-            f"{outbound_policy!r} (a bridge that disconnected would stop exporting)"
-        )
+    check_outbound_policy(outbound_policy)
     _port.check_int("max_outbound", max_outbound)
     _port.check_int("max_outbound_bytes", max_outbound_bytes)
     _port.check_int("max_inbound", max_inbound)

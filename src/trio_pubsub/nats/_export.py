@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import trio
 
-from .. import Broker, Subscription, _port
+from .. import Broker, OverflowPolicy, Subscription, _port
 from .._log import RateLimitedWarning
 from ._link import IN_FLIGHT, logger
 
@@ -31,6 +31,25 @@ if TYPE_CHECKING:
     from ._link import Link, Outgoing
 
 T = TypeVar("T")
+
+
+def check_outbound_policy(policy: object) -> None:
+    """Refuse an export policy other than ``BLOCK`` and the two drops.
+
+    Raises:
+        ValueError: it is ``DISCONNECT`` (an export cut off would stop
+            exporting for good) or not a policy.
+    """
+    if policy not in (
+        OverflowPolicy.DROP_NEWEST,
+        OverflowPolicy.DROP_OLDEST,
+        OverflowPolicy.BLOCK,
+    ):
+        raise ValueError(
+            f"outbound_policy must be DROP_NEWEST, DROP_OLDEST or BLOCK, not "
+            f"{policy!r} (an export that disconnected would stop exporting)"
+        )
+
 
 MAX_BATCH = 1024
 """Most messages the export task takes from its subscription at once."""

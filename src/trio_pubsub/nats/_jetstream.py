@@ -51,6 +51,7 @@ from .. import (
     validate_subject,
 )
 from .._log import RateLimitedWarning
+from ._export import check_outbound_policy
 from ._link import Backoff, Link, logger
 from ._outbox import Outbox, Row
 
@@ -1140,15 +1141,7 @@ async def open_jetstream(
         raise TypeError("encode and decode must be callables")
     _port.check_int("max_outbox", max_outbox)
     _port.check_int("max_outbound", max_outbound)
-    if outbound_policy not in (
-        OverflowPolicy.DROP_NEWEST,
-        OverflowPolicy.DROP_OLDEST,
-        OverflowPolicy.BLOCK,
-    ):
-        raise ValueError(
-            f"outbound_policy must be DROP_NEWEST, DROP_OLDEST or BLOCK, not "
-            f"{outbound_policy!r} (an export that disconnected would store nothing)"
-        )
+    check_outbound_policy(outbound_policy)
     _port.check_seconds("publish_deadline", publish_deadline)
     _port.check_seconds("drain_timeout", drain_timeout)
     _port.check_seconds("connect_timeout", connect_timeout)

@@ -109,3 +109,28 @@ def test_the_integrations_export_what_spec_and_reference_name() -> None:
     for module in (prometheus, otel, testing):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
+
+
+def test_the_nats_package_exports_its_names_issue_31() -> None:
+    """trio_pubsub.nats: the bridges, JetStream's names (SPEC's and beyond), codecs."""
+    from trio_pubsub import nats
+
+    assert nats.__all__ == [
+        "Bridge",
+        "BridgeStatistics",
+        "Consumer",
+        "DurableMessage",
+        "JetStreamBridge",
+        "JetStreamStatistics",
+        "StoredMessage",
+        "decode_bytes",
+        "decode_json",
+        "decode_str",
+        "encode_bytes",
+        "encode_json",
+        "encode_str",
+        "open_bridge",
+        "open_jetstream",
+    ]
+    for name in nats.__all__:
+        assert hasattr(nats, name), name

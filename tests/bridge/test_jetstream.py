@@ -36,7 +36,9 @@ from trio_pubsub import (
 from trio_pubsub.nats import (
     DurableMessage,
     decode_json,
+    decode_str,
     encode_json,
+    encode_str,
     open_jetstream,
 )
 from trio_pubsub.nats._jetstream import Pacer
@@ -70,10 +72,18 @@ async def stored(url: str, stream: str) -> list[tuple[str, Any, dict[str, str]]]
             return found
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             msg = await js.get_msg(stream, seq)
-            found.append((msg.subject, json.loads(msg.data), dict(msg.headers or {})))
+            found.append((msg.subject, payload_of(msg.data), dict(msg.headers or {})))
         return found
 
     return await plain(url, read)
+
+
+def payload_of(data: bytes) -> Any:
+    """What a stored message holds: JSON, or text when it is not."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data.decode()
 
 
 async def test_publish_stores_once_and_delivers_locally(js_server: NatsServer) -> None:
@@ -748,3 +758,33 @@ async def test_a_full_outbox_applies_the_exports_policy_and_counts(
             decode=decode_json,
         ):
             pass
+
+
+async def test_a_message_the_server_refuses_is_an_error_and_counted(
+    js_server: NatsServer,
+) -> None:
+    """The stream's own limit: a refusal is not resent, and nothing is stored."""
+
+    async def make(js: Any) -> None:
+        await js.add_stream(name="SMALL", subjects=["small"], max_msg_size=256)
+
+    await plain(js_server.url, make)
+    broker = Broker(str)
+    with trio.fail_after(GUARD):
+        async with (
+            broker.subscribe("small") as local,
+            open_jetstream(
+                broker,
+                js_server.url,
+                stream="SMALL",
+                encode=encode_str,
+                decode=decode_str,
+            ) as js,
+        ):
+            with pytest.raises(ValueError, match="the server refused"):
+                await js.publish("small", "x" * 1000)
+            assert await js.publish("small", "fits") == 1
+            stats = js.statistics()
+            assert [local.receive_nowait().payload] == ["fits"]  # only what is stored
+    assert (stats.stored, stats.dropped, stats.unconfirmed) == (1, 1, 0)
+    assert [p for _, p, _ in await stored(js_server.url, "SMALL")] == ["fits"]

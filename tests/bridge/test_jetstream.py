@@ -106,10 +106,18 @@ async def test_publish_stores_once_and_delivers_locally(js_server: NatsServer) -
             again = await js.publish("orders.1", {"amount": 10}, msg_id="o-1")
             second = await js.publish("orders.2", {"amount": 20})
             assert (first, again, second) == (1, 1, 2)  # the repeat: a duplicate
+            # an id given in the headers is the message's id too
+            by_header = await js.publish(
+                "orders.1", {"amount": 10}, headers={"Nats-Msg-Id": "o-1"}
+            )
+            assert by_header == 1
             stats = js.statistics()
-            assert (stats.stored, stats.duplicates, stats.unconfirmed) == (2, 1, 0)
-            got = [local.receive_nowait() for _ in range(3)]
-            assert [m.payload for m in got] == [{"amount": 10}] * 2 + [{"amount": 20}]
+            assert (stats.stored, stats.duplicates, stats.unconfirmed) == (2, 2, 0)
+            got = [local.receive_nowait() for _ in range(4)]
+            assert [m.payload for m in got] == [{"amount": 10}] * 2 + [
+                {"amount": 20},
+                {"amount": 10},
+            ]
             assert got[0].headers["Nats-Msg-Id"] == "o-1"
             with pytest.raises(trio.WouldBlock):
                 local.receive_nowait()

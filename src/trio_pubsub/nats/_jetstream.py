@@ -560,8 +560,9 @@ class JetStreamBridge(Generic[T]):
             payload: The payload, of the broker's type.
             headers: Headers to store with it (str to str, as NATS carries).
             msg_id: The id JetStream deduplicates on (``Nats-Msg-Id``);
-                ``None``: a new random one (a UUID), so a resend of this call
-                is a duplicate, a second call is not.
+                ``None``: the ``Nats-Msg-Id`` of ``headers`` if they have one,
+                else a new one (a random prefix of the bridge and a count), so
+                a resend of this call is a duplicate, a second call is not.
 
         Returns:
             The message's sequence number in the stream; ``None`` with an
@@ -576,6 +577,9 @@ class JetStreamBridge(Generic[T]):
             trio.TooSlowError: no PubAck within ``publish_deadline``: it may or
                 may not be stored (counted in ``unconfirmed``); publishing it
                 again with the same ``msg_id`` is safe.
+            ValueError: the server refused it (the stream's limits, say):
+                counted in ``dropped``, not resent.
+            BrokerClosedError: the bridge closed before it was sent.
 
         If cancelled, the message may be stored all the same (it is counted
         when the server answers), and it is not delivered locally.
@@ -585,7 +589,7 @@ class JetStreamBridge(Generic[T]):
         if subject not in self._known:
             self._check_subject(subject)
         checked = _check_headers(headers)
-        given = _check_msg_id(msg_id)
+        given = _check_msg_id(msg_id if msg_id is not None else checked.get(MSG_ID))
         value = self._pipeline.check_payload(payload)
         data = self._encode(value)
         checked[MSG_ID] = given if given is not None else self._new_id()

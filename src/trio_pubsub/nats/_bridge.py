@@ -398,7 +398,13 @@ def _check_nats_tokens(text: str, kind: str) -> None:
             )
 
 
-def _servers(servers: str | Sequence[str]) -> list[str]:
+def check_servers(servers: str | Sequence[str]) -> list[str]:
+    """The server URLs as a list (for both bridges).
+
+    Raises:
+        ValueError: there is none.
+        TypeError: one is not a non-empty ``str``.
+    """
     listed: list[object] = [servers] if isinstance(servers, str) else list(servers)
     if not listed:
         raise ValueError("servers must name at least one NATS server URL")
@@ -555,7 +561,7 @@ async def open_bridge(
     if not (callable(typing.cast("object", encode)) and callable(decode)):
         raise TypeError("encode and decode must be callables")
     connect_options: dict[str, Any] = {
-        "servers": _servers(servers),
+        "servers": check_servers(servers),
         "name": name,
         "no_echo": True,  # what the bridge sends never comes back to it
         "allow_reconnect": True,

@@ -51,6 +51,7 @@ from .. import (
     validate_subject,
 )
 from .._log import RateLimitedWarning
+from ._bridge import check_servers
 from ._export import check_outbound_policy
 from ._link import Backoff, Link, logger
 from ._outbox import Outbox, Row
@@ -1155,7 +1156,7 @@ async def open_jetstream(
     if outbox is not None and not isinstance(outbox, str | Path):
         raise TypeError(f"outbox must be a file path or None, not {outbox!r}")
     connect_options: dict[str, Any] = {
-        "servers": [servers] if isinstance(servers, str) else list(servers),
+        "servers": check_servers(servers),
         "name": name,
         "allow_reconnect": True,
         "connect_timeout": connect_timeout,

@@ -9,6 +9,9 @@ median of the per-round ratios of messages per second (bridge / plain: above
 * publish, one at a time: ``await js.publish`` N times, each waiting for its
   PubAck, against nats-py's ``await js.publish`` in a loop;
 * publish, 16 publishers at once: 16 tasks (coroutines) doing the same;
+* both publish cases also against plain nats-py called from trio by hand
+  (its loop in a thread, one crossing there and back per call): what any
+  trio program pays to use nats-py;
 * consume: a durable consumer's messages, fetched in batches of 64, each
   acked, with a no-op handler, against nats-py's ``fetch(64)`` and ``ack``;
 * the outbox: ``publish`` returns once the message is committed; how many
@@ -93,6 +96,59 @@ def plain_consume(stream: str, count: int) -> Callable[[Any], Awaitable[float]]:
         return time.perf_counter() - start
 
     return work
+
+
+# -- plain nats-py, called from trio by hand -------------------------------------
+
+
+async def from_trio_publish(
+    url: str, stream: str, count: int, publishers: int
+) -> float:
+    """Plain nats-py's ``js.publish`` called from trio, as a user could by hand.
+
+    nats-py runs on an asyncio loop in a thread of its own (it is
+    asyncio-only); each call crosses there with
+    ``asyncio.run_coroutine_threadsafe`` and back with a done callback that
+    wakes the trio task (``TrioToken.run_sync_soon``): no worker thread, the
+    cheapest crossing there is by hand. What the bridge pays for being
+    called from trio, without its batching.
+    """
+    import threading
+
+    import nats
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    token = trio.lowlevel.current_trio_token()
+
+    async def call(coroutine: Any) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        done = trio.Event()
+        future.add_done_callback(lambda _: token.run_sync_soon(done.set))
+        await done.wait()
+        return future.result()
+
+    try:
+        nc = await call(nats.connect(url))
+        js = nc.jetstream()
+        await call(js.add_stream(name=stream, subjects=[f"{stream}.>"]))
+        start = time.perf_counter()
+
+        async def one(offset: int) -> None:
+            for _ in range(offset, count, publishers):
+                await call(js.publish(f"{stream}.x", PAYLOAD))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(publishers):
+                nursery.start_soon(one, i)
+        took = time.perf_counter() - start
+        await call(nc.close())
+        return took
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        await trio.to_thread.run_sync(thread.join)
+        loop.close()
 
 
 # -- the bridge ------------------------------------------------------------------
@@ -182,18 +238,24 @@ async def measure(scale: float) -> dict[str, Any]:
                 (f"publish, {PUBLISHERS} publishers", PUBLISHERS),
             ):
                 ratios, ours_rates, plain_rates = [], [], []
+                by_hand_rates, by_hand_ratios = [], []
                 for _ in range(rounds):
                     p = await trio.to_thread.run_sync(
                         plain, url, plain_publish(name(), count, publishers)
                     )
+                    h = await from_trio_publish(url, name(), count, publishers)
                     o = await bridge_publish(url, name(), count, publishers)
                     plain_rates.append(count / p)
+                    by_hand_rates.append(count / h)
                     ours_rates.append(count / o)
                     ratios.append(p / o)
+                    by_hand_ratios.append(h / o)
                 out[label] = {
                     "plain": statistics.median(plain_rates),
                     "ours": statistics.median(ours_rates),
                     "ratio": statistics.median(ratios),
+                    "from trio": statistics.median(by_hand_rates),
+                    "ratio from trio": statistics.median(by_hand_ratios),
                 }
             ratios, ours_rates, plain_rates = [], [], []
             for _ in range(rounds):

@@ -801,6 +801,13 @@ async def jetstream(report: Report, quick: bool) -> None:
         report.row(
             case, f"{row['plain']:.0f}", f"{row['ours']:.0f}", f"{row['ratio']:.2f}x"
         )
+        if "from trio" in row:
+            report.row(
+                f"{case}: plain nats-py called from trio by hand (a crossing a call)",
+                f"{row['from trio']:.0f}",
+                f"{row['ours']:.0f}",
+                f"{row['ratio from trio']:.2f}x",
+            )
         report.target(
             f"W14 {case}: >= 0.8x plain nats-py",
             f"{row['ratio']:.2f}x",

@@ -83,6 +83,7 @@ class GuardedClient(Client):
         super().__init__()
         self.on_malformed = on_malformed
         self._ps = _GuardedParser(self)
+        self._read_headers: tuple[bytes, dict[str, str] | None] | None = None
         self.takers: dict[int, Taker] = {}
         """The bridge's subscriptions, by sid: their messages skip nats-py's
         queue while the taker is ready."""
@@ -114,6 +115,26 @@ class GuardedClient(Client):
             await self._flush_pending(force_flush=True)
         elif self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
+
+    def put_commands(self, commands: list[bytes]) -> None:
+        """Put protocol commands in the pending buffer; wake the flusher.
+
+        For the bridge's JetStream publishes (HPUBs it has checked and sized
+        against ``max_payload``), while connected; not a coroutine, so
+        a batch is written in one step. The buffer's own limit is not
+        applied: what is written is bounded by the callers that wait for it.
+        """
+        stats = self.stats
+        size = 0
+        for command in commands:
+            size += len(command)
+        stats["out_msgs"] += len(commands)
+        stats["out_bytes"] += size
+        self._pending.extend(commands)
+        assert self._transport is not None  # (connected)
+        self._transport.writelines(self._pending)
+        self._pending = []
+        self._pending_data_size = 0
 
     @staticmethod
     def sid(sub: Subscription) -> int:
@@ -205,7 +226,18 @@ class GuardedClient(Client):
             )
             return
         if not self._hand_over(sid, text, answer_to, data, parsed):
-            await super()._process_msg(sid, subject, reply, data, headers)
+            # (nats-py reads the headers again: it gets them as read here)
+            self._read_headers = (headers, parsed)
+            try:
+                await super()._process_msg(sid, subject, reply, data, headers)
+            finally:
+                self._read_headers = None
+
+    async def _process_headers(self, headers: bytes) -> dict[str, str] | None:
+        read = self._read_headers
+        if read is not None and read[0] is headers:
+            return read[1]
+        return await super()._process_headers(headers)
 
     def take_plain(self, sid: int, subject: bytes, reply: bytes, data: bytes) -> bool:
         """``_process_msg`` for a message without headers, if its taker takes it now.

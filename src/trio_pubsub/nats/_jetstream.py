@@ -19,7 +19,6 @@ What the server says is the truth that is counted: ``stored`` on a PubAck,
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import math
@@ -27,6 +26,7 @@ import random
 import time
 import typing
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -53,8 +53,9 @@ from .. import (
 from .._log import RateLimitedWarning
 from ._bridge import check_servers
 from ._export import check_outbound_policy
-from ._link import Backoff, Link, logger
+from ._link import Backoff, Call, Link, logger
 from ._outbox import Outbox, Row
+from ._storer import Storer, Storing
 
 if typing.TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -68,10 +69,7 @@ MSG_ID: typing.Final = "Nats-Msg-Id"
 PUBLISH_DEADLINE: typing.Final = 30.0
 """Seconds ``publish`` keeps resending a message before it gives up."""
 
-_ATTEMPT_TIMEOUT = 2.0  # seconds to wait for one PubAck before resending
 _OUTBOX_BATCH = 256  # rows the sender reads from the outbox at once
-_STORE_BATCH = 256  # messages handed to the loop to be stored at once
-_IN_FLIGHT = 4  # batches being stored at once
 _KNOWN_SUBJECTS = 10_000  # subjects whose check publish remembers
 _OUTBOX_PAUSE = 1.0  # seconds before the sender tries again after a deadline
 _FETCH_WAIT = 1.0  # seconds one fetch waits on the server for messages
@@ -206,119 +204,6 @@ class DurableMessage(Generic[T]):
         self._settled = True
 
 
-class _Storing:
-    """A message on its way to the stream, and what became of it."""
-
-    __slots__ = ("data", "done", "headers", "result", "subject")
-
-    def __init__(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
-        self.subject = subject
-        self.data = data
-        self.headers = headers
-        self.done = trio.Event()
-        # the sequence; None: no PubAck by the deadline; or why it was not stored
-        self.result: int | BrokerClosedError | ValueError | None = None
-
-
-async def _store_all(
-    bridge: JetStreamBridge[typing.Any],
-    js: JetStreamContext,
-    batch: list[tuple[str, bytes, dict[str, str]]],
-    deadline: float,
-) -> list[nats.js.api.PubAck | Exception | None]:
-    """In the loop's thread: store each, until its PubAck or the deadline.
-
-    First all at once with nats-py's asynchronous publish (no task or wait
-    per message); what has no PubAck after one attempt's time is sent again,
-    one by one, with its id, until the deadline. Each result is the PubAck,
-    ``None`` (none by the deadline) or the server's refusal.
-    """
-    stream = bridge.stream
-    futures: list[asyncio.Future[nats.js.api.PubAck] | None] = []
-    for subject, data, headers in batch:
-        try:
-            futures.append(
-                await js.publish_async(
-                    subject, data, stream=stream, headers=dict(headers)
-                )
-            )
-        except (nats.errors.Error, nats.js.errors.Error):
-            futures.append(None)  # (not sent: the slow path below tries again)
-    pending = [future for future in futures if future is not None]
-    if pending:
-        await asyncio.wait(
-            pending,
-            timeout=max(0.0, min(_ATTEMPT_TIMEOUT, deadline - time.monotonic())),
-        )
-    results: list[nats.js.api.PubAck | Exception | None] = []
-    again: list[int] = []
-    for index, future in enumerate(futures):
-        if future is not None and future.done() and not future.cancelled():
-            error = future.exception()
-            if error is None:
-                results.append(future.result())
-                continue
-            if isinstance(error, nats.js.errors.APIError) and not isinstance(
-                error, nats.js.errors.ServiceUnavailableError
-            ):
-                results.append(error)  # refused: sending it again changes nothing
-                continue
-        elif future is not None:
-            future.cancel()
-        results.append(None)
-        again.append(index)
-    if again:
-        retried = await asyncio.gather(
-            *(_store_one(bridge, js, *batch[index], deadline) for index in again)
-        )
-        for index, result in zip(again, retried, strict=True):
-            results[index] = result
-    return results
-
-
-async def _store_one(
-    bridge: JetStreamBridge[typing.Any],
-    js: JetStreamContext,
-    subject: str,
-    data: bytes,
-    headers: dict[str, str],
-    deadline: float,
-) -> nats.js.api.PubAck | Exception | None:
-    """Send one message with its id until its PubAck or the deadline."""
-    wait = 0.05
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        try:
-            return await js.publish(
-                subject,
-                data,
-                timeout=min(_ATTEMPT_TIMEOUT, left),
-                stream=bridge.stream,
-                headers=dict(headers),
-            )
-        except (
-            nats.errors.TimeoutError,
-            nats.errors.NoRespondersError,
-            nats.errors.ConnectionClosedError,
-            nats.errors.ConnectionReconnectingError,
-            nats.errors.OutboundBufferLimitError,
-            nats.js.errors.ServiceUnavailableError,
-        ) as error:
-            bridge._link.warn(
-                "resend",
-                "JetStream: a message on %r was not acknowledged (%s), "
-                "sent again with its id",
-                subject,
-                type(error).__name__,
-            )
-        except nats.js.errors.APIError as error:
-            return error  # refused: sending it again changes nothing
-        await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
-        wait = min(wait * 2, 1.0)
-
-
 class Pacer:
     """At most ``rate`` steps a second on the trio clock (``None``: no limit).
 
@@ -366,7 +251,8 @@ class Consumer(Generic[T]):
         self.ack_wait = 30.0
         """Seconds the server waits for an ack before it delivers again."""
         self._psub: JetStreamContext.PullSubscription | None = None
-        self._held: list[DurableMessage[T]] = []
+        self._held: deque[DurableMessage[T]] = deque()
+        self._next: Call[list[Msg]] | None = None  # the fetch under way
 
     async def _open(self, ack_wait: float, max_deliver: int) -> None:
         self.ack_wait = ack_wait
@@ -415,12 +301,17 @@ class Consumer(Generic[T]):
         """Hand back what was fetched and not handed out: it goes to others now.
 
         (Otherwise the server would hold it for this consumer until its
-        ``ack_wait`` ran out.)
+        ``ack_wait`` ran out.) The fetch under way, if any, is waited for
+        and handed back too.
         """
-        held, self._held = self._held, []
-        if not held or self._bridge._closed:
+        held, self._held = self._held, deque()
+        fetching, self._next = self._next, None
+        link = self._bridge._link
+        if self._bridge._closed:
             return
         with trio.CancelScope(shield=True), trio.move_on_after(5):
+            if fetching is not None:
+                held.extend(self._taken(await link.finish(fetching)))
             for message in held:
                 await message.nak()
 
@@ -428,11 +319,10 @@ class Consumer(Generic[T]):
         while not self._held:
             if self._bridge._closed:
                 raise StopAsyncIteration
-            self._held = await self._fetch()
-        return self._held.pop(0)
+            self._held.extend(await self._fetch())
+        return self._held.popleft()
 
-    async def _fetch(self) -> list[DurableMessage[T]]:
-        """The next batch the server has for this durable (waits for one)."""
+    def _begin_fetch(self) -> Call[list[Msg]]:
         psub = self._psub
         assert psub is not None
 
@@ -442,9 +332,29 @@ class Consumer(Generic[T]):
             except nats.errors.TimeoutError:
                 return []
 
+        return self._bridge._link.begin(fetch())
+
+    async def _fetch(self) -> list[DurableMessage[T]]:
+        """The next batch the server has for this durable (waits for one).
+
+        After a full batch (more are likely waiting), the fetch of the next
+        starts at once: the server sends it while this one is handled (at
+        most two batches are held).
+        """
+        fetching = self._next
+        self._next = None
+        if fetching is None:
+            fetching = self._begin_fetch()
+        msgs = await self._bridge._link.finish(fetching)
+        if len(msgs) == self._batch:
+            self._next = self._begin_fetch()
+        return self._taken(msgs)
+
+    def _taken(self, msgs: list[Msg]) -> list[DurableMessage[T]]:
+        """Fetched messages, decoded; what cannot be, terminated and counted."""
         bridge = self._bridge
         taken: list[DurableMessage[T]] = []
-        for msg in await bridge._link.call(fetch()):
+        for msg in msgs:
             if msg.metadata.num_delivered > 1:
                 bridge._redelivered += 1
             try:
@@ -461,7 +371,7 @@ class Consumer(Generic[T]):
                     type(error).__name__,
                     error,
                 )
-                await bridge._link.call(msg.term())
+                bridge._link.post(msg.term)
                 continue
             taken.append(DurableMessage(bridge, msg, message))
         return taken
@@ -481,6 +391,7 @@ class JetStreamBridge(Generic[T]):
         decode: Callable[[bytes], T],
         publish_deadline: float,
         outbox: Outbox | None,
+        storer: Storer,
     ) -> None:
         self.broker = broker
         """The local broker."""
@@ -501,23 +412,20 @@ class JetStreamBridge(Generic[T]):
         self._progress: trio.Event | None = None  # what a drain waits on
         self._stored = self._duplicates = self._unconfirmed = 0
         self._dropped = 0
-        self._queue: list[_Storing] = []  # waiting to be handed to the loop
+        self._storer = storer
+        storer.on_answers = self._answered
+        self._storing: set[Storing] = set()  # handed over, not yet answered
         self._known: set[str] = set()  # subjects checked already
         self._context: JetStreamContext | None = None
         self._id_prefix = f"{uuid.uuid4().hex}-"  # (new for every bridge)
         self._ids = 0
-        self._wake = trio.Event()  # set when the queue has something
         self._acked = self._naked = self._redelivered = 0
         self._dead_lettered = self._undecodable = 0
         self._warn_decode = RateLimitedWarning(log=logger)
         self._warn_resend = RateLimitedWarning(log=logger)
 
     def _js(self) -> JetStreamContext:
-        """The one JetStream context of the connection (made on first use).
-
-        One, because nats-py's asynchronous publishes subscribe once per
-        context to the inbox their acknowledgements come back on.
-        """
+        """The connection's JetStream context, for the API (made on first use)."""
         if self._context is None:
             assert self._link.nc is not None
             self._context = self._link.nc.jetstream()
@@ -624,98 +532,47 @@ class JetStreamBridge(Generic[T]):
     async def _stored_now(
         self, subject: str, data: bytes, headers: dict[str, str]
     ) -> int:
-        """Store a message (the pump counts what the server said): its sequence.
+        """Store a message (counted in :meth:`_answered`): its sequence.
 
         Raises:
             trio.TooSlowError: no PubAck within the deadline (unconfirmed).
             BrokerClosedError: the bridge closed before the PubAck came.
+            ValueError: the server refused it.
         """
-        item = _Storing(subject, data, headers)
-        self._queue.append(item)
-        self._wake.set()
+        item = Storing(
+            subject, data, headers, time.monotonic() + self._deadline, trio.Event()
+        )
+        self._storer.hand(item)  # (the loop runs until the bridge has closed)
+        self._storing.add(item)
         await item.done.wait()
-        result = item.result
-        if result is None:
+        if item.closed is not None:
+            raise BrokerClosedError(item.closed)
+        answer = item.answer
+        if isinstance(answer, tuple):
+            return answer[0]
+        if answer is None:
             raise trio.TooSlowError(
                 f"no PubAck for a message on {subject!r} within "
                 f"{self._deadline} s: it may or may not be stored; publish it "
                 f"again with msg_id={headers[MSG_ID]!r} to be sure"
             )
-        if isinstance(result, BrokerClosedError | ValueError):
-            raise result
-        return result
+        raise ValueError(f"the server refused a message on {subject!r}: {answer}")
 
-    async def _pump(self) -> None:
-        """Hand what waits to be stored to the loop in batches; count outcomes.
-
-        One thread hop there and one back for a whole batch; up to
-        ``_IN_FLIGHT`` batches at once, each message resent with its id until
-        its PubAck or the deadline.
-        """
-        room = trio.CapacityLimiter(_IN_FLIGHT)
-        try:
-            async with trio.open_nursery() as batches:
-                while True:
-                    await self._wake.wait()
-                    self._wake = trio.Event()
-                    while self._queue:
-                        batch = self._queue[:_STORE_BATCH]
-                        del self._queue[:_STORE_BATCH]
-                        token = object()
-                        await room.acquire_on_behalf_of(token)
-                        if room.borrowed_tokens == 1 and not self._queue:
-                            # alone: no task to start (one switch less a batch)
-                            await self._store_batch(batch, room, token)
-                        else:
-                            batches.start_soon(self._store_batch, batch, room, token)
-        finally:
-            closed = BrokerClosedError(
-                "the JetStream bridge closed before the message was sent"
-            )
-            for item in self._queue:  # (never handed over: not sent at all)
-                self._dropped += 1
-                item.result = closed
-                item.done.set()
-            self._queue.clear()
-
-    async def _store_batch(
-        self, batch: list[_Storing], room: trio.CapacityLimiter, token: object
-    ) -> None:
-        js = self._js()
-        deadline = time.monotonic() + self._deadline
-        try:
-            acks = await self._link.call(
-                _store_all(
-                    self, js, [(i.subject, i.data, i.headers) for i in batch], deadline
-                )
-            )
-        except BaseException:
-            closed = BrokerClosedError(
-                "the JetStream bridge closed before the PubAck: the message may "
-                "or may not be stored"
-            )
-            for item in batch:
+    def _answered(self, items: list[Storing]) -> None:
+        """In the trio thread: what the server said of ``items``; count it."""
+        for item in items:
+            if item not in self._storing:
+                continue  # (settled when the bridge closed)
+            self._storing.discard(item)
+            answer = item.answer
+            if answer is None:
                 self._unconfirmed += 1
-                item.result = closed
-                item.done.set()
-            raise
-        finally:
-            room.release_on_behalf_of(token)
-        for item, ack in zip(batch, acks, strict=True):
-            if ack is None:
-                self._unconfirmed += 1
-                item.result = None
-            elif isinstance(ack, Exception):
+            elif isinstance(answer, str):
                 self._dropped += 1
-                item.result = ValueError(
-                    f"the server refused a message on {item.subject!r}: {ack}"
-                )
+            elif answer[1]:
+                self._duplicates += 1
             else:
-                if ack.duplicate:
-                    self._duplicates += 1
-                else:
-                    self._stored += 1
-                item.result = int(ack.seq)
+                self._stored += 1
             item.done.set()
 
     @asynccontextmanager
@@ -986,8 +843,27 @@ class JetStreamBridge(Generic[T]):
                     await self._link.close(drain=False)
             finally:
                 await self._link.stop()
+                self._abandon()
                 if self._outbox is not None:
                     await self._outbox.close()
+
+    def _abandon(self) -> None:
+        """The loop has stopped: what waits for a PubAck will not have one.
+
+        What was written may be stored (unconfirmed); what was not, is not
+        (dropped).
+        """
+        for item in self._storing:
+            if item.sent:
+                self._unconfirmed += 1
+                why = "the JetStream bridge closed before the PubAck: the message "
+                why += "may or may not be stored"
+            else:
+                self._dropped += 1
+                why = "the JetStream bridge closed before the message was sent"
+            item.closed = why
+            item.done.set()
+        self._storing.clear()
 
 
 def _within(pattern: str, stream_pattern: str) -> bool:
@@ -1180,6 +1056,8 @@ async def open_jetstream(
         try:
             await link.connect()
             have = await _stream(link, stream, patterns)
+            storer = Storer(link, stream)
+            await link.call(storer.start())
         except nats.js.errors.ServiceUnavailableError as error:
             raise ConnectionError(
                 f"could not open the stream {stream!r} at {servers!r}: the "
@@ -1205,6 +1083,7 @@ async def open_jetstream(
             decode=decode,
             publish_deadline=publish_deadline,
             outbox=box,
+            storer=storer,
         )
         async with contextlib.AsyncExitStack() as stack:
             if exports:
@@ -1217,7 +1096,6 @@ async def open_jetstream(
                     )
                 )
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_under, bridge, bridge._pump())
                 if box is not None:
                     nursery.start_soon(_under, bridge, bridge._send_outbox())
                 if bridge._export_sub is not None:

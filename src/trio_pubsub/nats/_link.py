@@ -63,8 +63,8 @@ WATCH_INTERVAL = 1.0
 Outgoing = tuple[str, bytes, dict[str, str] | None, str | None, float | None]
 
 
-class _Call(Generic[R]):
-    """A coroutine handed to the loop by :meth:`Link.call`, and its task."""
+class Call(Generic[R]):
+    """A coroutine handed to the loop by :meth:`Link.begin`, and its task."""
 
     __slots__ = ("cancelled", "coroutine", "done", "task")
 
@@ -279,6 +279,8 @@ class Link:
         # calls posted from trio, not yet run (see post)
         self._posted: deque[Callable[[], Coroutine[Any, Any, object]]] = deque()
         self._post_scheduled = False
+        self.on_reconnected: list[Callable[[], None]] = []
+        """Run in the loop's thread after each reconnection."""
 
     # -- the thread ---------------------------------------------------------------
 
@@ -302,12 +304,21 @@ class Link:
             loop.run_until_complete(loop.shutdown_default_executor())
             asyncio.set_event_loop(None)
             loop.close()
-            self._to_trio(self._finished.set)
+            self.to_trio(self._finished.set)
 
-    def _to_trio(self, function: Callable[[], object]) -> None:
+    def to_trio(self, function: Callable[[], object]) -> None:
+        """Run ``function`` in the trio thread, soon (from the loop's thread)."""
         # After the trio run has ended there is nobody to tell.
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(function)
+
+    def soon(self, function: Callable[[], object]) -> None:
+        """Run ``function`` in the loop's thread, soon (from the trio side).
+
+        Raises:
+            RuntimeError: the loop is closed.
+        """
+        self._loop.call_soon_threadsafe(function)
 
     async def call(self, coroutine: Coroutine[Any, Any, R]) -> R:
         """Run ``coroutine`` on the loop and wait for it from trio.
@@ -321,12 +332,31 @@ class Link:
                 closing).
             RuntimeError: the loop is closed.
         """
-        call: _Call[R] = _Call(coroutine)
+        return await self.finish(self.begin(coroutine))
+
+    def begin(self, coroutine: Coroutine[Any, Any, R]) -> Call[R]:
+        """Start ``coroutine`` on the loop; :meth:`finish` waits for it.
+
+        Raises:
+            RuntimeError: the loop is closed.
+        """
+        call: Call[R] = Call(coroutine)
         try:
             self._loop.call_soon_threadsafe(self._start_call, call)
         except RuntimeError:
             coroutine.close()
             raise
+        return call
+
+    async def finish(self, call: Call[R]) -> R:
+        """Wait for a coroutine :meth:`begin` started; its result.
+
+        Cancelling the wait cancels the coroutine.
+
+        Raises:
+            concurrent.futures.CancelledError: the loop cancelled it (it is
+                closing).
+        """
         try:
             await call.done.wait()
         except BaseException:
@@ -339,7 +369,7 @@ class Link:
             raise concurrent.futures.CancelledError
         return task.result()
 
-    def _start_call(self, call: _Call[Any]) -> None:
+    def _start_call(self, call: Call[Any]) -> None:
         if call.cancelled:  # (given up on before it started)
             call.coroutine.close()
             return
@@ -347,11 +377,11 @@ class Link:
         self._tasks.add(task)  # (the loop keeps only a weak reference)
         task.add_done_callback(functools.partial(self._call_done, call))
 
-    def _call_done(self, call: _Call[Any], task: asyncio.Task[Any]) -> None:
+    def _call_done(self, call: Call[Any], task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        self._to_trio(call.done.set)
+        self.to_trio(call.done.set)
 
-    def _cancel_call(self, call: _Call[Any]) -> None:
+    def _cancel_call(self, call: Call[Any]) -> None:
         call.cancelled = True
         if call.task is not None:
             call.task.cancel()
@@ -536,6 +566,8 @@ class Link:
         )
         assert self.up is not None
         self.up.set()
+        for hook in self.on_reconnected:
+            hook()
 
     async def _on_closed(self) -> None:
         self.counters.connected = False
@@ -577,7 +609,7 @@ class Link:
             self._credit.release()
 
     def _done(self) -> None:
-        self._to_trio(self._credit.release)
+        self.to_trio(self._credit.release)
 
     async def _send_batches(self) -> None:
         assert self._outbox is not None
@@ -743,7 +775,7 @@ class Link:
         lane.tell_scheduled = False
         if lane.trio_waits:
             lane.trio_waits = False
-            self._to_trio(lane.poke)
+            self.to_trio(lane.poke)
 
     async def incoming(self, lane: Lane) -> list[Incoming]:
         """Wait for messages on ``lane`` and take all of them (trio side)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import signal
@@ -722,6 +723,77 @@ async def test_two_processes_on_one_durable_share_its_messages(
     assert not first & second  # no message to both (none was left unacked)
     assert first
     assert second
+
+
+async def test_an_outbox_that_cannot_write_keeps_what_it_holds_and_accepts_nothing(
+    js_server: NatsServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another writer holds the outbox's file (SQLite's lock, past its 5 s wait).
+
+    A row stored while the file is locked stays, and is sent again (a
+    duplicate the server drops); a commit that fails accepts nothing: the
+    publish raises, the export counts it dropped, and the bridge goes on.
+    """
+    path = tmp_path / "outbox.sqlite"
+    broker = Broker[Any]()
+
+    async def until(done: Callable[[], bool]) -> None:
+        for _ in range(GUARD * 20):  # (bounded)
+            if done():
+                return
+            await trio.sleep(0.05)
+        raise AssertionError("not done in time")
+
+    def lock() -> sqlite3.Connection:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        return other
+
+    def warned(text: str) -> bool:
+        return any(text in r.getMessage() for r in caplog.records)
+
+    caplog.set_level(logging.WARNING, logger="trio_pubsub.nats")
+    with trio.fail_after(GUARD * 2):
+        async with (
+            broker.subscribe("pay.>", max_buffer_size=10) as local,
+            open_jetstream(
+                broker,
+                js_server.url,
+                stream="PAY",
+                subjects=["pay.>"],
+                outbound=["pay.out.>"],
+                outbox=path,
+                encode=encode_json,
+                decode=decode_json,
+            ) as js,
+        ):
+            # 1. stored while the file is locked: it cannot be removed yet
+            js_server.pause()
+            await js.publish("pay.x", 1, msg_id="kept")
+            other = lock()
+            js_server.resume()
+            await until(lambda: warned("stay in the outbox"))
+            other.execute("ROLLBACK")
+            await until(lambda: js.statistics().outbox_pending == 0)
+            assert js.statistics().duplicates == 1  # sent again, dropped there
+            # 2. a commit that fails accepts nothing
+            other.execute("BEGIN EXCLUSIVE")
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(broker.publish, "pay.out.1", 2)
+                    with pytest.raises(sqlite3.OperationalError, match="locked"):
+                        await js.publish("pay.x", 3, msg_id="refused")
+                    await until(lambda: js.statistics().dropped == 1)
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            assert await js.publish("pay.x", 4) is None  # the bridge goes on
+            await until(lambda: js.statistics().outbox_pending == 0)
+            stats = js.statistics()
+            got = [local.receive_nowait().payload for _ in range(3)]
+    assert got == [1, 2, 4]  # the refused publish was not delivered
+    assert (stats.stored, stats.duplicates, stats.dropped) == (2, 1, 1)
+    assert [p for _, p, _ in await stored(js_server.url, "PAY")] == [1, 4]
 
 
 async def test_a_full_outbox_applies_the_exports_policy_and_counts(

@@ -23,6 +23,7 @@ import contextlib
 import datetime
 import math
 import random
+import sqlite3
 import time
 import typing
 import uuid
@@ -489,6 +490,9 @@ class JetStreamBridge(Generic[T]):
             ValueError: the server refused it (the stream's limits, say):
                 counted in ``dropped``, not resent.
             BrokerClosedError: the bridge closed before it was sent.
+            sqlite3.Error: with an outbox, the commit failed (the file is
+                locked by another process past SQLite's 5 s wait, the disk is
+                full): the message is not accepted, nothing is sent.
 
         If cancelled, the message may be stored all the same (it is counted
         when the server answers), and it is not delivered locally.
@@ -748,7 +752,17 @@ class JetStreamBridge(Generic[T]):
             finally:
                 if done:
                     with trio.CancelScope(shield=True):
-                        await outbox.remove(done)
+                        try:
+                            await outbox.remove(done)
+                        except sqlite3.Error as error:
+                            # (kept: sent again, and the server drops them)
+                            late.append(0)
+                            self._warn_resend(
+                                "JetStream: stored messages stay in the outbox "
+                                "for now: %s: %s",
+                                type(error).__name__,
+                                error,
+                            )
                     self._tell_progress()
             if late:
                 await trio.sleep(_OUTBOX_PAUSE)
@@ -789,9 +803,19 @@ class JetStreamBridge(Generic[T]):
                     )
                     continue
                 if self._outbox is not None:
-                    await self._outbox.add(
-                        headers[MSG_ID], message.subject, data, headers
-                    )
+                    try:
+                        await self._outbox.add(
+                            headers[MSG_ID], message.subject, data, headers
+                        )
+                    except sqlite3.Error as error:
+                        self._dropped += 1
+                        self._warn_decode(
+                            "JetStream: a message on %r was not stored: the "
+                            "outbox could not commit it: %s: %s",
+                            message.subject,
+                            type(error).__name__,
+                            error,
+                        )
                 else:
                     try:
                         await self._stored_now(message.subject, data, headers)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import trio
 from opentelemetry import metrics, propagate, trace
@@ -651,11 +651,14 @@ class JetStreamInstrumentation:
         self,
         bridge: JetStreamBridge[typing.Any],
         meter_provider: metrics.MeterProvider | None,
+        tracer_provider: trace.TracerProvider | None,
     ) -> None:
         self._bridge = bridge
         self._active = True
-        meter, _ = _meter_and_tracer(meter_provider, None)
+        meter, self._tracer = _meter_and_tracer(meter_provider, tracer_provider)
         self._attributes = {**_BASE, "trio_pubsub.jetstream.stream": bridge.stream}
+        if self._tracer is not None:
+            bridge.trace_publish = self._traced
         for field in _JETSTREAM_FIELDS:
             meter.create_observable_counter(
                 f"trio_pubsub.jetstream.{field}",
@@ -670,8 +673,32 @@ class JetStreamInstrumentation:
         )
 
     def uninstrument(self) -> None:
-        """Report nothing more (the instruments stay registered). Idempotent."""
+        """Report and trace nothing more (the instruments stay registered).
+
+        Idempotent.
+        """
         self._active = False
+        if self._bridge.trace_publish == self._traced:
+            self._bridge.trace_publish = None
+
+    @contextlib.contextmanager
+    def _traced(self, subject: str, headers: dict[str, str]) -> Iterator[None]:
+        """A producer span around one ``publish``, carried in its headers."""
+        assert self._tracer is not None
+        span = self._tracer.start_span(
+            "send",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                **self._attributes,
+                "messaging.operation.name": "send",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": subject,
+                "messaging.message.id": headers["Nats-Msg-Id"],
+            },
+        )
+        propagate.inject(headers, context=trace.set_span_in_context(span))
+        with trace.use_span(span, end_on_exit=True):
+            yield
 
     def _observe(self, field: str, options: CallbackOptions) -> Iterable[Observation]:
         if not self._active:
@@ -682,7 +709,10 @@ class JetStreamInstrumentation:
 
 
 def instrument_jetstream(
-    bridge: JetStreamBridge[T], *, meter_provider: metrics.MeterProvider | None = None
+    bridge: JetStreamBridge[T],
+    *,
+    meter_provider: metrics.MeterProvider | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
 ) -> JetStreamInstrumentation:
     """Report a JetStream bridge's counters as OpenTelemetry metrics.
 
@@ -690,8 +720,14 @@ def instrument_jetstream(
     ``.unconfirmed``, ``.acked``, ``.naked``, ``.redelivered``,
     ``.dead_lettered``, ``.undecodable``, ``.dropped`` and the up-down counter
     ``.outbox_pending``, with ``trio_pubsub.jetstream.stream``, read at
-    collection time. Traces need nothing more: a message's W3C context
-    travels in its headers through the stream (instrument the brokers, and
-    the routers with :func:`instrument_router`).
+    collection time.
+
+    With a tracer provider, each :meth:`~trio_pubsub.nats.JetStreamBridge.publish`
+    makes a producer span ``send`` (ended when ``publish`` returns, with the
+    error if it raises; ``messaging.message.id`` is the ``Nats-Msg-Id``) and
+    stores its W3C context in the message's headers. What is exported
+    through ``outbound=`` carries the span of the broker's own ``publish``
+    (instrument the broker with :func:`instrument`); consumers link to
+    either (instrument the routers with :func:`instrument_router`).
     """
-    return JetStreamInstrumentation(bridge, meter_provider)
+    return JetStreamInstrumentation(bridge, meter_provider, tracer_provider)

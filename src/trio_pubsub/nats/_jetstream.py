@@ -76,6 +76,11 @@ _OUTBOX_PAUSE = 1.0  # seconds before the sender tries again after a deadline
 _FETCH_WAIT = 1.0  # seconds one fetch waits on the server for messages
 _REPLAY_BATCH = 256  # messages a replay fetches at once
 
+TracePublish = Callable[[str, dict[str, str]], contextlib.AbstractContextManager[None]]
+"""A hook around a JetStream publish (see ``JetStreamBridge.trace_publish``)."""
+
+_UNTRACED = contextlib.nullcontext()
+
 REPLAY_RATE: typing.Final = 10_000.0
 """Messages per second a replay yields at most, by default."""
 
@@ -424,6 +429,10 @@ class JetStreamBridge(Generic[T]):
         self._dead_lettered = self._undecodable = 0
         self._warn_decode = RateLimitedWarning(log=logger)
         self._warn_resend = RateLimitedWarning(log=logger)
+        self.trace_publish: TracePublish | None = None
+        """A hook around each :meth:`publish`, given its subject and headers
+        (which it may add to) once they are checked: the OpenTelemetry
+        extra's producer span (``otel.instrument_jetstream``)."""
 
     def _js(self) -> JetStreamContext:
         """The connection's JetStream context, for the API (made on first use)."""
@@ -506,14 +515,16 @@ class JetStreamBridge(Generic[T]):
         value = self._pipeline.check_payload(payload)
         data = self._encode(value)
         checked[MSG_ID] = given if given is not None else self._new_id()
-        sequence: int | None = None
-        if self._outbox is not None:
-            await self._outbox.add(checked[MSG_ID], subject, data, checked)
-        else:
-            sequence = await self._stored_now(subject, data, checked)
-        pending = self._pipeline.inject(subject, value, checked)
-        if pending is not None:
-            await self._pipeline.finish(pending)
+        traced = self.trace_publish
+        with _UNTRACED if traced is None else traced(subject, checked):
+            sequence: int | None = None
+            if self._outbox is not None:
+                await self._outbox.add(checked[MSG_ID], subject, data, checked)
+            else:
+                sequence = await self._stored_now(subject, data, checked)
+            pending = self._pipeline.inject(subject, value, checked)
+            if pending is not None:
+                await self._pipeline.finish(pending)
         return sequence
 
     def _check_subject(self, subject: str) -> None:

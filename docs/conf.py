@@ -49,7 +49,7 @@ nitpick_ignore_regex = [
     (
         r"py:.*",
         r"(trio|attrs|typing|collections|contextlib|types|opentelemetry|hypothesis"
-        r"|pathlib|datetime)"
+        r"|pathlib|datetime|sqlite3)"
         r"\..*",
     ),
     (r"py:.*", r"(trio_pubsub(\.\w+)*\.)?(T|T_co)"),

@@ -54,13 +54,16 @@ from .. import (
 from .._log import RateLimitedWarning
 from ._bridge import check_servers
 from ._export import check_outbound_policy
-from ._link import Backoff, Call, Link, logger
+from ._link import Backoff, Link, logger
 from ._outbox import Outbox, Row
+from ._puller import Puller
 from ._storer import Storer, Storing
 
 if typing.TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
+
+    from ._client import Incoming
 
 T = TypeVar("T")
 
@@ -153,56 +156,68 @@ class DurableMessage(Generic[T]):
     durable).
     """
 
-    __slots__ = ("_bridge", "_msg", "_settled", "message")
+    __slots__ = (
+        "_bridge",
+        "_puller",
+        "_reply",
+        "_settled",
+        "deliveries",
+        "message",
+        "sequence",
+    )
 
     def __init__(
-        self, bridge: JetStreamBridge[T], msg: Msg, message: Message[T]
+        self,
+        bridge: JetStreamBridge[T],
+        puller: Puller,
+        reply: str,
+        message: Message[T],
+        sequence: int,
+        deliveries: int,
     ) -> None:
         self._bridge = bridge
-        self._msg = msg
+        self._puller = puller
+        self._reply = reply
         self._settled = False
         self.message = message
         """The decoded message (its headers include ``Nats-Msg-Id`` if set)."""
-
-    @property
-    def sequence(self) -> int:
+        self.sequence = sequence
         """Its sequence number in the stream."""
-        return int(self._msg.metadata.sequence.stream)
-
-    @property
-    def deliveries(self) -> int:
+        self.deliveries = deliveries
         """How many times the server has delivered it, this one included."""
-        return int(self._msg.metadata.num_delivered)
 
     async def ack(self) -> None:
         """Its work is done: the server will not deliver it again.
 
-        Sent without waiting for it to be written (as nats-py's own ``ack``,
-        which the server does not confirm), and no checkpoint: the next
-        ``async for`` step over the consumer is one. If the connection
-        breaks first, the server delivers the message again after
-        ``ack_wait``.
+        Sent without waiting for it to be written (as nats-py's own ``ack``;
+        the server confirms no ack), and no checkpoint: the next ``async
+        for`` step over the consumer is one. If the connection breaks first,
+        the server delivers the message again after ``ack_wait``.
         """
         self._settle()
-        self._bridge._link.post(self._msg.ack)
+        self._puller.settle(self._reply, b"+ACK")
         self._bridge._acked += 1
 
     async def nak(self, delay: float | None = None) -> None:
         """Have it delivered again, after ``delay`` seconds (``None``: at once)."""
+        if delay is not None and delay != 0:
+            _port.check_seconds("delay", delay)
         self._settle()
-        msg = self._msg
-        self._bridge._link.post(lambda: msg.nak(delay=delay))
+        what = b"-NAK"
+        if delay:
+            what += b' {"delay":%d}' % int(delay * 1e9)
+        self._puller.settle(self._reply, what)
         self._bridge._naked += 1
 
     async def term(self) -> None:
         """Give up on it: the server will never deliver it again."""
         self._settle()
-        self._bridge._link.post(self._msg.term)
+        self._puller.settle(self._reply, b"+TERM")
         self._bridge._dead_lettered += 1
 
     async def in_progress(self) -> None:
         """Still working on it: the server restarts its ``ack_wait``."""
-        await self._bridge._link.call(self._msg.in_progress())
+        self._puller.settle(self._reply, b"+WPI")
 
     def _settle(self) -> None:
         if self._settled:
@@ -256,14 +271,15 @@ class Consumer(Generic[T]):
         self._batch = batch
         self.ack_wait = 30.0
         """Seconds the server waits for an ack before it delivers again."""
-        self._psub: JetStreamContext.PullSubscription | None = None
+        self._puller = Puller(bridge._link, bridge.stream, durable, batch)
         self._held: deque[DurableMessage[T]] = deque()
-        self._next: Call[list[Msg]] | None = None  # the fetch under way
 
     async def _open(self, ack_wait: float, max_deliver: int) -> None:
+        """Create the consumer on the server unless it is there; listen."""
         self.ack_wait = ack_wait
         bridge = self._bridge
         config = nats.js.api.ConsumerConfig(
+            name=self.durable,
             durable_name=self.durable,
             ack_policy=nats.js.api.AckPolicy.EXPLICIT,
             ack_wait=ack_wait,
@@ -271,12 +287,15 @@ class Consumer(Generic[T]):
             filter_subject=self.pattern,
         )
 
-        async def subscribe() -> JetStreamContext.PullSubscription:
-            return await bridge._js().pull_subscribe(
-                self.pattern, durable=self.durable, stream=bridge.stream, config=config
-            )
+        async def create() -> None:
+            js = bridge._js()
+            try:
+                await js.consumer_info(bridge.stream, self.durable)
+            except nats.js.errors.NotFoundError:
+                await js.add_consumer(bridge.stream, config=config)
+            await self._puller.start()
 
-        self._psub = await bridge._link.call(subscribe())
+        await bridge._link.call(create())
 
     def __aiter__(self) -> Consumer[T]:
         return self
@@ -304,83 +323,82 @@ class Consumer(Generic[T]):
         )
 
     async def _release(self) -> None:
-        """Hand back what was fetched and not handed out: it goes to others now.
+        """Stop taking; hand back what came and was not handed out.
 
-        (Otherwise the server would hold it for this consumer until its
-        ``ack_wait`` ran out.) The fetch under way, if any, is waited for
-        and handed back too.
+        It goes to others at once (otherwise the server would hold it for
+        this consumer until its ``ack_wait`` ran out).
         """
         held, self._held = self._held, deque()
-        fetching, self._next = self._next, None
-        link = self._bridge._link
         if self._bridge._closed:
             return
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            if fetching is not None:
-                held.extend(self._taken(await link.finish(fetching)))
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            held.extend(self._taken(await self._puller.close(len(held))))
             for message in held:
                 await message.nak()
 
     async def __anext__(self) -> DurableMessage[T]:
-        while not self._held:
+        held = self._held
+        while not held:
             if self._bridge._closed:
                 raise StopAsyncIteration
-            self._held.extend(await self._fetch())
-        return self._held.popleft()
+            held.extend(self._taken(await self._puller.take()))
+        message = held.popleft()
+        # (after a full batch the next is asked for at once: the server sends
+        # it while these are handled; at most two batches are held)
+        self._puller.ask_ahead(len(held))
+        return message
 
-    def _begin_fetch(self) -> Call[list[Msg]]:
-        psub = self._psub
-        assert psub is not None
-
-        async def fetch() -> list[Msg]:
-            try:
-                return await psub.fetch(self._batch, timeout=_FETCH_WAIT)
-            except nats.errors.TimeoutError:
-                return []
-
-        return self._bridge._link.begin(fetch())
-
-    async def _fetch(self) -> list[DurableMessage[T]]:
-        """The next batch the server has for this durable (waits for one).
-
-        After a full batch (more are likely waiting), the fetch of the next
-        starts at once: the server sends it while this one is handled (at
-        most two batches are held).
-        """
-        fetching = self._next
-        self._next = None
-        if fetching is None:
-            fetching = self._begin_fetch()
-        msgs = await self._bridge._link.finish(fetching)
-        if len(msgs) == self._batch:
-            self._next = self._begin_fetch()
-        return self._taken(msgs)
-
-    def _taken(self, msgs: list[Msg]) -> list[DurableMessage[T]]:
-        """Fetched messages, decoded; what cannot be, terminated and counted."""
+    def _taken(self, items: list[Incoming]) -> list[DurableMessage[T]]:
+        """Messages as they came, decoded; what cannot be, terminated and counted."""
         bridge = self._bridge
         taken: list[DurableMessage[T]] = []
-        for msg in msgs:
-            if msg.metadata.num_delivered > 1:
-                bridge._redelivered += 1
+        for subject, reply, data, headers in items:
+            where = _ack_metadata(reply)
             try:
-                payload = bridge._decode(msg.data)
+                if where is None:
+                    raise ValueError(f"not an ack subject JetStream makes: {reply!r}")
+                payload = bridge._decode(data)
                 message = _port.new_message(
-                    msg.subject, bridge._pipeline.check_payload(payload), msg.headers
+                    subject, bridge._pipeline.check_payload(payload), headers
                 )
             except Exception as error:
                 bridge._undecodable += 1
                 bridge._warn_decode(
                     "JetStream: a message on %r could not be decoded, "
                     "terminated: %s: %s",
-                    msg.subject,
+                    subject,
                     type(error).__name__,
                     error,
                 )
-                bridge._link.post(msg.term)
+                self._puller.settle(reply, b"+TERM")
                 continue
-            taken.append(DurableMessage(bridge, msg, message))
+            sequence, deliveries = where
+            if deliveries > 1:
+                bridge._redelivered += 1
+            taken.append(
+                DurableMessage(
+                    bridge, self._puller, reply, message, sequence, deliveries
+                )
+            )
         return taken
+
+
+def _ack_metadata(reply: str) -> tuple[int, int] | None:
+    """The stream sequence and the delivery count in a message's ack subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.…`` (9 tokens), or
+    with a domain and an account hash after ``ACK`` (12 tokens, or more).
+    """
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        delivered, sequence = tokens[4], tokens[5]
+    elif len(tokens) >= 11:
+        delivered, sequence = tokens[6], tokens[7]
+    else:
+        return None
+    if not (delivered.isdigit() and sequence.isdigit()):
+        return None
+    return int(sequence), int(delivered)
 
 
 class JetStreamBridge(Generic[T]):

@@ -63,8 +63,8 @@ WATCH_INTERVAL = 1.0
 Outgoing = tuple[str, bytes, dict[str, str] | None, str | None, float | None]
 
 
-class Call(Generic[R]):
-    """A coroutine handed to the loop by :meth:`Link.begin`, and its task."""
+class _Call(Generic[R]):
+    """A coroutine handed to the loop by :meth:`Link.call`, and its task."""
 
     __slots__ = ("cancelled", "coroutine", "done", "task")
 
@@ -276,9 +276,6 @@ class Link:
         self._replies: str | None = None
         # loop side: tasks started for a moment (see _tell_busy)
         self._tasks: set[asyncio.Future[Any]] = set()
-        # calls posted from trio, not yet run (see post)
-        self._posted: deque[Callable[[], Coroutine[Any, Any, object]]] = deque()
-        self._post_scheduled = False
         self.on_reconnected: list[Callable[[], None]] = []
         """Run in the loop's thread after each reconnection."""
 
@@ -332,31 +329,12 @@ class Link:
                 closing).
             RuntimeError: the loop is closed.
         """
-        return await self.finish(self.begin(coroutine))
-
-    def begin(self, coroutine: Coroutine[Any, Any, R]) -> Call[R]:
-        """Start ``coroutine`` on the loop; :meth:`finish` waits for it.
-
-        Raises:
-            RuntimeError: the loop is closed.
-        """
-        call: Call[R] = Call(coroutine)
+        call: _Call[R] = _Call(coroutine)
         try:
             self._loop.call_soon_threadsafe(self._start_call, call)
         except RuntimeError:
             coroutine.close()
             raise
-        return call
-
-    async def finish(self, call: Call[R]) -> R:
-        """Wait for a coroutine :meth:`begin` started; its result.
-
-        Cancelling the wait cancels the coroutine.
-
-        Raises:
-            concurrent.futures.CancelledError: the loop cancelled it (it is
-                closing).
-        """
         try:
             await call.done.wait()
         except BaseException:
@@ -369,7 +347,7 @@ class Link:
             raise concurrent.futures.CancelledError
         return task.result()
 
-    def _start_call(self, call: Call[Any]) -> None:
+    def _start_call(self, call: _Call[Any]) -> None:
         if call.cancelled:  # (given up on before it started)
             call.coroutine.close()
             return
@@ -377,11 +355,11 @@ class Link:
         self._tasks.add(task)  # (the loop keeps only a weak reference)
         task.add_done_callback(functools.partial(self._call_done, call))
 
-    def _call_done(self, call: Call[Any], task: asyncio.Task[Any]) -> None:
+    def _call_done(self, call: _Call[Any], task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         self.to_trio(call.done.set)
 
-    def _cancel_call(self, call: Call[Any]) -> None:
+    def _cancel_call(self, call: _Call[Any]) -> None:
         call.cancelled = True
         if call.task is not None:
             call.task.cancel()
@@ -630,38 +608,6 @@ class Link:
         """
         with contextlib.suppress(RuntimeError):  # the loop is closed
             self._loop.call_soon_threadsafe(self._tell_busy, subjects)
-
-    def post(self, make: Callable[[], Coroutine[Any, Any, object]]) -> None:
-        """Run ``make()`` on the loop, without waiting for it (best effort).
-
-        For what nats-py itself does not confirm (a JetStream ack is a
-        publish): the caller goes on at once, as it would with nats-py.
-        Calls posted together cross in one hop and run one after the other,
-        in order. Nothing happens once the loop is closed.
-        """
-        self._posted.append(make)  # (deque: safe across threads)
-        if not self._post_scheduled:
-            self._post_scheduled = True
-            with contextlib.suppress(RuntimeError):  # the loop is closed
-                self._loop.call_soon_threadsafe(self._run_posted)
-
-    def _run_posted(self) -> None:
-        self._post_scheduled = False  # (before taking: a later post schedules)
-        batch = []
-        while self._posted:
-            batch.append(self._posted.popleft())
-        task = asyncio.ensure_future(self._posted_in_order(batch))
-        self._tasks.add(task)  # (the loop keeps only a weak reference)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _posted_in_order(
-        self, batch: list[Callable[[], Coroutine[Any, Any, object]]]
-    ) -> None:
-        for make in batch:
-            try:
-                await make()
-            except Exception as error:
-                self.warn("posted", "NATS: a best-effort call failed: %r", error)
 
     def _tell_busy(self, subjects: list[str]) -> None:
         nc = self.nc

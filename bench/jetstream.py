@@ -15,7 +15,8 @@ median of the per-round ratios of messages per second (bridge / plain: above
 * consume: a durable consumer's messages, fetched in batches of 64, each
   acked, with a no-op handler, against nats-py's ``fetch(64)`` and ``ack``;
 * the outbox: ``publish`` returns once the message is committed; how many
-  messages per second are accepted, and how long until all are stored.
+  messages per second are accepted, and how long until all are stored; and
+  what one commit costs: one publisher, a commit (and its ``fsync``) each.
 
 Plain nats-py runs in asyncio in a worker thread; the bridge in this trio run
 (its nats-py in a thread of its own). Runnable alone: ``python
@@ -188,7 +189,7 @@ async def bridge_consume(url: str, stream: str, count: int) -> float:
 
 
 async def bridge_outbox(
-    url: str, stream: str, count: int, folder: Path
+    url: str, stream: str, count: int, folder: Path, publishers: int = PUBLISHERS
 ) -> tuple[float, float]:
     """Seconds until every publish returned (committed), and until all stored."""
     broker = Broker(bytes)
@@ -205,11 +206,11 @@ async def bridge_outbox(
         start = time.perf_counter()
 
         async def one(offset: int) -> None:
-            for _ in range(offset, count, PUBLISHERS):
+            for _ in range(offset, count, publishers):
                 await js.publish(f"{stream}.x", PAYLOAD)
 
         async with trio.open_nursery() as nursery:
-            for i in range(PUBLISHERS):
+            for i in range(publishers):
                 nursery.start_soon(one, i)
         accepted = time.perf_counter() - start
     stored = time.perf_counter() - start  # (the exit drains the outbox)
@@ -282,6 +283,13 @@ async def measure(scale: float) -> dict[str, Any]:
                 "accepted": statistics.median(accepted),
                 "stored": statistics.median(stored),
             }
+            # One publisher: a commit (and its fsync) a message, nothing shared.
+            alone = count // 5
+            commits = []
+            for _ in range(rounds):
+                a, _ = await bridge_outbox(url, name(), alone, Path(folder), 1)
+                commits.append(a / alone)
+            out["outbox commit"] = statistics.median(commits)
         finally:
             server.stop()
     return out

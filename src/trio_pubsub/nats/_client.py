@@ -32,6 +32,13 @@ message without headers, less the checks the bridge has already made
 (subject, reply subject): the same command goes into the same pending buffer,
 with the same counts, limits and errors.
 
+For JetStream (``_storer``, ``_puller``), ``put_commands`` writes commands
+the bridge has built and checked (HPUBs sized against ``max_payload``, pull
+requests, acks) to the connection at once, behind what nats-py's buffer
+holds, without waiting for its flusher: the callers bound what is written,
+each waiting for its answer. A message's headers, read once to screen it, are
+handed to nats-py's own path as read, not parsed a second time.
+
 It also skips, for the bridge's own subscriptions, what nats-py does for
 every message between reading it and calling back: its parser's expressions
 and state, a ``Msg``, the subscription's queue, a task that takes it out and

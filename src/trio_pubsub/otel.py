@@ -239,16 +239,7 @@ class Instrumentation:
             typing.cast("object", headers), Mapping
         ):
             return None, headers  # the broker refuses them, and says why
-        span = self._tracer.start_span(
-            "send",
-            kind=trace.SpanKind.PRODUCER,
-            attributes={
-                **_BASE,
-                "messaging.operation.name": "send",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": subject,
-            },
-        )
+        span = _start_send(self._tracer, subject, _BASE)
         carrier = dict(headers) if headers else {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         return span, carrier
@@ -361,6 +352,22 @@ class _Handle:
         """Watch the handle no more; end its open span."""
         _port.watch(self.sub, None)
         self.end()
+
+
+def _start_send(
+    tracer: trace.Tracer, subject: str, attributes: Mapping[str, str]
+) -> trace.Span:
+    """A producer span ``send`` to ``subject``, with ``attributes`` besides."""
+    return tracer.start_span(
+        "send",
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            **attributes,
+            "messaging.operation.name": "send",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": subject,
+        },
+    )
 
 
 _ACTIVE: dict[Broker[typing.Any], Instrumentation] = {}
@@ -685,16 +692,10 @@ class JetStreamInstrumentation:
     def _traced(self, subject: str, headers: dict[str, str]) -> Iterator[None]:
         """A producer span around one ``publish``, carried in its headers."""
         assert self._tracer is not None
-        span = self._tracer.start_span(
-            "send",
-            kind=trace.SpanKind.PRODUCER,
-            attributes={
-                **self._attributes,
-                "messaging.operation.name": "send",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": subject,
-                "messaging.message.id": headers["Nats-Msg-Id"],
-            },
+        span = _start_send(
+            self._tracer,
+            subject,
+            {**self._attributes, "messaging.message.id": headers["Nats-Msg-Id"]},
         )
         propagate.inject(headers, context=trace.set_span_in_context(span))
         with trace.use_span(span, end_on_exit=True):

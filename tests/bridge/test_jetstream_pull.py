@@ -144,35 +144,49 @@ async def test_a_restarted_server_is_asked_again(
                 ) as js,
                 js.consumer("log.>", durable="reader") as reader,
             ):
+                got: list[DurableMessage[Any]] = []
+
+                async def take() -> None:
+                    got.append(await reader.__anext__())
+
+                async def down() -> None:
+                    server.kill()
+                    for _ in range(500):  # (bounded: until the bridge sees it)
+                        if not js._link.counters.connected:
+                            return
+                        await trio.sleep(0.01)
+
+                # 1. killed while a request waits there
                 async with trio.open_nursery() as nursery:
-                    got: list[DurableMessage[Any]] = []
-
-                    async def take() -> None:
-                        got.append(await reader.__anext__())
-
                     nursery.start_soon(take)
                     await trio.sleep(0.2)
-                    server.kill()
-                    # (long enough for the request to be taken as lost, and
-                    # for one asked meanwhile to lapse)
-                    await trio.sleep(3.5)
+                    await down()
                     server.start()
                     await js.publish("log.a", "after")
-                await got[0].ack()
-                server.kill()  # the block is left while it is down
-                for _ in range(500):  # (bounded: until the bridge sees it)
-                    if not js._link.counters.connected:
-                        break
-                    await trio.sleep(0.01)
+                # 2. asked while it is down: the request lapses, and again
+                await trio.sleep(1.2)  # (the request that brought "after" expired)
+                await down()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(take)
+                    await trio.sleep(1.5)
+                    server.start()
+                    await js.publish("log.a", "again")
+                for job in got:
+                    await job.ack()
+                await down()  # the block is left while it is down
     finally:
         server.stop()
-    assert [job.message.payload for job in got] == ["after"]
+    assert [job.message.payload for job in got] == ["after", "again"]
 
 
 async def test_what_a_peer_writes_to_the_inbox_is_not_taken_for_an_answer(
     js_server: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A heartbeat is passed over; any other status is logged; no message made."""
+    """A heartbeat is passed over; any other status is logged; no message made.
+
+    Nor of a message that looks delivered, which the server refuses to pass
+    on from a client.
+    """
     broker = Broker[Any]()
     caplog.set_level(logging.WARNING, logger="trio_pubsub.nats")
     with trio.fail_after(GUARD):
@@ -188,6 +202,11 @@ async def test_what_a_peer_writes_to_the_inbox_is_not_taken_for_an_answer(
                 await peer.hpub(inbox, b"NATS/1.0 100 Idle Heartbeat\r\n\r\n", b"")
                 await peer.hpub(inbox, b"NATS/1.0 409 Made Up\r\n\r\n", b"")
                 await peer.pub(inbox, b"[1]")  # no status, no ack subject
+                # a message that looks delivered (the server refuses it: a
+                # client may not publish with a $JS.ACK reply subject)
+                await peer.send(
+                    b'PUB %s $JS.ACK.LOG.reader.1.1.1.1.0 6\r\n"fake"\r\n' % inbox
+                )
                 await peer.flush()
             finally:
                 await peer.aclose()

@@ -47,8 +47,6 @@ if TYPE_CHECKING:
 PULL_WAIT = 1.0
 """Seconds a pull request waits on the server for messages."""
 
-_LATE = 2.0  # seconds past its wait after which a request is taken as lost
-
 
 class Puller:
     """The pull requests and the messages of one durable consumer, on one link."""
@@ -142,7 +140,7 @@ class Puller:
         holds the request, the first of them would go to it, find nobody
         listening, and come back behind the others.
         """
-        with trio.move_on_after(PULL_WAIT + _LATE):
+        with trio.move_on_after(PULL_WAIT + 1.0):
             while (held or self._items) and self._asked != self._ended:
                 self._wake = trio.Event()
                 if self._asked != self._ended:
@@ -195,8 +193,10 @@ class Puller:
         assert nc is not None
         loop = asyncio.get_running_loop()
         if nc.plainly_connected:
+            # Over when the server says so (408 when it expires, 409…), or
+            # when the whole batch is in; one lost with the connection, on
+            # reconnecting (see _reconnected).
             nc.put_commands([self._request])
-            loop.call_later(PULL_WAIT + _LATE, self._lost, number)
         else:  # as if it had expired, after its wait (no tight loop)
             loop.call_later(PULL_WAIT, self._lost, number)
 
@@ -223,6 +223,8 @@ class Puller:
         """A message or a status on the inbox, in nats-py's read loop."""
         _, reply, data, headers = item
         if reply.startswith("$JS.ACK."):
+            # (only the server sends these: it refuses a client's publish
+            # with such a reply subject)
             self._items.append(item)
             self._tell()
             if self._open > 0:

@@ -232,6 +232,25 @@ async def test_a_message_larger_than_the_server_takes_is_refused_before_sending(
     assert (stats.stored, stats.dropped) == (1, 1)
 
 
+async def test_the_stream_expected_is_the_bridges_whatever_the_headers_say(
+    js_server: NatsServer,
+) -> None:
+    """One ``Nats-Expected-Stream`` line goes out: the bridge's stream."""
+    broker = Broker(str)
+    with trio.fail_after(GUARD):
+        async with open_jetstream(
+            broker,
+            js_server.url,
+            stream="W",
+            subjects=["w.>"],
+            encode=encode_str,
+            decode=decode_str,
+        ) as js:
+            headers = {"Nats-Expected-Stream": "OTHER", "k": "v"}
+            assert await js.publish("w.1", "x", headers=headers) == 1
+    assert js.statistics().stored == 1
+
+
 async def test_closing_settles_what_waits_for_a_pubAck(js_server: NatsServer) -> None:
     """Written and unanswered: unconfirmed; never written (no connection): dropped."""
     broker = Broker(str)

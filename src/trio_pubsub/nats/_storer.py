@@ -166,7 +166,9 @@ class Storer:
             self._count += 1
             item.token = token = str(self._count)
             lines = "".join(
-                f"{name}: {value}\r\n" for name, value in item.headers.items()
+                f"{name}: {value}\r\n"
+                for name, value in item.headers.items()
+                if name != EXPECTED_STREAM  # (the bridge's stream, written below)
             )
             block = f"NATS/1.0\r\n{lines}{EXPECTED_STREAM}: {stream}\r\n\r\n".encode()
             size = len(block) + len(item.data)

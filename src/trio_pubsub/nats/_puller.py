@@ -10,9 +10,10 @@ message through a ``Msg``, a queue, a task and a timer. A :class:`Puller`
 does less:
 
 * one request at a time, of ``batch`` messages, waiting up to
-  ``PULL_WAIT`` seconds on the server; it ends when the batch is all there,
-  or with the server's status (408: it expired; 409 and others: said why,
-  logged, and the next request waits ``PULL_WAIT``);
+  ``PULL_WAIT`` seconds on the server; it is over when the batch is all
+  there, with the server's status (408: it expired; 409 and others: said
+  why, logged, and the next request waits ``PULL_WAIT``), or with its
+  connection (on reconnecting);
 * the messages are taken in nats-py's read loop (``GuardedClient.takers``)
   into a queue the trio side empties in one go; one hop back a turn of the
   loop;
@@ -68,9 +69,11 @@ class Puller:
         self._sub: Subscription | None = None
         # written in the loop's thread, taken on the trio side
         self._items: deque[Incoming] = deque()
-        self._ended = 0  # requests ended (or given up on), loop side
+        self._ended = 0  # requests over (loop side)
         self._tell_scheduled = False
-        self._open = 0  # the number of the request under way (loop side), or 0
+        # the number of the request under way (loop side); 0: none; -1: none,
+        # and the next waits (the server said something is wrong)
+        self._open = 0
         self._sent = 0  # requests written (loop side)
         self._got = 0  # messages of the request under way (loop side)
         self._last_full = False  # the last request came back with a whole batch

@@ -218,3 +218,61 @@ async def test_what_a_peer_writes_to_the_inbox_is_not_taken_for_an_answer(
     assert any("answered 409 Made Up" in line for line in said), said
     assert any("neither a message nor a status" in line for line in said), said
     assert not any("Heartbeat" in line for line in said), said
+
+
+async def test_an_existing_durable_is_brought_to_what_is_asked(
+    js_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its pattern, ack_wait and max_deliver as asked; the rest as it was made."""
+    broker = Broker[Any]()
+    caplog.set_level(logging.WARNING, logger="trio_pubsub.nats")
+
+    async def make(js: Any) -> None:
+        await js.add_stream(name="LOG", subjects=["log.>"])
+        for durable, config in (
+            ("reader", {"filter_subject": "log.>"}),
+            ("two", {"filter_subjects": ["log.a", "log.b"]}),
+        ):
+            await js.add_consumer(
+                "LOG",
+                nats.js.api.ConsumerConfig(
+                    durable_name=durable,
+                    ack_policy=nats.js.api.AckPolicy.EXPLICIT,
+                    deliver_policy=nats.js.api.DeliverPolicy.NEW,
+                    ack_wait=30,
+                    **config,
+                ),
+            )
+
+    async def read(js: Any) -> Any:
+        return (await js.consumer_info("LOG", "reader")).config
+
+    def updates() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "updated" in r.getMessage()]
+
+    await plain(js_server.url, make)
+    with trio.fail_after(GUARD):
+        async with open_jetstream(broker, js_server.url, stream="LOG", **OPTIONS) as js:
+            async with js.consumer(
+                "log.a", durable="reader", ack_wait=5, max_deliver=3
+            ):
+                pass
+            config = await plain(js_server.url, read)
+            assert (config.filter_subject, config.ack_wait, config.max_deliver) == (
+                "log.a",
+                5.0,
+                3,
+            )
+            kept = nats.js.api.DeliverPolicy(config.deliver_policy)
+            assert kept is nats.js.api.DeliverPolicy.NEW  # as it was made
+            assert len(updates()) == 1
+            assert "ack_wait 30.0 -> 5.0" in updates()[0]
+            async with js.consumer(
+                "log.a", durable="reader", ack_wait=5, max_deliver=3
+            ):
+                pass
+            assert len(updates()) == 1  # as asked already: nothing to change
+            # a change the server refuses: a single pattern where it has two
+            with pytest.raises(ValueError, match="the server refused the consumer"):
+                async with js.consumer("log.>", durable="two"):
+                    pass

@@ -275,27 +275,64 @@ class Consumer(Generic[T]):
         self._held: deque[DurableMessage[T]] = deque()
 
     async def _open(self, ack_wait: float, max_deliver: int) -> None:
-        """Create the consumer on the server unless it is there; listen."""
+        """Create the consumer on the server, or bring it to what is asked; listen.
+
+        Raises:
+            ValueError: the server refused the consumer, or the change.
+        """
         self.ack_wait = ack_wait
         bridge = self._bridge
-        config = nats.js.api.ConsumerConfig(
-            name=self.durable,
-            durable_name=self.durable,
-            ack_policy=nats.js.api.AckPolicy.EXPLICIT,
-            ack_wait=ack_wait,
-            max_deliver=max_deliver,
-            filter_subject=self.pattern,
-        )
+        asked = {
+            "ack_wait": float(ack_wait),
+            "max_deliver": max_deliver,
+            "filter_subject": self.pattern,
+        }
 
-        async def create() -> None:
+        async def create() -> dict[str, tuple[object, object]]:
             js = bridge._js()
             try:
-                await js.consumer_info(bridge.stream, self.durable)
+                info = await js.consumer_info(bridge.stream, self.durable)
             except nats.js.errors.NotFoundError:
+                config = nats.js.api.ConsumerConfig(
+                    name=self.durable,
+                    durable_name=self.durable,
+                    ack_policy=nats.js.api.AckPolicy.EXPLICIT,
+                    ack_wait=ack_wait,
+                    max_deliver=max_deliver,
+                    filter_subject=self.pattern,
+                )
                 await js.add_consumer(bridge.stream, config=config)
+                changed = {}
+            else:
+                # As it is, but what this call asks for (an update: the rest,
+                # set by whoever made it, stays)
+                config = info.config
+                changed = {
+                    name: (getattr(config, name), value)
+                    for name, value in asked.items()
+                    if getattr(config, name) != value
+                }
+                if changed:
+                    for name, (_, value) in changed.items():
+                        setattr(config, name, value)
+                    await js.add_consumer(bridge.stream, config=config)
             await self._puller.start()
+            return changed
 
-        await bridge._link.call(create())
+        try:
+            changed = await bridge._link.call(create())
+        except nats.js.errors.APIError as error:
+            raise ValueError(
+                f"the server refused the consumer {self.durable!r} on "
+                f"{self.pattern!r}: {error.description}"
+            ) from error
+        if changed:
+            logger.warning(
+                "JetStream: the consumer %r of the stream %r was updated: %s",
+                self.durable,
+                bridge.stream,
+                ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()),
+            )
 
     def __aiter__(self) -> Consumer[T]:
         return self
@@ -623,7 +660,10 @@ class JetStreamBridge(Generic[T]):
         Created on the server if it does not exist (explicit acks), and kept
         there after the block: a process that opens it again, or another one
         on the same ``durable`` name, goes on where it left off; messages not
-        acked are delivered again after ``ack_wait``.
+        acked are delivered again after ``ack_wait``. If it exists with
+        another ``pattern``, ``ack_wait`` or ``max_deliver``, it is updated to
+        these (logged as a warning); the rest of its settings stay as they
+        are.
 
         Args:
             pattern: The subjects to take, within the stream's.
@@ -637,7 +677,8 @@ class JetStreamBridge(Generic[T]):
             BrokerClosedError: the bridge is closed.
             InvalidSubjectError: ``pattern`` breaks the grammar.
             ValueError: ``pattern`` is outside the stream's subjects, or a
-                name or number is out of range.
+                name or number is out of range, or the server refused the
+                consumer or its update (with the server's reason).
         """
         self._check_pattern(pattern)
         if not isinstance(typing.cast("object", durable), str):

@@ -124,12 +124,14 @@ class GuardedClient(Client):
             await self._flush_pending()
 
     def put_commands(self, commands: list[bytes]) -> None:
-        """Put protocol commands in the pending buffer; wake the flusher.
+        """Write protocol commands to the connection now, behind what is pending.
 
-        For the bridge's JetStream publishes (HPUBs it has checked and sized
-        against ``max_payload``), while connected; not a coroutine, so
-        a batch is written in one step. The buffer's own limit is not
-        applied: what is written is bounded by the callers that wait for it.
+        For the bridge's JetStream side (HPUBs it has checked and sized
+        against ``max_payload``, pull requests, acks), while connected; not a
+        coroutine, so a batch is written in one step, without a turn of the
+        loop for nats-py's flusher. The pending buffer's limit and the
+        transport's drain are not waited on: what is written is bounded by
+        the callers, each waiting for its answer.
         """
         stats = self.stats
         size = 0

@@ -17,8 +17,8 @@ does less:
 * the messages are taken in nats-py's read loop (``GuardedClient.takers``)
   into a queue the trio side empties in one go; one hop back a turn of the
   loop;
-* settlements cross in batches too, and are written straight to nats-py's
-  buffer (the server confirms none of them, whoever sends them).
+* settlements cross in batches too, and are written straight to the
+  connection (the server confirms none of them, whoever sends them).
 
 When a request came back full (more are likely waiting), the trio side asks
 for the next batch at once, so that the server sends it while this one is

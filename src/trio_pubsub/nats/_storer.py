@@ -7,9 +7,9 @@ object for each, and reads each answer through a subscription's queue and
 task. A :class:`Storer` does less, in the loop's thread:
 
 * the trio side hands over each message (:meth:`Storer.hand`); what comes
-  together crosses in one hop, is written to nats-py's pending buffer as one
-  HPUB each (``Nats-Msg-Id`` and ``Nats-Expected-Stream`` among its headers)
-  and flushed once;
+  together crosses in one hop and is written to the connection at once, one
+  HPUB each (``Nats-Msg-Id`` and ``Nats-Expected-Stream`` among its headers),
+  behind what nats-py's buffer holds;
 * the answers come on one subscription (a random inbox prefix, one token per
   message), taken in nats-py's read loop (``GuardedClient.takers``); the
   answers of one turn of the loop cross back in one hop
@@ -195,7 +195,7 @@ class Storer:
             self._check_later(written)
 
     def _write(self, items: list[Storing]) -> None:
-        """Put ``items`` in nats-py's buffer, if connected (else a later try)."""
+        """Write ``items`` to the connection, if connected (else a later try)."""
         nc = self._link.nc
         if nc is None or not nc.plainly_connected:
             return

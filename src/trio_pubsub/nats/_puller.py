@@ -160,8 +160,7 @@ class Puller:
         """Subscribe to the inbox (in the loop)."""
         nc = self._link.nc
         assert nc is not None
-        self._sub = sub = await nc.subscribe(self._inbox, cb=self._by_nats_py)
-        nc.takers[nc.sid(sub)] = (_always, self._on_message)
+        self._sub = await nc.subscribe_taken(self._inbox, self._on_message)
         self._link.on_reconnected.append(self._reconnected)
         await nc.flush(timeout=self._link.flush_timeout)  # type: ignore[arg-type]
 
@@ -181,11 +180,6 @@ class Puller:
         nc.takers.pop(sid, None)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-
-    async def _by_nats_py(self, msg: object) -> None:  # pragma: no cover
-        # (nats-py wants a callback; the taker is always ready, so the read
-        # loop hands every message to it, and nothing comes this way)
-        pass
 
     def _ask(self) -> None:
         """Send the next pull request (or, unconnected, let it lapse)."""
@@ -279,7 +273,3 @@ class Puller:
         nc = self._link.nc
         if commands and nc is not None and nc.plainly_connected:
             nc.put_commands(commands)
-
-
-def _always(size: int) -> bool:
-    return True

@@ -139,15 +139,9 @@ class Storer:
         nc = self._link.nc
         assert nc is not None
         self._loop = asyncio.get_running_loop()
-        sub = await nc.subscribe(self.prefix + "*", cb=self._by_nats_py)
-        nc.takers[nc.sid(sub)] = (_always, self._on_answer)
+        await nc.subscribe_taken(self.prefix + "*", self._on_answer)
         self._link.on_reconnected.append(self._write_all)
         await nc.flush(timeout=self._link.flush_timeout)  # type: ignore[arg-type]
-
-    async def _by_nats_py(self, msg: Any) -> None:  # pragma: no cover
-        # (nats-py wants a callback; the taker is always ready, so the read
-        # loop hands every answer to it, and nothing comes this way)
-        self._on_answer((msg.subject, msg.reply, msg.data, msg.headers))
 
     def _take(self) -> None:
         """What the trio side handed over: write it, and set its clock."""
@@ -318,10 +312,6 @@ def _read_answer(data: bytes) -> tuple[int, bool] | str | int | None:
     ):
         return None
     return sequence, duplicate
-
-
-def _always(size: int) -> bool:
-    return True
 
 
 def _nobody(items: list[Storing]) -> None:
